@@ -1,0 +1,83 @@
+"""Per-request id and the one structured access-log line each request produces.
+
+Pure ASGI middleware, so a streamed response is logged when its last byte has gone, with its
+duration and the tokens the stream reported. Routes fill in the `AccessRecord` found at
+`request.state.access`. Prompt and completion text never go here.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from llm_service.core.llm.models import Usage
+
+log = logging.getLogger("llm_service.access")
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+@dataclass(slots=True)
+class AccessRecord:
+    request_id: str
+    method: str
+    path: str
+    status: int = 0
+    latency_ms: float = 0.0
+    model: str | None = None
+    provider: str | None = None
+    upstream_model: str | None = None
+    stream: bool | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    error_code: str | None = None
+    stream_error: str | None = None
+    prompt: str | None = None  # only when LLM_LOG_PROMPTS is on
+
+    def record_usage(self, usage: Usage | None) -> None:
+        if usage is not None:
+            self.prompt_tokens = usage.prompt_tokens
+            self.completion_tokens = usage.completion_tokens
+            self.total_tokens = usage.total_tokens
+
+
+class AccessLogMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _incoming_id(scope) or f"req_{uuid.uuid4().hex}"
+        record = AccessRecord(request_id=request_id, method=scope["method"], path=scope["path"])
+        scope.setdefault("state", {})["access"] = record
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                record.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
+            fields: dict[str, Any] = {k: v for k, v in asdict(record).items() if v is not None}
+            log.info("request", extra={"fields": fields})
+
+
+def _incoming_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            return text if _VALID_ID.match(text) else None
+    return None

@@ -1,0 +1,38 @@
+"""GET /v1/models and GET /health."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from llm_service.api.errors import json_response
+from llm_service.api.services import Services
+
+router = APIRouter()
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> Response:
+    """The profile's aliases, then one `<provider>/*` entry per configured provider."""
+    services: Services = request.app.state.services
+    data: list[dict[str, Any]] = [
+        {"id": alias, "object": "model", "created": 0, "owned_by": deployments[0].provider.value}
+        for alias, deployments in services.settings.aliases.items()
+        if deployments
+    ]
+    data += [
+        {"id": f"{p.value}/*", "object": "model", "created": 0, "owned_by": p.value}
+        for p in services.providers
+    ]
+    return json_response(200, {"object": "list", "data": data})
+
+
+@router.get("/health")
+async def health(request: Request) -> Response:
+    services: Services = request.app.state.services
+    return json_response(
+        200,
+        {"status": "ok", "demo": services.demo, "providers": [p.value for p in services.providers]},
+    )

@@ -1,0 +1,111 @@
+"""POST /v1/chat/completions (JSON, or SSE when `stream` is true) and /v1/chat/completions/stream.
+
+The route reads the raw body once, parses it with orjson into the domain request, and hands it to
+the dispatcher; the response goes back as OpenAI JSON or as SSE events ending in `data: [DONE]`. A
+failure after the first streamed byte ends the stream with one error event, then `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from llm_service.api.access_log import AccessRecord
+from llm_service.api.errors import describe, error_body, json_response
+from llm_service.api.services import Services
+from llm_service.api.sse import SSEResponse
+from llm_service.core.config.settings import Deployment
+from llm_service.core.llm.models import InvalidRequestError, LLMChunk, LLMServiceError, RequestTooLargeError
+from llm_service.core.llm.openai_format import encode_chat_chunk, encode_chat_response, parse_chat_request
+
+log = logging.getLogger("llm_service.chat")
+router = APIRouter()
+
+_DONE_EVENT = b"data: [DONE]\n\n"
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _chat(request, force_stream=False)
+
+
+@router.post("/v1/chat/completions/stream")
+async def chat_completions_stream(request: Request) -> Response:
+    return await _chat(request, force_stream=True)
+
+
+async def _chat(request: Request, *, force_stream: bool) -> Response:
+    services: Services = request.app.state.services
+    access: AccessRecord = request.state.access
+    body = await read_json_body(request, services.settings.server.max_body_bytes)
+    llm_request = parse_chat_request(body)
+    llm_request.stream = llm_request.stream or force_stream
+    access.model, access.stream = llm_request.model, llm_request.stream
+    if services.settings.telemetry.log_prompts:
+        access.prompt = "\n".join(f"{m.role.value}: {m.text()}" for m in llm_request.messages)
+
+    if not llm_request.stream:
+        deployment, response = await services.dispatcher.generate(llm_request)
+        _note_deployment(access, deployment)
+        access.record_usage(response.usage)
+        return json_response(200, encode_chat_response(response), _deployment_headers(deployment))
+
+    routed = await services.dispatcher.open_stream(llm_request)
+    _note_deployment(access, routed.deployment)
+    events = _sse_events(routed.chunks, include_usage=llm_request.include_usage, access=access)
+    return SSEResponse(events, _deployment_headers(routed.deployment))
+
+
+async def _sse_events(
+    chunks: AsyncIterator[LLMChunk], *, include_usage: bool, access: AccessRecord
+) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in chunks:
+            if chunk.usage is not None:
+                access.record_usage(chunk.usage)
+                if not chunk.choices and not include_usage:
+                    continue  # asked upstream for accounting only
+            yield b"data: " + orjson.dumps(encode_chat_chunk(chunk, include_usage=include_usage)) + b"\n\n"
+    except LLMServiceError as exc:
+        _status, body, _headers = describe(exc)
+        access.stream_error = exc.code or type(exc).__name__
+        yield b"data: " + orjson.dumps(body) + b"\n\n"
+    except Exception:
+        log.exception("stream failed", extra={"fields": {"request_id": access.request_id}})
+        access.stream_error = "internal_error"
+        yield b"data: " + orjson.dumps(error_body("Internal server error", "server_error")) + b"\n\n"
+    yield _DONE_EVENT
+
+
+def _note_deployment(access: AccessRecord, deployment: Deployment) -> None:
+    access.provider, access.upstream_model = deployment.provider.value, deployment.model
+
+
+def _deployment_headers(deployment: Deployment) -> dict[str, str]:
+    return {"x-llm-provider": deployment.provider.value, "x-llm-model": deployment.model}
+
+
+async def read_json_body(request: Request, limit: int) -> object:
+    """The parsed JSON body; 413 past `limit` bytes (checked before and while reading), 400 if not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    received = bytearray()
+    async for piece in request.stream():
+        received += piece
+        if len(received) > limit:
+            raise _too_large(limit)
+    try:
+        return orjson.loads(received)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(
+            f"We could not parse the JSON body of your request: {exc}", code="invalid_json"
+        ) from None
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(f"Request body exceeds the limit of {limit} bytes.", code="request_too_large")

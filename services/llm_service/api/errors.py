@@ -1,0 +1,111 @@
+"""The one place where errors become HTTP: status, OpenAI's error body and headers.
+
+Body: `{"error": {"message", "type", "param", "code"}}`. Upstream failures are 502 (the service's
+upstream failed, not the caller), except rate limits (429 with Retry-After), timeouts (504),
+content filtering (400, code `content_filter`) and upstream 4xx that blame the request (that status).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from http import HTTPStatus
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from llm_service.core.llm.models import (
+    ConfigurationError,
+    ContentFilterError,
+    InvalidRequestError,
+    LLMServiceError,
+    ModelNotFoundError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitError,
+    RequestTooLargeError,
+    UpstreamRequestError,
+)
+
+log = logging.getLogger("llm_service.errors")
+
+# Checked in order: the first class the error is an instance of decides.
+_STATUS_AND_TYPE: tuple[tuple[type[LLMServiceError], HTTPStatus, str], ...] = (
+    (InvalidRequestError, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
+    (ModelNotFoundError, HTTPStatus.NOT_FOUND, "invalid_request_error"),
+    (RequestTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "invalid_request_error"),
+    (ConfigurationError, HTTPStatus.INTERNAL_SERVER_ERROR, "server_error"),
+    (RateLimitError, HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_error"),
+    (ContentFilterError, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
+    (ProviderTimeoutError, HTTPStatus.GATEWAY_TIMEOUT, "timeout_error"),
+    (UpstreamRequestError, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
+    (ProviderError, HTTPStatus.BAD_GATEWAY, "upstream_error"),
+)
+
+
+def error_body(
+    message: str, type_: str, *, code: str | None = None, param: str | None = None
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def describe(exc: LLMServiceError) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(HTTP status, OpenAI error body, extra headers) for one of our errors."""
+    status: int = HTTPStatus.INTERNAL_SERVER_ERROR
+    type_ = "server_error"
+    for cls, cls_status, cls_type in _STATUS_AND_TYPE:
+        if isinstance(exc, cls):
+            status, type_ = cls_status, cls_type
+            break
+    headers: dict[str, str] = {}
+    if isinstance(exc, UpstreamRequestError) and exc.status is not None and 400 <= exc.status < 500:
+        status = exc.status  # not always in HTTPStatus (499, 460, ...)
+    if isinstance(exc, ProviderError) and exc.retry_after is not None and math.isfinite(exc.retry_after):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return status, error_body(exc.message, type_, code=exc.code, param=exc.param), headers
+
+
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, headers=headers, media_type="application/json")
+
+
+def error_response(exc: LLMServiceError) -> Response:
+    status, body, headers = describe(exc)
+    return json_response(status, body, headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    async def on_service_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, LLMServiceError)
+        request.state.access.error_code = exc.code
+        return error_response(exc)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = "not_found" if exc.status_code == HTTPStatus.NOT_FOUND else None
+        body = error_body(str(exc.detail), "invalid_request_error", code=code)
+        return json_response(exc.status_code, body, dict(exc.headers or {}))
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
+        body = error_body(
+            f"Invalid '{param}': {first.get('msg', 'invalid value')}", "invalid_request_error", param=param
+        )
+        return json_response(HTTPStatus.BAD_REQUEST, body)
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error", exc_info=exc)
+        return json_response(
+            HTTPStatus.INTERNAL_SERVER_ERROR, error_body("Internal server error", "server_error")
+        )
+
+    app.add_exception_handler(LLMServiceError, on_service_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,65 @@
+"""A streaming ASGI response for SSE that notices a client hanging up while the upstream is silent.
+
+Starlette's StreamingResponse (ASGI spec 2.4) only learns of a disconnect when its next write fails,
+so a stalled upstream would be kept open. Here a watcher waits for `http.disconnect` and cancels the
+body iterator, which closes the upstream request through the iterators' `finally` blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Mapping
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+from typing_extensions import override
+
+SSE_HEADERS: Mapping[str, str] = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
+
+
+class SSEResponse(Response):
+    """A Response (so FastAPI passes it through untouched) whose body is an async iterator of events."""
+
+    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+        # Response.__init__ is not called: it would render a body and set a content-length.
+        self._body = body
+        self.status_code = 200
+        self.background = None
+        raw = {**SSE_HEADERS, **headers}
+        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
+
+    @override
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        streaming = asyncio.create_task(self._stream(send))
+        watcher = asyncio.create_task(_wait_for_disconnect(receive))
+        try:
+            await asyncio.wait((streaming, watcher), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (streaming, watcher):
+                if not task.done():
+                    task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, OSError):
+                await streaming
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+
+    async def _stream(self, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            async for piece in self._body:
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            aclose = getattr(self._body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+async def _wait_for_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass

@@ -1,0 +1,234 @@
+"""Settings: one pydantic-settings root with nested groups, read from flat env names and a profile.
+
+Sources, strongest first: keyword arguments, nested env (`LLM_OPENAI__API_KEY`), the ecosystem's
+flat env names (`OPENAI_API_KEY`, from the environment or `.env`), the profile YAML
+(`config/<profile>.yaml`), then the defaults below. Each group declares its flat prefix in
+`ENV_PREFIX`; a field's flat name is that prefix plus the field name in upper case.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from dotenv import dotenv_values
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from typing_extensions import override
+
+from llm_service.core.config.constants import DefaultTimeouts, ProviderID
+
+_REPO_CONFIG_DIR = Path(__file__).resolve().parents[4] / "config"
+_TIMEOUTS = DefaultTimeouts()
+
+
+class _Group(BaseModel):
+    """A settings group; `ENV_PREFIX` + FIELD_NAME is each field's flat env var."""
+
+    ENV_PREFIX: ClassVar[str] = ""
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        return f"{cls.ENV_PREFIX}{field_name.upper()}"
+
+
+class ProviderSettings(_Group):
+    """What every provider group has: where it is, the key, and its timeouts."""
+
+    api_key: SecretStr | None = Field(default=None, description="API key sent to the provider")
+    base_url: str | None = Field(default=None, description="Base URL of the provider's API")
+    timeout_connect: float = Field(default=_TIMEOUTS.connect, gt=0, description="Connect timeout (s)")
+    timeout_read: float = Field(default=_TIMEOUTS.read, gt=0, description="Max wait between reads (s)")
+    timeout_total: float = Field(default=_TIMEOUTS.total, gt=0, description="Whole-call timeout (s)")
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def is_configured(self) -> bool:
+        return self.api_key is not None and bool(self.api_key.get_secret_value())
+
+
+class OpenAISettings(ProviderSettings):
+    ENV_PREFIX: ClassVar[str] = "OPENAI_"
+    base_url: str | None = Field(default="https://api.openai.com/v1", description="OpenAI API base URL")
+    org_id: str | None = Field(default=None, description="Sent as OpenAI-Organization")
+    project_id: str | None = Field(default=None, description="Sent as OpenAI-Project")
+
+
+class OpenRouterSettings(ProviderSettings):
+    ENV_PREFIX: ClassVar[str] = "OPENROUTER_"
+    base_url: str | None = Field(default="https://openrouter.ai/api/v1", description="OpenRouter base URL")
+    http_referer: str | None = Field(default=None, description="Attribution: sent as HTTP-Referer")
+    app_title: str | None = Field(default=None, description="Attribution: sent as X-Title")
+
+
+class RemoteSettings(ProviderSettings):
+    """Any OpenAI-compatible server (vLLM, Ollama, another instance of this service)."""
+
+    ENV_PREFIX: ClassVar[str] = "REMOTE_LLM_"
+
+    @override
+    def is_configured(self) -> bool:
+        return bool(self.base_url)
+
+
+class ServerSettings(_Group):
+    ENV_PREFIX: ClassVar[str] = "LLM_"
+    host: str = Field(default="127.0.0.1", description="Interface to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on")
+    max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest request body accepted")
+
+
+class TelemetrySettings(_Group):
+    ENV_PREFIX: ClassVar[str] = "LLM_"
+    log_prompts: bool = Field(default=False, description="Log prompt and completion text (off: never)")
+
+
+class DispatcherSettings(_Group):
+    ENV_PREFIX: ClassVar[str] = "LLM_"
+    max_retries: int = Field(default=2, ge=0, description="Extra attempts after a retryable upstream failure")
+    retry_backoff_base: float = Field(
+        default=0.5, ge=0, description="First retry wait (s), doubling each time"
+    )
+    retry_backoff_max: float = Field(default=8.0, ge=0, description="Longest retry wait (s)")
+    retry_max_retry_after: float = Field(
+        default=10.0,
+        ge=0,
+        description="Longest upstream Retry-After honoured by waiting; longer ones go to the caller",
+    )
+
+
+class Deployment(BaseModel):
+    """One place a model is served: a provider and the model name it knows."""
+
+    provider: ProviderID
+    model: str
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLM_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    config_profile: str = Field(default="default", description="Profile: loads config/<profile>.yaml")
+    config_dir: Path = Field(default=_REPO_CONFIG_DIR, description="Folder holding the profile YAML files")
+    debug: bool = Field(default=False, description="Debug mode")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level")
+    demo_mode: Literal["auto", "on", "off"] = Field(
+        default="auto", description="Serve built-in fixtures; auto: when no provider is configured"
+    )
+
+    openai: OpenAISettings = Field(default_factory=OpenAISettings)
+    openrouter: OpenRouterSettings = Field(default_factory=OpenRouterSettings)
+    remote: RemoteSettings = Field(default_factory=RemoteSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+
+    aliases: dict[str, list[Deployment]] = Field(
+        default_factory=dict, description="Model aliases from the profile: alias -> ordered deployments"
+    )
+
+    PROVIDER_GROUPS: ClassVar[Mapping[ProviderID, str]] = {
+        ProviderID.OPENAI: "openai",
+        ProviderID.OPENROUTER: "openrouter",
+        ProviderID.REMOTE: "remote",
+    }
+
+    def provider_settings(self, provider: ProviderID) -> ProviderSettings | None:
+        group = self.PROVIDER_GROUPS.get(provider)
+        return getattr(self, group) if group else None
+
+    def configured_providers(self) -> list[ProviderID]:
+        return [p for p in self.PROVIDER_GROUPS if (s := self.provider_settings(p)) and s.is_configured()]
+
+    def demo_enabled(self) -> bool:
+        if self.demo_mode == "auto":
+            return not self.configured_providers()
+        return self.demo_mode == "on"
+
+    @override
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        init_kwargs: dict[str, Any] = init_settings()
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            FlatEnvSource(settings_cls),
+            ProfileYamlSource(settings_cls, init_kwargs),
+        )
+
+
+def _environ() -> dict[str, str]:
+    """The process environment over `.env` (the process wins, as pydantic-settings does)."""
+    values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+class FlatEnvSource(PydanticBaseSettingsSource):
+    """Reads each group's flat env names (OPENAI_API_KEY, REMOTE_LLM_BASE_URL, ...)."""
+
+    @override
+    def __call__(self) -> dict[str, Any]:
+        env = _environ()
+        found: dict[str, Any] = {}
+        for name, info in self.settings_cls.model_fields.items():
+            group = info.annotation
+            if not (isinstance(group, type) and issubclass(group, _Group)):
+                continue
+            values = {f: env[group.env_name(f)] for f in group.model_fields if group.env_name(f) in env}
+            if values:
+                found[name] = values
+        return found
+
+    @override
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+
+class ProfileYamlSource(PydanticBaseSettingsSource):
+    """Loads `<config_dir>/<config_profile>.yaml`: `aliases` and per-provider `providers` overrides."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init_kwargs: Mapping[str, Any]) -> None:
+        super().__init__(settings_cls)
+        env = _environ()
+        self.profile = str(init_kwargs.get("config_profile") or env.get("LLM_CONFIG_PROFILE") or "default")
+        config_dir = init_kwargs.get("config_dir") or env.get("LLM_CONFIG_DIR") or _REPO_CONFIG_DIR
+        self.path = Path(config_dir) / f"{self.profile}.yaml"
+
+    @override
+    def __call__(self) -> dict[str, Any]:
+        if not self.path.is_file():
+            if self.profile != "default":
+                raise ValueError(f"config profile {self.profile!r} not found: {self.path} does not exist")
+            return {}
+        data = yaml.safe_load(self.path.read_text(encoding="utf-8")) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{self.path}: expected a mapping at the top level")
+        found: dict[str, Any] = dict(data.get("providers") or {})
+        if "aliases" in data:
+            found["aliases"] = data["aliases"]
+        return found
+
+    @override
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False

@@ -1,0 +1,292 @@
+"""BaseLLMClient: what every provider shares, written once.
+
+A provider supplies "reach" through three hooks run once, lazily, by `_initialize_client()`:
+`_get_endpoint()`, `_get_credentials()` and `_create_client_instance()`; and "talk" through the
+translation hooks `_request_url()`, `_encode_request()`, `_decode_response()`,
+`_decode_stream_event()` and `_parse_error_body()`. This class owns the HTTP exchange over the shared
+aiohttp session, timeouts, error classification by status, SSE parsing, closing the upstream
+response on every exit path, and usage accounting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+import aiohttp
+
+from llm_service.core.config.constants import ProviderID, RetryableStatusCodes
+from llm_service.core.config.settings import ProviderSettings
+from llm_service.core.llm.credentials import CredentialProvider
+from llm_service.core.llm.models import (
+    ContentFilterError,
+    LLMChunk,
+    LLMRequest,
+    LLMResponse,
+    ProviderAuthError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeoutError,
+    RateLimitError,
+    UpstreamRequestError,
+)
+from llm_service.core.llm.retry import parse_retry_after
+from llm_service.core.llm.sse import SSEDecoder
+
+_CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
+_NOT_RETRYABLE_429_CODES = frozenset({"insufficient_quota"})
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamClient:
+    """What `_create_client_instance()` builds once: the shared session bound to one endpoint."""
+
+    session: aiohttp.ClientSession
+    endpoint: str
+    credentials: CredentialProvider
+    headers: Mapping[str, str]
+    timeout: aiohttp.ClientTimeout
+    stream_timeout: aiohttp.ClientTimeout
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetail:
+    """What a provider's error body says, before classification."""
+
+    message: str
+    code: str | None = None
+    param: str | None = None
+    type: str | None = None
+
+
+@dataclass(slots=True)
+class StreamState:
+    """Per-stream parse state the decode hook may use; `done` marks a proper end of stream."""
+
+    request: LLMRequest
+    done: bool = False
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+
+class BaseLLMClient(ABC):
+    provider: ClassVar[ProviderID]
+    #: Whether a stream ends at EOF (Gemini) rather than at an explicit terminator event.
+    stream_ends_at_eof: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        *,
+        settings: ProviderSettings,
+        credentials: CredentialProvider,
+        session: aiohttp.ClientSession,
+    ) -> None:
+        self.settings = settings
+        self._credentials = credentials
+        self._session = session
+        self._client: UpstreamClient | None = None
+        self._init_lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- reach: the template method
+
+    async def _initialize_client(self) -> UpstreamClient:
+        """Build the upstream client once; concurrent first calls wait for one initialisation.
+
+        A failed initialisation (e.g. a missing key) is not cached: the next request tries again.
+        """
+        client = self._client
+        if client is not None:
+            return client
+        async with self._init_lock:
+            if self._client is None:
+                endpoint = self._get_endpoint()
+                credentials = self._get_credentials()
+                await credentials.auth_headers()  # fail now, naming the setting, if unusable
+                self._client = self._create_client_instance(endpoint, credentials)
+            return self._client
+
+    @abstractmethod
+    def _get_endpoint(self) -> str:
+        """The provider's base URL; raise ConfigurationError naming the setting if missing."""
+
+    @abstractmethod
+    def _get_credentials(self) -> CredentialProvider:
+        """The credential provider that authenticates every request."""
+
+    @abstractmethod
+    def _create_client_instance(self, endpoint: str, credentials: CredentialProvider) -> UpstreamClient:
+        """Bind the shared session to `endpoint` with static headers and timeouts."""
+
+    def _timeouts(self) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
+        """(whole-call timeout, stream timeout): a stream has no total limit, only read gaps."""
+        s = self.settings
+        plain = aiohttp.ClientTimeout(
+            total=s.timeout_total, connect=s.timeout_connect, sock_read=s.timeout_read
+        )
+        stream = aiohttp.ClientTimeout(total=None, connect=s.timeout_connect, sock_read=s.timeout_read)
+        return plain, stream
+
+    # ---------------------------------------------------------------- talk: translation hooks
+
+    @abstractmethod
+    def _request_url(self, client: UpstreamClient, request: LLMRequest) -> str: ...
+
+    @abstractmethod
+    def _encode_request(self, request: LLMRequest) -> bytes: ...
+
+    @abstractmethod
+    def _decode_response(self, body: bytes, request: LLMRequest) -> LLMResponse: ...
+
+    @abstractmethod
+    def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | None:
+        """One SSE data payload -> a chunk (None to skip); raise ProviderError for error events."""
+
+    @abstractmethod
+    def _parse_error_body(self, body: bytes) -> ErrorDetail | None:
+        """The message/code/param in a provider error body, or None when it is not one."""
+
+    # ---------------------------------------------------------------- the exchange
+
+    async def generate(self, request: LLMRequest) -> LLMResponse:
+        client = await self._initialize_client()
+        try:
+            async with client.session.post(
+                self._request_url(client, request),
+                data=self._encode_request(request),
+                headers=await self._headers(client),
+                timeout=client.timeout,
+            ) as resp:
+                body = await resp.read()
+                if resp.status >= HTTPStatus.BAD_REQUEST:
+                    raise self._http_error(resp.status, body, resp.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(exc) from exc
+        try:
+            return self._decode_response(body, request)
+        except ProviderError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise self.malformed(f"unreadable response: {exc}") from exc
+
+    async def generate_stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
+        """Chunks as they arrive. Errors before the first chunk raise on the first `__anext__`."""
+        client = await self._initialize_client()
+        state = StreamState(request)
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            resp = await client.session.post(
+                self._request_url(client, request),
+                data=self._encode_request(request),
+                headers=await self._headers(client),
+                timeout=client.stream_timeout,
+            )
+            if resp.status >= HTTPStatus.BAD_REQUEST:
+                raise self._http_error(resp.status, await resp.read(), resp.headers)
+            decoder = SSEDecoder()
+            async for data in resp.content.iter_any():
+                for event in decoder.feed(data):
+                    chunk = self._decode_event(event, state)
+                    if chunk is not None:
+                        yield chunk
+                if state.done:
+                    return
+            for event in decoder.flush():
+                chunk = self._decode_event(event, state)
+                if chunk is not None:
+                    yield chunk
+            if not (state.done or self.stream_ends_at_eof):
+                raise self.malformed("stream ended before its terminator", retryable=True)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            if resp is not None:
+                # Not read to its end (error, disconnect, cancellation): drop the connection rather
+                # than return a half-read one to the pool.
+                if state.done or self.stream_ends_at_eof:
+                    resp.release()
+                else:
+                    resp.close()
+
+    def _decode_event(self, event: bytes, state: StreamState) -> LLMChunk | None:
+        try:
+            return self._decode_stream_event(event, state)
+        except ProviderError:
+            raise
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise self.malformed(f"unreadable stream event: {exc}", retryable=True) from exc
+
+    async def _headers(self, client: UpstreamClient) -> dict[str, str]:
+        headers = dict(client.headers)
+        headers.update(await client.credentials.auth_headers())
+        return headers
+
+    # ---------------------------------------------------------------- error classification
+
+    def malformed(self, what: str, *, retryable: bool = False) -> ProviderConnectionError:
+        return ProviderConnectionError(
+            f"{self.provider.value} sent a malformed response: {what}",
+            provider=self.provider,
+            retryable=retryable,
+            code="upstream_malformed_response",
+        )
+
+    def _transport_error(self, exc: BaseException) -> ProviderError:
+        name = self.provider.value
+        if isinstance(exc, TimeoutError):
+            return ProviderTimeoutError(
+                f"{name} did not answer in time",
+                provider=self.provider,
+                retryable=True,
+                code="upstream_timeout",
+            )
+        return ProviderConnectionError(
+            f"could not reach {name}: {type(exc).__name__}",
+            provider=self.provider,
+            retryable=True,
+            code="upstream_connection_error",
+        )
+
+    def _http_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
+        try:
+            detail = self._parse_error_body(body)
+        except (ValueError, KeyError, TypeError):
+            detail = None
+        return self.classify_error(status, detail, parse_retry_after(headers))
+
+    def classify_error(
+        self, status: int | None, detail: ErrorDetail | None, retry_after: float | None
+    ) -> ProviderError:
+        """Our error type for an upstream failure: by status first, by the provider's code last.
+
+        `status` is None for an error event inside a 200 stream.
+        """
+        name = self.provider.value
+        code = detail.code if detail else None
+        message = detail.message if detail and detail.message else f"HTTP {status}"
+        said = f"{name} returned an error: {message}"
+        common: dict[str, Any] = {"provider": self.provider, "status": status, "retry_after": retry_after}
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN) and code not in _CONTENT_FILTER_CODES:
+            # The upstream's message may quote part of our key: say who refused, not what it said.
+            return ProviderAuthError(
+                f"{name} rejected the service's credentials (HTTP {status})",
+                code="upstream_auth_error",
+                **common,
+            )
+        if status == HTTPStatus.TOO_MANY_REQUESTS:
+            retryable = code not in _NOT_RETRYABLE_429_CODES
+            return RateLimitError(said, code=code or "rate_limit_exceeded", retryable=retryable, **common)
+        if code in _CONTENT_FILTER_CODES:
+            return ContentFilterError(said, code="content_filter", **common)
+        if status == HTTPStatus.REQUEST_TIMEOUT:
+            return ProviderTimeoutError(said, code=code or "upstream_timeout", retryable=True, **common)
+        if status is None or status in RetryableStatusCodes:
+            return ProviderError(said, code=code or "upstream_error", retryable=True, **common)
+        if (
+            HTTPStatus.BAD_REQUEST <= status < HTTPStatus.INTERNAL_SERVER_ERROR
+            and status != HTTPStatus.PAYMENT_REQUIRED
+        ):
+            return UpstreamRequestError(said, code=code, param=detail.param if detail else None, **common)
+        return ProviderError(said, code=code or "upstream_error", **common)

@@ -1,0 +1,120 @@
+"""LLMDispatcher: every chat request passes here between the API edge and a provider client.
+
+Today it resolves the model (an alias from the profile, or `<provider>/<model>`) to a deployment and
+retries retryable failures that happen before the first streamed chunk. Rate limits, the bounded
+queue, circuit breakers and failover across deployments compose here next, behind the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+
+from llm_service.core.config.constants import ProviderID
+from llm_service.core.config.settings import Deployment, Settings
+from llm_service.core.llm.base import BaseLLMClient
+from llm_service.core.llm.models import LLMChunk, LLMRequest, LLMResponse, ModelNotFoundError
+from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_async
+
+_PROVIDERS = {p.value: p for p in ProviderID}
+
+
+@dataclass(slots=True)
+class RoutedStream:
+    """An opened stream: the deployment serving it and its chunks (the first already received)."""
+
+    deployment: Deployment
+    chunks: AsyncIterator[LLMChunk]
+
+
+class LLMDispatcher:
+    def __init__(
+        self,
+        settings: Settings,
+        clients: Mapping[ProviderID, BaseLLMClient],
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._aliases = settings.aliases
+        self._clients = clients
+        d = settings.dispatcher
+        self._policy = RetryPolicy(
+            max_retries=d.max_retries,
+            backoff_base=d.retry_backoff_base,
+            backoff_max=d.retry_backoff_max,
+            max_retry_after=d.retry_max_retry_after,
+        )
+        self._sleep = sleep
+        self._rand = rand
+
+    def resolve(self, model: str) -> Deployment:
+        """An alias -> its first deployment; `<provider>/<model>` -> that deployment."""
+        deployments = self._aliases.get(model)
+        if deployments:
+            return deployments[0]
+        prefix, _, upstream_model = model.partition("/")
+        provider = _PROVIDERS.get(prefix)
+        if provider is None or not upstream_model:
+            known = ", ".join(sorted(self._aliases)) or "none defined"
+            raise ModelNotFoundError(
+                f"The model '{model}' does not exist. Use '<provider>/<model>' with a provider among "
+                f"{', '.join(_PROVIDERS)}, or an alias ({known}).",
+                code="model_not_found",
+                param="model",
+            )
+        if provider not in self._clients:
+            raise ModelNotFoundError(
+                f"The provider '{prefix}' is not available in this service.",
+                code="model_not_found",
+                param="model",
+            )
+        return Deployment(provider=provider, model=upstream_model)
+
+    def _route(self, request: LLMRequest) -> tuple[Deployment, BaseLLMClient, LLMRequest]:
+        deployment = self.resolve(request.model)
+        return (
+            deployment,
+            self._clients[deployment.provider],
+            dataclasses.replace(request, model=deployment.model),
+        )
+
+    async def generate(self, request: LLMRequest) -> tuple[Deployment, LLMResponse]:
+        deployment, client, upstream_request = self._route(request)
+        response = await retry_async(
+            lambda: client.generate(upstream_request), self._policy, sleep=self._sleep, rand=self._rand
+        )
+        return deployment, response
+
+    async def open_stream(self, request: LLMRequest) -> RoutedStream:
+        """Open a stream and wait for its first chunk, retrying failures that come before it.
+
+        Errors up to the first chunk raise here, so the API edge can still answer with an HTTP
+        status; later errors raise from the returned iterator.
+        """
+        deployment, client, upstream_request = self._route(request)
+
+        async def first_chunk() -> tuple[AsyncIterator[LLMChunk], LLMChunk | None]:
+            stream = client.generate_stream(upstream_request)
+            try:
+                return stream, await anext(stream)
+            except StopAsyncIteration:
+                return stream, None
+
+        stream, first = await retry_async(first_chunk, self._policy, sleep=self._sleep, rand=self._rand)
+        return RoutedStream(deployment, _prepend(first, stream))
+
+
+async def _prepend(first: LLMChunk | None, rest: AsyncIterator[LLMChunk]) -> AsyncIterator[LLMChunk]:
+    try:
+        if first is not None:
+            yield first
+            async for chunk in rest:
+                yield chunk
+    finally:
+        aclose = getattr(rest, "aclose", None)
+        if aclose is not None:
+            await aclose()

@@ -1,0 +1,289 @@
+"""Provider-neutral domain types and the service's one error hierarchy.
+
+The OpenAI wire format is the API's language, not the domain's: `api/` translates between the two,
+and each provider translates the domain to its own wire format. Plain slotted dataclasses keep the
+per-request and per-chunk cost low.
+
+Errors::
+
+    LLMServiceError
+     ├── InvalidRequestError          the caller's request is wrong (field named in `param`)
+     ├── ModelNotFoundError           unknown model, alias or provider
+     ├── RequestTooLargeError         body over the configured limit
+     ├── ConfigurationError           the service is missing a setting (names the env var)
+     └── ProviderError                an upstream failed (provider, status, retryable, retry_after)
+          ├── RateLimitError          upstream 429 (retry_after from its headers)
+          ├── ProviderTimeoutError    connect/read/total timeout, upstream 408
+          ├── ProviderConnectionError connection refused/reset, malformed or truncated response
+          ├── ProviderAuthError       upstream 401/403: the service's credentials were rejected
+          ├── UpstreamRequestError    upstream 4xx blaming the request (context length, bad param)
+          └── ContentFilterError      the provider's content filter blocked prompt or answer
+
+The API edge (`api/errors.py`) maps these to HTTP statuses and OpenAI's error body in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from llm_service.core.config.constants import ProviderID
+
+
+class Role(StrEnum):
+    SYSTEM = "system"
+    DEVELOPER = "developer"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
+    FUNCTION_CALL = "function_call"
+
+
+@dataclass(slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(slots=True)
+class ImagePart:
+    """An image by URL: `https://...`, `gs://...` or a `data:image/...;base64,...` URL."""
+
+    url: str
+    detail: str | None = None
+
+
+ContentPart = TextPart | ImagePart
+
+
+@dataclass(slots=True)
+class ToolCall:
+    """A complete function call made by the model.
+
+    `id` is the ID the client sees; `provider_id` the ID the issuing provider gave it (None when the
+    provider gives none). `arguments` is the JSON text of the arguments, as OpenAI sends it.
+    """
+
+    id: str
+    name: str
+    arguments: str
+    provider_id: str | None = None
+
+
+@dataclass(slots=True)
+class ToolCallDelta:
+    """A fragment of a streamed tool call; `index` is its position within the message."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str | None = None
+    provider_id: str | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    """One conversation turn. `content` keeps the caller's form: a string or a list of parts."""
+
+    role: Role
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    tool_call_id: str | None = None
+    refusal: str | None = None
+
+    def text(self) -> str:
+        """The message's text parts joined, for providers and logs that want plain text."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text for p in self.content if isinstance(p, TextPart))
+
+    def has_images(self) -> bool:
+        return isinstance(self.content, list) and any(isinstance(p, ImagePart) for p in self.content)
+
+
+@dataclass(slots=True)
+class ToolDefinition:
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+@dataclass(slots=True)
+class ToolChoice:
+    """`mode` none/auto/required; `functions` restricts the choice to those names (empty: all)."""
+
+    mode: Literal["none", "auto", "required"]
+    functions: tuple[str, ...] = ()
+
+
+@dataclass(slots=True)
+class ResponseFormat:
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+@dataclass(slots=True)
+class LLMRequest:
+    """A chat request addressed to one provider's upstream `model`.
+
+    `extra` holds request fields the domain does not model; OpenAI-family providers pass them
+    through unchanged, other providers ignore them.
+    """
+
+    model: str
+    messages: list[Message]
+    tools: list[ToolDefinition] = field(default_factory=list)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: list[str] | None = None
+    seed: int | None = None
+    n: int | None = None
+    user: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class Choice:
+    index: int
+    message: Message
+    finish_reason: FinishReason | None
+
+
+@dataclass(slots=True)
+class LLMResponse:
+    id: str
+    created: int
+    model: str
+    provider: ProviderID
+    choices: list[Choice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+@dataclass(slots=True)
+class ChunkChoice:
+    index: int
+    role: Role | None = None
+    content: str | None = None
+    refusal: str | None = None
+    tool_calls: list[ToolCallDelta] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+
+
+@dataclass(slots=True)
+class LLMChunk:
+    """One streamed event. A usage-only chunk has no choices and a `usage`."""
+
+    id: str
+    created: int
+    model: str
+    provider: ProviderID
+    choices: list[ChunkChoice] = field(default_factory=list)
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors
+# --------------------------------------------------------------------------------------------------
+
+
+class LLMServiceError(Exception):
+    """Base of every error the service raises on purpose. `message` is safe to show a client."""
+
+    def __init__(self, message: str, *, code: str | None = None, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.param = param
+
+
+class InvalidRequestError(LLMServiceError):
+    pass
+
+
+class ModelNotFoundError(LLMServiceError):
+    pass
+
+
+class RequestTooLargeError(LLMServiceError):
+    pass
+
+
+class ConfigurationError(LLMServiceError):
+    pass
+
+
+class ProviderError(LLMServiceError):
+    """An upstream failed. `status` is the upstream HTTP status when there was one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: ProviderID,
+        status: int | None = None,
+        retryable: bool = False,
+        retry_after: float | None = None,
+        code: str | None = None,
+        param: str | None = None,
+    ) -> None:
+        super().__init__(message, code=code, param=param)
+        self.provider = provider
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class RateLimitError(ProviderError):
+    pass
+
+
+class ProviderTimeoutError(ProviderError):
+    pass
+
+
+class ProviderConnectionError(ProviderError):
+    pass
+
+
+class ProviderAuthError(ProviderError):
+    pass
+
+
+class UpstreamRequestError(ProviderError):
+    pass
+
+
+class ContentFilterError(ProviderError):
+    pass

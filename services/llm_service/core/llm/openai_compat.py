@@ -1,0 +1,104 @@
+"""The OpenAI-compatible client: the "talk" half shared by openai, openrouter, remote and Azure.
+
+It speaks Chat Completions through `openai_format`; a provider subclass only says where the
+upstream is (`_get_endpoint`) and which static headers it wants (`_extra_headers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import orjson
+from typing_extensions import override
+
+from llm_service.core.llm.base import BaseLLMClient, ErrorDetail, StreamState, UpstreamClient
+from llm_service.core.llm.credentials import CredentialProvider
+from llm_service.core.llm.models import ConfigurationError, LLMChunk, LLMRequest, LLMResponse
+from llm_service.core.llm.openai_format import (
+    decode_chat_chunk,
+    decode_chat_response,
+    encode_chat_request,
+)
+
+_DONE = b"[DONE]"
+
+
+def error_detail(raw: Any) -> ErrorDetail | None:
+    """OpenAI's `{"error": {...}}` (numeric or string code), or a bare `{"error": "text"}`."""
+    error = raw.get("error") if isinstance(raw, dict) else None
+    if isinstance(error, str):
+        return ErrorDetail(message=error)
+    if not isinstance(error, dict):
+        return None
+    code = error.get("code")
+    return ErrorDetail(
+        message=str(error.get("message") or ""),
+        code=str(code) if code is not None else None,
+        param=error.get("param"),
+        type=error.get("type"),
+    )
+
+
+class OpenAICompatibleClient(BaseLLMClient):
+    #: Ask for the usage chunk on every stream so tokens are always accounted.
+    always_include_usage: ClassVar[bool] = True
+    #: The `<PREFIX>API_KEY` must be set for this provider to work.
+    api_key_required: ClassVar[bool] = True
+
+    # ---------------------------------------------------------------- reach
+
+    @override
+    def _get_endpoint(self) -> str:
+        if not self.settings.base_url:
+            raise ConfigurationError(
+                f"no base URL configured: set {self.settings.env_name('base_url')}",
+                code="provider_not_configured",
+            )
+        return self.settings.base_url
+
+    @override
+    def _get_credentials(self) -> CredentialProvider:
+        return self._credentials
+
+    @override
+    def _create_client_instance(self, endpoint: str, credentials: CredentialProvider) -> UpstreamClient:
+        timeout, stream_timeout = self._timeouts()
+        headers = {"Content-Type": "application/json", **self._extra_headers()}
+        return UpstreamClient(self._session, endpoint, credentials, headers, timeout, stream_timeout)
+
+    def _extra_headers(self) -> Mapping[str, str]:
+        """Static headers this provider adds to every request (attribution, organisation)."""
+        return {}
+
+    # ---------------------------------------------------------------- talk
+
+    @override
+    def _request_url(self, client: UpstreamClient, request: LLMRequest) -> str:
+        return f"{client.endpoint}/chat/completions"
+
+    @override
+    def _encode_request(self, request: LLMRequest) -> bytes:
+        return orjson.dumps(encode_chat_request(request, always_include_usage=self.always_include_usage))
+
+    @override
+    def _decode_response(self, body: bytes, request: LLMRequest) -> LLMResponse:
+        data = orjson.loads(body)
+        # OpenRouter (and some proxies) report a failure inside a 200 body.
+        if isinstance(data, dict) and "error" in data and "choices" not in data:
+            raise self.classify_error(None, error_detail(data), None)
+        return decode_chat_response(data, self.provider)
+
+    @override
+    def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | None:
+        if data == _DONE:
+            state.done = True
+            return None
+        obj = orjson.loads(data)
+        if "error" in obj:
+            raise self.classify_error(None, error_detail(obj), None)
+        return decode_chat_chunk(obj, self.provider)
+
+    @override
+    def _parse_error_body(self, body: bytes) -> ErrorDetail | None:
+        return error_detail(orjson.loads(body)) if body else None

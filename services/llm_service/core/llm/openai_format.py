@@ -1,0 +1,571 @@
+"""The OpenAI Chat Completions wire format <-> the domain, both directions, in one place.
+
+The API edge reads requests and writes responses in this format; the OpenAI-family providers
+(openai, openrouter, remote, azure_openai) write requests and read responses in it. Keeping both
+directions here means one codec, tested once, and no second copy of the same field table.
+
+Reading a client's request validates as it goes and names the offending field in
+`InvalidRequestError.param` (`messages[2].tool_calls[0].function.name`). Fields the domain does
+not model are kept in `LLMRequest.extra` and passed through to OpenAI-family providers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from llm_service.core.config.constants import ProviderID
+from llm_service.core.llm.models import (
+    Choice,
+    ChunkChoice,
+    ContentPart,
+    FinishReason,
+    ImagePart,
+    InvalidRequestError,
+    LLMChunk,
+    LLMRequest,
+    LLMResponse,
+    Message,
+    ResponseFormat,
+    Role,
+    TextPart,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolDefinition,
+    Usage,
+)
+
+_KNOWN_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "seed",
+        "n",
+        "user",
+        "stream",
+        "stream_options",
+    }
+)
+_ROLES = {r.value: r for r in Role}
+_FINISH = {f.value: f for f in FinishReason}
+
+
+# ==================================================================================================
+# Reading a client's request (API edge)
+# ==================================================================================================
+
+
+def _bad(param: str, message: str) -> InvalidRequestError:
+    return InvalidRequestError(f"Invalid '{param}': {message}", param=param, code="invalid_value")
+
+
+def _get(
+    obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str, *, required: bool = False
+) -> Any:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise InvalidRequestError(
+                f"Missing required parameter: '{path}'.", param=path, code="missing_required_parameter"
+            )
+        return None
+    # bool is an int in Python; JSON true is not a number.
+    if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
+        raise _bad(path, f"expected {_kind_name(kind)}, got {type(value).__name__}.")
+    return value
+
+
+def _as_tuple(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "an object",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
+
+
+def _number(obj: dict[str, Any], key: str, low: float, high: float) -> float | None:
+    value = _get(obj, key, (int, float), key)
+    if value is not None and not low <= value <= high:
+        raise _bad(key, f"must be between {low:g} and {high:g}.")
+    return None if value is None else float(value)
+
+
+def _positive_int(obj: dict[str, Any], key: str) -> int | None:
+    value = _get(obj, key, int, key)
+    if value is not None and value < 1:
+        raise _bad(key, "must be at least 1.")
+    return cast(int | None, value)
+
+
+def parse_chat_request(body: Any) -> LLMRequest:
+    """A client's Chat Completions body -> LLMRequest (with `model` as the client wrote it)."""
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    model = _get(body, "model", str, "model", required=True)
+    if not model:
+        raise _bad("model", "must not be empty.")
+    messages = _get(body, "messages", list, "messages", required=True)
+    if not messages:
+        raise _bad("messages", "must contain at least one message.")
+    stop = body.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    elif stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        raise _bad("stop", "expected a string or an array of strings.")
+    stream_options = _get(body, "stream_options", dict, "stream_options") or {}
+    return LLMRequest(
+        model=model,
+        messages=[_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages)],
+        tools=[_parse_tool(t, f"tools[{i}]") for i, t in enumerate(_get(body, "tools", list, "tools") or [])],
+        tool_choice=_parse_tool_choice(body.get("tool_choice")),
+        parallel_tool_calls=_get(body, "parallel_tool_calls", bool, "parallel_tool_calls"),
+        response_format=_parse_response_format(_get(body, "response_format", dict, "response_format")),
+        temperature=_number(body, "temperature", 0, 2),
+        top_p=_number(body, "top_p", 0, 1),
+        max_tokens=_positive_int(body, "max_tokens"),
+        max_completion_tokens=_positive_int(body, "max_completion_tokens"),
+        stop=stop,
+        seed=_get(body, "seed", int, "seed"),
+        n=_positive_int(body, "n"),
+        user=_get(body, "user", str, "user"),
+        stream=bool(_get(body, "stream", bool, "stream")),
+        include_usage=bool(_get(stream_options, "include_usage", bool, "stream_options.include_usage")),
+        extra={k: v for k, v in body.items() if k not in _KNOWN_FIELDS},
+    )
+
+
+def _parse_message(raw: Any, path: str) -> Message:
+    if not isinstance(raw, dict):
+        raise _bad(path, "expected an object.")
+    role_name = _get(raw, "role", str, f"{path}.role", required=True)
+    role = _ROLES.get(role_name)
+    if role is None:
+        raise _bad(f"{path}.role", f"unsupported role {role_name!r}; expected one of {', '.join(_ROLES)}.")
+    message = Message(role=role, content=_parse_content(raw.get("content"), f"{path}.content"))
+    message.name = _get(raw, "name", str, f"{path}.name")
+    if role is Role.ASSISTANT:
+        calls = _get(raw, "tool_calls", list, f"{path}.tool_calls") or []
+        message.tool_calls = [_parse_tool_call(c, f"{path}.tool_calls[{i}]") for i, c in enumerate(calls)]
+        message.refusal = _get(raw, "refusal", str, f"{path}.refusal")
+    elif role is Role.TOOL:
+        message.tool_call_id = _get(raw, "tool_call_id", str, f"{path}.tool_call_id", required=True)
+    if message.content is None and not message.tool_calls and role is not Role.ASSISTANT:
+        raise InvalidRequestError(
+            f"Missing required parameter: '{path}.content'.",
+            param=f"{path}.content",
+            code="missing_required_parameter",
+        )
+    return message
+
+
+def _parse_content(raw: Any, path: str) -> str | list[ContentPart] | None:
+    if raw is None or isinstance(raw, str):
+        return raw
+    if not isinstance(raw, list):
+        raise _bad(path, "expected a string or an array of content parts.")
+    parts: list[ContentPart] = []
+    for i, part in enumerate(raw):
+        where = f"{path}[{i}]"
+        if not isinstance(part, dict):
+            raise _bad(where, "expected an object.")
+        kind = part.get("type")
+        if kind == "text":
+            parts.append(TextPart(_get(part, "text", str, f"{where}.text", required=True)))
+        elif kind == "image_url":
+            image = _get(part, "image_url", dict, f"{where}.image_url", required=True)
+            url = _get(image, "url", str, f"{where}.image_url.url", required=True)
+            parts.append(ImagePart(url=url, detail=_get(image, "detail", str, f"{where}.image_url.detail")))
+        else:
+            raise _bad(
+                f"{where}.type", f"unsupported content part type {kind!r}; supported: 'text', 'image_url'."
+            )
+    return parts
+
+
+def _parse_tool_call(raw: Any, path: str) -> ToolCall:
+    if not isinstance(raw, dict):
+        raise _bad(path, "expected an object.")
+    function = _get(raw, "function", dict, f"{path}.function", required=True)
+    return ToolCall(
+        id=_get(raw, "id", str, f"{path}.id", required=True),
+        name=_get(function, "name", str, f"{path}.function.name", required=True),
+        arguments=_get(function, "arguments", str, f"{path}.function.arguments") or "",
+    )
+
+
+def _parse_tool(raw: Any, path: str) -> ToolDefinition:
+    if not isinstance(raw, dict) or raw.get("type", "function") != "function":
+        raise _bad(f"{path}.type", "only tools of type 'function' are supported.")
+    function = _get(raw, "function", dict, f"{path}.function", required=True)
+    return ToolDefinition(
+        name=_get(function, "name", str, f"{path}.function.name", required=True),
+        description=_get(function, "description", str, f"{path}.function.description"),
+        parameters=_get(function, "parameters", dict, f"{path}.function.parameters"),
+        strict=_get(function, "strict", bool, f"{path}.function.strict"),
+    )
+
+
+def _parse_tool_choice(raw: Any) -> ToolChoice | None:
+    if raw is None:
+        return None
+    if raw in ("none", "auto", "required"):
+        return ToolChoice(mode=raw)
+    if isinstance(raw, dict):
+        if raw.get("type") == "function" and isinstance(raw.get("function"), dict):
+            name = _get(raw["function"], "name", str, "tool_choice.function.name", required=True)
+            return ToolChoice(mode="required", functions=(name,))
+        allowed = raw.get("allowed_tools")
+        if (
+            raw.get("type") == "allowed_tools"
+            and isinstance(allowed, dict)
+            and allowed.get("mode") in ("auto", "required")
+        ):
+            tools = _get(allowed, "tools", list, "tool_choice.allowed_tools.tools", required=True)
+            return ToolChoice(mode=allowed["mode"], functions=tuple(_allowed_tool_names(tools)))
+    raise _bad(
+        "tool_choice", "expected 'none', 'auto', 'required', a function choice or an allowed_tools choice."
+    )
+
+
+def _allowed_tool_names(tools: list[Any]) -> list[str]:
+    names = []
+    for i, tool in enumerate(tools):
+        path = f"tool_choice.allowed_tools.tools[{i}]"
+        if not isinstance(tool, dict):
+            raise _bad(path, "expected an object.")
+        function = _get(tool, "function", dict, f"{path}.function", required=True)
+        names.append(_get(function, "name", str, f"{path}.function.name", required=True))
+    return names
+
+
+def _parse_response_format(raw: dict[str, Any] | None) -> ResponseFormat | None:
+    if raw is None:
+        return None
+    kind = raw.get("type")
+    if kind in ("text", "json_object"):
+        return ResponseFormat(type=kind)
+    if kind == "json_schema":
+        spec = _get(raw, "json_schema", dict, "response_format.json_schema", required=True)
+        return ResponseFormat(
+            type="json_schema",
+            name=_get(spec, "name", str, "response_format.json_schema.name", required=True),
+            schema=_get(spec, "schema", dict, "response_format.json_schema.schema"),
+            description=_get(spec, "description", str, "response_format.json_schema.description"),
+            strict=_get(spec, "strict", bool, "response_format.json_schema.strict"),
+        )
+    raise _bad("response_format.type", "expected 'text', 'json_object' or 'json_schema'.")
+
+
+# ==================================================================================================
+# Writing a request to an OpenAI-family upstream (providers)
+# ==================================================================================================
+
+
+def encode_chat_request(request: LLMRequest, *, always_include_usage: bool) -> dict[str, Any]:
+    """LLMRequest -> an OpenAI Chat Completions body; `extra` fields pass through untouched.
+
+    With `always_include_usage`, streams ask for the usage chunk even when the client did not, so
+    the service can account tokens; the API edge drops that chunk for such clients.
+    """
+    body: dict[str, Any] = dict(request.extra)
+    body["model"] = request.model
+    body["messages"] = [_encode_message(m) for m in request.messages]
+    if request.tools:
+        body["tools"] = [_encode_tool(t) for t in request.tools]
+    if request.tool_choice is not None:
+        body["tool_choice"] = _encode_tool_choice(request.tool_choice)
+    if request.response_format is not None:
+        body["response_format"] = _encode_response_format(request.response_format)
+    for key in (
+        "parallel_tool_calls",
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "stop",
+        "seed",
+        "n",
+        "user",
+    ):
+        value = getattr(request, key)
+        if value is not None:
+            body[key] = value
+    if request.stream:
+        body["stream"] = True
+        if request.include_usage or always_include_usage:
+            body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _encode_message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role.value}
+    content = message.content
+    if isinstance(content, list):
+        out["content"] = [_encode_part(p) for p in content]
+    else:
+        out["content"] = content
+    if message.name is not None:
+        out["name"] = message.name
+    if message.tool_calls:
+        out["tool_calls"] = [
+            {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+            for c in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.refusal is not None:
+        out["refusal"] = message.refusal
+    return out
+
+
+def _encode_part(part: ContentPart) -> dict[str, Any]:
+    if isinstance(part, TextPart):
+        return {"type": "text", "text": part.text}
+    image: dict[str, Any] = {"url": part.url}
+    if part.detail is not None:
+        image["detail"] = part.detail
+    return {"type": "image_url", "image_url": image}
+
+
+def _encode_tool(tool: ToolDefinition) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": tool.name}
+    if tool.description is not None:
+        function["description"] = tool.description
+    if tool.parameters is not None:
+        function["parameters"] = tool.parameters
+    if tool.strict is not None:
+        function["strict"] = tool.strict
+    return {"type": "function", "function": function}
+
+
+def _encode_tool_choice(choice: ToolChoice) -> Any:
+    if not choice.functions:
+        return choice.mode
+    if choice.mode == "required" and len(choice.functions) == 1:
+        return {"type": "function", "function": {"name": choice.functions[0]}}
+    tools = [{"type": "function", "function": {"name": name}} for name in choice.functions]
+    return {"type": "allowed_tools", "allowed_tools": {"mode": choice.mode, "tools": tools}}
+
+
+def _encode_response_format(fmt: ResponseFormat) -> dict[str, Any]:
+    if fmt.type != "json_schema":
+        return {"type": fmt.type}
+    spec: dict[str, Any] = {"name": fmt.name}
+    for key in ("description", "schema", "strict"):
+        value = getattr(fmt, key)
+        if value is not None:
+            spec[key] = value
+    return {"type": "json_schema", "json_schema": spec}
+
+
+# ==================================================================================================
+# Reading an OpenAI-family upstream's response (providers)
+# ==================================================================================================
+
+
+def _finish(raw: Any) -> FinishReason | None:
+    return _FINISH.get(raw) if isinstance(raw, str) else None
+
+
+def decode_usage(raw: Any) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    prompt, completion = int(raw.get("prompt_tokens") or 0), int(raw.get("completion_tokens") or 0)
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=int(raw.get("total_tokens") or prompt + completion),
+        cached_tokens=prompt_details.get("cached_tokens"),
+        reasoning_tokens=completion_details.get("reasoning_tokens"),
+    )
+
+
+def decode_chat_response(data: dict[str, Any], provider: ProviderID) -> LLMResponse:
+    choices = []
+    for position, raw in enumerate(data["choices"]):
+        msg = raw.get("message") or {}
+        message = Message(role=Role.ASSISTANT, content=msg.get("content"), refusal=msg.get("refusal"))
+        message.tool_calls = [
+            ToolCall(
+                id=c["id"],
+                name=c["function"]["name"],
+                arguments=c["function"].get("arguments") or "",
+                provider_id=c["id"],
+            )
+            for c in msg.get("tool_calls") or ()
+        ]
+        choices.append(
+            Choice(
+                index=raw.get("index", position),
+                message=message,
+                finish_reason=_finish(raw.get("finish_reason")),
+            )
+        )
+    return LLMResponse(
+        id=data.get("id") or "",
+        created=int(data.get("created") or 0),
+        model=data.get("model") or "",
+        provider=provider,
+        choices=choices,
+        usage=decode_usage(data.get("usage")),
+        system_fingerprint=data.get("system_fingerprint"),
+    )
+
+
+def decode_chat_chunk(data: dict[str, Any], provider: ProviderID) -> LLMChunk:
+    choices = []
+    for position, raw in enumerate(data.get("choices") or ()):
+        delta = raw.get("delta") or {}
+        role = delta.get("role")
+        choice = ChunkChoice(
+            index=raw.get("index", position),
+            role=_ROLES.get(role) if role else None,
+            content=delta.get("content"),
+            refusal=delta.get("refusal"),
+            finish_reason=_finish(raw.get("finish_reason")),
+        )
+        for fragment in delta.get("tool_calls") or ():
+            function = fragment.get("function") or {}
+            call_id = fragment.get("id")
+            choice.tool_calls.append(
+                ToolCallDelta(
+                    index=fragment.get("index", 0),
+                    id=call_id,
+                    name=function.get("name"),
+                    arguments=function.get("arguments"),
+                    provider_id=call_id,
+                )
+            )
+        choices.append(choice)
+    usage = decode_usage(data.get("usage"))
+    if usage is not None and all(_is_empty(c) for c in choices):
+        choices = []  # OpenRouter's usage chunk carries an empty choice; OpenAI's has none
+    return LLMChunk(
+        id=data.get("id") or "",
+        created=int(data.get("created") or 0),
+        model=data.get("model") or "",
+        provider=provider,
+        choices=choices,
+        usage=usage,
+        system_fingerprint=data.get("system_fingerprint"),
+    )
+
+
+def _is_empty(choice: ChunkChoice) -> bool:
+    return not (choice.content or choice.tool_calls or choice.refusal or choice.finish_reason)
+
+
+# ==================================================================================================
+# Writing the response to the client (API edge)
+# ==================================================================================================
+
+
+def encode_usage(usage: Usage) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
+    if usage.cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return out
+
+
+def _encode_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
+    return [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+        for c in calls
+    ]
+
+
+def encode_chat_response(response: LLMResponse) -> dict[str, Any]:
+    """LLMResponse -> the client's `chat.completion` body (`model` is the upstream's resolved name)."""
+    choices = []
+    for choice in response.choices:
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": choice.message.content
+            if not isinstance(choice.message.content, list)
+            else choice.message.text(),
+            "refusal": choice.message.refusal,
+        }
+        if choice.message.tool_calls:
+            message["tool_calls"] = _encode_tool_calls(choice.message.tool_calls)
+        finish = choice.finish_reason.value if choice.finish_reason else None
+        choices.append({"index": choice.index, "message": message, "logprobs": None, "finish_reason": finish})
+    body: dict[str, Any] = {
+        "id": response.id,
+        "object": "chat.completion",
+        "created": response.created,
+        "model": response.model,
+        "choices": choices,
+        "usage": encode_usage(response.usage) if response.usage else None,
+    }
+    if response.system_fingerprint is not None:
+        body["system_fingerprint"] = response.system_fingerprint
+    return body
+
+
+def encode_chat_chunk(chunk: LLMChunk, *, include_usage: bool) -> dict[str, Any]:
+    """LLMChunk -> one `chat.completion.chunk`; `usage` appears only for clients that asked."""
+    choices = []
+    for choice in chunk.choices:
+        delta: dict[str, Any] = {}
+        if choice.role is not None:
+            delta["role"] = choice.role.value
+        if choice.content is not None:
+            delta["content"] = choice.content
+        if choice.refusal is not None:
+            delta["refusal"] = choice.refusal
+        if choice.tool_calls:
+            delta["tool_calls"] = [_encode_tool_call_delta(d) for d in choice.tool_calls]
+        finish = choice.finish_reason.value if choice.finish_reason else None
+        choices.append({"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": finish})
+    body: dict[str, Any] = {
+        "id": chunk.id,
+        "object": "chat.completion.chunk",
+        "created": chunk.created,
+        "model": chunk.model,
+        "choices": choices,
+    }
+    if chunk.system_fingerprint is not None:
+        body["system_fingerprint"] = chunk.system_fingerprint
+    if include_usage:
+        body["usage"] = encode_usage(chunk.usage) if chunk.usage else None
+    return body
+
+
+def _encode_tool_call_delta(delta: ToolCallDelta) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": delta.index}
+    if delta.id is not None:
+        out["id"] = delta.id
+        out["type"] = "function"
+    function: dict[str, Any] = {}
+    if delta.name is not None:
+        function["name"] = delta.name
+    if delta.arguments is not None:
+        function["arguments"] = delta.arguments
+    if function:
+        out["function"] = function
+    return out

@@ -1,0 +1,69 @@
+"""Incremental Server-Sent Events decoder: bytes in any chunking -> the `data` of each event.
+
+Accepts LF, CR and CRLF line endings (a CR at the end of one chunk may pair with an LF at the start of
+the next), skips comment lines (`: OPENROUTER PROCESSING`), strips one space after `data:`, and joins
+several `data:` lines of one event with `\\n`. Other fields (`event:`, `id:`, `retry:`) are ignored:
+no chat API here uses them.
+"""
+
+from __future__ import annotations
+
+_LF = b"\n"
+_CR = b"\r"
+
+
+class SSEDecoder:
+    __slots__ = ("_buf", "_data")
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Consume `chunk`; return the data payloads of the events it completed."""
+        buf = self._buf + chunk if self._buf else chunk
+        events: list[bytes] = []
+        if _CR not in buf:
+            # Fast path for the usual LF-only stream.
+            *lines, self._buf = buf.split(_LF)
+            for line in lines:
+                self._line(line, events)
+            return events
+        pos = 0
+        size = len(buf)
+        while pos < size:
+            lf = buf.find(_LF, pos)
+            cr = buf.find(_CR, pos, lf if lf != -1 else size)
+            if cr == -1 and lf == -1:
+                break
+            if cr == -1:
+                end, nxt = lf, lf + 1
+            elif cr == size - 1:
+                break  # a lone CR at the end: wait to see whether an LF follows
+            else:
+                end, nxt = cr, (cr + 2 if buf[cr + 1 : cr + 2] == _LF else cr + 1)
+            self._line(buf[pos:end], events)
+            pos = nxt
+        self._buf = buf[pos:]
+        return events
+
+    def flush(self) -> list[bytes]:
+        """At end of input: treat what is left as a last line and dispatch any pending event."""
+        events: list[bytes] = []
+        rest, self._buf = self._buf.rstrip(b"\r"), b""
+        if rest:
+            self._line(rest, events)
+        self._line(b"", events)
+        return events
+
+    def _line(self, line: bytes, events: list[bytes]) -> None:
+        if not line:
+            if self._data:
+                events.append(self._data[0] if len(self._data) == 1 else _LF.join(self._data))
+                self._data = []
+            return
+        if line[0] == 0x3A:  # ':' comment
+            return
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            self._data.append(value[1:] if value[:1] == b" " else value)

@@ -1,0 +1,321 @@
+"""Wire formats of the fake upstreams: fixture loading, SSE framing and provider error bodies.
+
+Everything here is pure (no sockets) so the byte-level behaviour can be reasoned about and
+tested on its own. Fixture files hold the exact bytes a real provider sends; this module
+only re-serialises an event when the request asks for something the fixture does not show
+(OpenAI's usage fields when ``stream_options.include_usage`` was not requested).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from http import HTTPStatus
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+Flavor = Literal["openai", "openrouter"]
+Scenario = Literal["text", "tool_call", "tool_result"]
+SCENARIOS: tuple[Scenario, ...] = ("text", "tool_call", "tool_result")
+
+# services/llm_service/fakes/wire.py -> repository root -> tests/fixtures
+DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
+
+# OpenAI rejects longer ids in messages[].tool_calls[].id (protocol reference section 7).
+MAX_TOOL_CALL_ID_LENGTH = 40
+
+DONE = b"[DONE]"
+
+
+@dataclass(frozen=True)
+class SseEvent:
+    """One SSE event: either a comment line (``: text``) or a ``data:`` payload."""
+
+    comment: bytes | None = None
+    data: bytes | None = None
+
+    @property
+    def is_data(self) -> bool:
+        return self.data is not None
+
+    @property
+    def is_done(self) -> bool:
+        return self.data == DONE
+
+    def render(self, newline: bytes) -> bytes:
+        """Serialise with the given line terminator; every event ends with an empty line."""
+        if self.data is None:
+            return b":" + (self.comment or b"") + newline + newline
+        lines = self.data.split(b"\n")
+        return b"".join(b"data: " + line + newline for line in lines) + newline
+
+
+def parse_sse(raw: bytes) -> list[SseEvent]:
+    """Parse a fixture stream into events (fixtures use LF, but CR/CRLF are tolerated)."""
+    text = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    events: list[SseEvent] = []
+    for block in text.split(b"\n\n"):
+        lines = [line for line in block.split(b"\n") if line]
+        if not lines:
+            continue
+        if all(line.startswith(b":") for line in lines):
+            events.extend(SseEvent(comment=line[1:]) for line in lines)
+            continue
+        data_lines = [line[5:] for line in lines if line.startswith(b"data:")]
+        payload = b"\n".join(d[1:] if d.startswith(b" ") else d for d in data_lines)
+        events.append(SseEvent(data=payload))
+    return events
+
+
+def strip_usage(events: list[SseEvent]) -> list[SseEvent]:
+    """Drop what real OpenAI omits without ``include_usage``: the ``choices: []`` usage chunk
+    and the ``"usage": null`` field of every other chunk. orjson's compact output matches
+    OpenAI's own compact chunk bytes, so re-serialised events stay faithful."""
+    out: list[SseEvent] = []
+    for event in events:
+        if event.data is None or event.is_done:
+            out.append(event)
+            continue
+        obj = orjson.loads(event.data)
+        if not isinstance(obj, dict) or "usage" not in obj:
+            out.append(event)
+            continue
+        if obj["usage"] is not None and obj.get("choices") == []:
+            continue
+        del obj["usage"]
+        out.append(SseEvent(data=orjson.dumps(obj)))
+    return out
+
+
+def split_for_writes(data: bytes) -> list[bytes]:
+    """Cut one rendered event into 2-3 pieces, preferring a cut inside a multi-byte UTF-8
+    character so the client's decoder must carry partial characters across reads."""
+    if len(data) < 3:
+        return [data]
+    lead = next((i for i, byte in enumerate(data) if byte >= 0xC0), None)
+    first_cut = lead + 1 if lead is not None else len(data) // 3
+    cuts = sorted({c for c in (first_cut, (2 * len(data)) // 3) if 0 < c < len(data)})
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+class FixtureSet:
+    """The canned responses of one flavour, read once from ``<root>/<flavor>/``."""
+
+    def __init__(self, flavor: Flavor, root: Path) -> None:
+        directory = root / flavor
+        if not directory.is_dir():
+            raise FileNotFoundError(f"fake upstream fixtures not found: {directory}")
+        self.directory = directory
+        self.completions: dict[Scenario, bytes] = {}
+        self.streams: dict[Scenario, list[SseEvent]] = {}
+        self.ids: dict[Scenario, str] = {}
+        for scenario in SCENARIOS:
+            completion = (directory / f"chat_{scenario}.json").read_bytes()
+            self.completions[scenario] = completion
+            self.streams[scenario] = parse_sse((directory / f"chat_{scenario}.sse").read_bytes())
+            self.ids[scenario] = str(orjson.loads(completion).get("id", ""))
+        self.errors = {path.stem: path.read_bytes() for path in directory.glob("error_*.json")}
+        models = directory / "models.json"
+        self.models = models.read_bytes() if models.is_file() else b'{"object":"list","data":[]}'
+
+    def first_chunk(self, scenario: Scenario) -> dict[str, Any]:
+        """The first JSON chunk of a stream: source of id/model/created for synthetic events."""
+        for event in self.streams[scenario]:
+            if event.data is not None and not event.is_done:
+                chunk = orjson.loads(event.data)
+                if isinstance(chunk, dict):
+                    return chunk
+        return {}
+
+
+def choose_scenario(body: dict[str, Any]) -> Scenario:
+    """Pick the canned answer the way a model would behave for this request."""
+    messages = body.get("messages")
+    last = messages[-1] if isinstance(messages, list) and messages else None
+    if isinstance(last, dict) and last.get("role") == "tool":
+        return "tool_result"
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools and body.get("tool_choice") != "none":
+        return "tool_call"
+    return "text"
+
+
+def wants_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+# --------------------------------------------------------------------------- errors
+
+_OPENAI_GENERIC: dict[int, tuple[str, str]] = {
+    400: ("invalid_request_error", "Invalid request."),
+    401: ("invalid_request_error", "Incorrect API key provided."),
+    403: ("invalid_request_error", "You are not allowed to sample from this model"),
+    404: ("invalid_request_error", "The model does not exist or you do not have access to it."),
+    408: ("server_error", "Request timed out."),
+    409: ("server_error", "Conflict."),
+    429: ("requests", "Rate limit reached for requests. Please try again in 1s."),
+    500: ("server_error", "The server had an error while processing your request. Sorry about that!"),
+    502: ("server_error", "Bad gateway."),
+    503: ("server_error", "The engine is currently overloaded, please try again later."),
+    504: ("server_error", "Gateway timeout."),
+}
+
+_OPENROUTER_GENERIC: dict[int, str] = {
+    400: "Bad Request",
+    401: "User not found.",
+    402: "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+    403: "Your input was flagged by the moderation model",
+    408: "Request timed out",
+    429: "Rate limit exceeded",
+    500: "Internal Server Error",
+    502: "Provider returned error",
+    503: "No allowed providers are available for the selected model.",
+}
+
+
+def openai_error(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    # OpenAI's error bodies are pretty-printed with 4-space indents and a trailing newline.
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return (json.dumps(body, indent=4, ensure_ascii=False) + "\n").encode()
+
+
+def openrouter_error(status: int, message: str, metadata: dict[str, Any] | None = None) -> bytes:
+    # OpenRouter: compact JSON, numeric ``code`` equal to the HTTP status.
+    error: dict[str, Any] = {"message": message, "code": status}
+    if metadata is not None:
+        error["metadata"] = metadata
+    return orjson.dumps({"error": error})
+
+
+def generic_error(flavor: Flavor, status: int) -> bytes:
+    """An error body for a status that has no fixture file."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    if flavor == "openrouter":
+        return openrouter_error(status, _OPENROUTER_GENERIC.get(status, phrase))
+    default_type = "server_error" if status >= 500 else "invalid_request_error"
+    type_, message = _OPENAI_GENERIC.get(status, (default_type, phrase))
+    return openai_error(message, type_)
+
+
+def midstream_error_event(flavor: Flavor, first_chunk: dict[str, Any]) -> bytes:
+    """The data payload a provider sends when generation fails after the stream started."""
+    if flavor == "openai":
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": "The server had an error while processing your request. Sorry about that!",
+                    "type": "server_error",
+                    "param": None,
+                    "code": None,
+                }
+            }
+        )
+    # OpenRouter (reference 5.4): still a chunk, string error code, finish_reason "error".
+    return orjson.dumps(
+        {
+            "id": first_chunk.get("id", "gen-0"),
+            "object": "chat.completion.chunk",
+            "created": first_chunk.get("created", 0),
+            "model": first_chunk.get("model", ""),
+            "provider": first_chunk.get("provider", ""),
+            "error": {"code": "server_error", "message": "Provider disconnected unexpectedly"},
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        }
+    )
+
+
+def mask_key(key: str) -> str:
+    """Mask a key the way OpenAI's 401 message does (short keys are echoed as they are)."""
+    if len(key) <= 12:
+        return key
+    return key[:8] + "*" * (len(key) - 12) + key[-4:]
+
+
+def unauthorized_body(flavor: Flavor, presented: str | None) -> bytes:
+    if flavor == "openrouter":
+        message = "No auth credentials found" if not presented else "User not found."
+        return openrouter_error(401, message)
+    if not presented:
+        return openai_error(
+            "You didn't provide an API key. You need to provide your API key in an Authorization header "
+            "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or as the password field (with "
+            "blank username) if you're accessing the API from your browser and are prompted for a "
+            "username and password. You can obtain an API key from "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_request_error",
+        )
+    return openai_error(
+        f"Incorrect API key provided: {mask_key(presented)}. You can find your API key at "
+        "https://platform.openai.com/account/api-keys.",
+        "invalid_request_error",
+        code="invalid_api_key",
+    )
+
+
+def bad_request(flavor: Flavor, message: str, param: str | None = None, code: str | None = None) -> bytes:
+    if flavor == "openrouter":
+        return openrouter_error(400, message)
+    return openai_error(message, "invalid_request_error", param, code)
+
+
+def invalid_json_body(flavor: Flavor) -> bytes:
+    return bad_request(
+        flavor,
+        "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+        "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was not "
+        "valid JSON. If you have trouble figuring out how to fix this, please contact us through our "
+        "help center at help.openai.com.)",
+    )
+
+
+def validate_chat_body(flavor: Flavor, body: dict[str, Any]) -> bytes | None:
+    """Return a 400 body for requests the real service would reject, else None."""
+    # OpenRouter falls back to the account's default model; OpenAI insists on one.
+    if flavor == "openai" and (not isinstance(body.get("model"), str) or not body["model"]):
+        return bad_request(flavor, "you must provide a model parameter")
+    messages = body.get("messages")
+    if messages is None:
+        return bad_request(
+            flavor, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
+        )
+    if not isinstance(messages, list) or not messages:
+        return bad_request(
+            flavor,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty "
+            "array instead.",
+            "messages",
+            "empty_array",
+        )
+    stream_options = body.get("stream_options")
+    if flavor == "openai" and stream_options is not None and body.get("stream") is not True:
+        return bad_request(
+            flavor,
+            "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
+            "stream_options",
+        )
+    return _validate_tool_call_ids(flavor, messages)
+
+
+def _validate_tool_call_ids(flavor: Flavor, messages: list[Any]) -> bytes | None:
+    for m_index, message in enumerate(messages):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for c_index, call in enumerate(calls if isinstance(calls, list) else []):
+            call_id = call.get("id") if isinstance(call, dict) else None
+            if isinstance(call_id, str) and len(call_id) > MAX_TOOL_CALL_ID_LENGTH:
+                param = f"messages[{m_index}].tool_calls[{c_index}].id"
+                return bad_request(
+                    flavor,
+                    f"Invalid '{param}': string too long. Expected a string with maximum length "
+                    f"{MAX_TOOL_CALL_ID_LENGTH}, but got a string with length {len(call_id)} instead.",
+                    param,
+                    "string_above_max_length",
+                )
+    return None

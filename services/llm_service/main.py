@@ -1,0 +1,68 @@
+"""create_app(settings) -> FastAPI. The lifespan opens and closes what the process shares: one pooled
+aiohttp session for every upstream, the provider clients and the dispatcher (and, in demo mode, the
+fixture-backed upstreams)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import aiohttp
+from fastapi import FastAPI
+
+from llm_service import __version__
+from llm_service.api import catalog, chat
+from llm_service.api.access_log import AccessLogMiddleware
+from llm_service.api.errors import install_error_handlers
+from llm_service.api.services import Services
+from llm_service.core.config.settings import Settings
+from llm_service.core.llm.dispatcher import LLMDispatcher
+from llm_service.core.llm.factory import create_clients
+from llm_service.demo import demo_upstreams
+
+log = logging.getLogger("llm_service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    base_settings = settings if settings is not None else Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            active = base_settings
+            demo = active.demo_enabled()
+            if demo:
+                active = await stack.enter_async_context(demo_upstreams(active))
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True),
+                auto_decompress=True,
+            )
+            stack.push_async_callback(session.close)
+            clients = create_clients(active, session)
+            app.state.services = Services(
+                settings=active,
+                dispatcher=LLMDispatcher(active, clients),
+                providers=tuple(active.configured_providers()),
+                demo=demo,
+            )
+            log.info(
+                "started",
+                extra={
+                    "fields": {
+                        "version": __version__,
+                        "profile": active.config_profile,
+                        "demo": demo,
+                        "providers": [p.value for p in active.configured_providers()],
+                        "aliases": sorted(active.aliases),
+                    }
+                },
+            )
+            yield
+
+    app = FastAPI(title="AgentOne LLM Service", version=__version__, lifespan=lifespan)
+    install_error_handlers(app)
+    app.include_router(chat.router)
+    app.include_router(catalog.router)
+    app.add_middleware(AccessLogMiddleware)
+    return app

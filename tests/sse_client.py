@@ -1,0 +1,38 @@
+"""Reading the service's SSE output in tests: events as parsed JSON, `[DONE]` kept as a string."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def read_events(response: httpx.Response) -> list[Any]:
+    """Every `data:` payload of a finished SSE response, in order."""
+    events: list[Any] = []
+    for line in response.iter_lines():
+        if line.startswith("data: "):
+            payload = line[len("data: ") :]
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+    return events
+
+
+def streamed_text(events: list[Any]) -> str:
+    return "".join(
+        choice["delta"].get("content") or ""
+        for event in events
+        if isinstance(event, dict)
+        for choice in event.get("choices", ())
+    )
+
+
+def fixture_json(flavor: str, name: str) -> Any:
+    return json.loads((FIXTURES / flavor / name).read_text(encoding="utf-8"))
+
+
+def fixture_text(flavor: str, scenario: str) -> str:
+    return str(fixture_json(flavor, f"chat_{scenario}.json")["choices"][0]["message"]["content"])

@@ -1,0 +1,249 @@
+"""/v1/chat/completions over HTTP against the fake upstreams, for each OpenAI-family provider."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from conftest import FLAVORS, KEYS, MODELS, OPENAI_FAMILY
+from llm_service.core.config.constants import ProviderID
+from llm_service.fakes import FakeUpstream
+from sse_client import fixture_text, read_events, streamed_text
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(params=OPENAI_FAMILY, ids=lambda p: p.value)
+def provider(request: pytest.FixtureRequest) -> ProviderID:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fake(provider: ProviderID, upstreams: dict[ProviderID, FakeUpstream]) -> FakeUpstream:
+    return upstreams[provider]
+
+
+def upstream_model(provider: ProviderID) -> str:
+    return MODELS[provider].split("/", 1)[1]
+
+
+# ---------------------------------------------------------------------------------------- success
+
+
+def test_plain_completion_returns_the_upstream_answer(client: httpx.Client, provider, fake) -> None:
+    response = client.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION})
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "chat.completion"
+    assert body["choices"][0]["message"]["content"] == fixture_text(FLAVORS[provider], "text")
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["usage"]["total_tokens"] > 0
+    assert response.headers["x-llm-provider"] == provider.value
+    assert response.headers["x-request-id"].startswith("req_")
+    sent = fake.requests[-1]
+    assert sent.path == "/v1/chat/completions"
+    assert sent.headers["authorization"] == f"Bearer {KEYS[provider]}"
+    assert sent.json["model"] == upstream_model(provider)
+    assert sent.json["messages"] == QUESTION
+
+
+def test_stream_with_include_usage_ends_with_the_usage_chunk(client: httpx.Client, provider, fake) -> None:
+    request = {
+        "model": MODELS[provider],
+        "messages": QUESTION,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        events = read_events(response)
+
+    assert events[-1] == "[DONE]"
+    chunks = events[:-1]
+    assert streamed_text(chunks) == fixture_text(FLAVORS[provider], "text")
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    finish = [c for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert [c["choices"][0]["finish_reason"] for c in finish] == ["stop"]
+    usage_chunk = chunks[-1]
+    assert usage_chunk["choices"] == []
+    assert usage_chunk["usage"]["total_tokens"] > 0
+    assert all(c["usage"] is None for c in chunks[:-1])
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+def test_stream_without_include_usage_has_no_usage_chunk(client: httpx.Client, provider, fake) -> None:
+    request = {"model": MODELS[provider], "messages": QUESTION, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        events = read_events(response)
+
+    assert events[-1] == "[DONE]"
+    assert all(e["choices"] and "usage" not in e for e in events[:-1])
+    assert streamed_text(events[:-1]) == fixture_text(FLAVORS[provider], "text")
+    # openai and openrouter are always asked for usage, so tokens are accounted anyway.
+    asked = fake.requests[-1].json.get("stream_options", {}).get("include_usage", False)
+    assert asked is (provider is not ProviderID.REMOTE)
+
+
+def test_stream_endpoint_streams_without_the_stream_flag(client: httpx.Client, provider) -> None:
+    with client.stream(
+        "POST", "/v1/chat/completions/stream", json={"model": MODELS[provider], "messages": QUESTION}
+    ) as r:
+        assert r.status_code == 200
+        events = read_events(r)
+    assert events[-1] == "[DONE]"
+    assert streamed_text(events[:-1]) == fixture_text(FLAVORS[provider], "text")
+
+
+def test_tool_call_round_trip(client: httpx.Client, provider, fake) -> None:
+    first = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODELS[provider],
+            "messages": [{"role": "user", "content": "Weather in Oslo and Paris?"}],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": "auto",
+            "parallel_tool_calls": True,
+        },
+    )
+    assert first.status_code == 200, first.text
+    choice = first.json()["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    calls = choice["message"]["tool_calls"]
+    assert len(calls) == 2
+    assert {json.loads(c["function"]["arguments"])["city"] for c in calls} == {"Oslo", "Paris"}
+    sent_tools = fake.requests[-1].json
+    assert sent_tools["tools"] == [WEATHER_TOOL]
+    assert sent_tools["tool_choice"] == "auto"
+    assert sent_tools["parallel_tool_calls"] is True
+
+    conversation = [
+        {"role": "user", "content": "Weather in Oslo and Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": c["id"], "content": '{"temp_c": 4}'} for c in calls),
+    ]
+    second = client.post(
+        "/v1/chat/completions",
+        json={"model": MODELS[provider], "messages": conversation, "tools": [WEATHER_TOOL]},
+    )
+
+    assert second.status_code == 200, second.text
+    assert second.json()["choices"][0]["message"]["content"] == fixture_text(FLAVORS[provider], "tool_result")
+    forwarded = fake.requests[-1].json["messages"]
+    assert [m["tool_call_id"] for m in forwarded if m["role"] == "tool"] == [c["id"] for c in calls]
+    assert forwarded[1]["tool_calls"] == calls
+
+
+def test_streamed_tool_calls_reassemble_into_valid_arguments(client: httpx.Client, provider) -> None:
+    request = {
+        "model": MODELS[provider],
+        "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [WEATHER_TOOL],
+        "stream": True,
+    }
+    with client.stream("POST", "/v1/chat/completions", json=request) as response:
+        events = read_events(response)
+
+    calls: dict[int, dict[str, str]] = {}
+    for event in events[:-1]:
+        for fragment in event["choices"][0]["delta"].get("tool_calls", ()) if event["choices"] else ():
+            call = calls.setdefault(fragment["index"], {"id": "", "name": "", "arguments": ""})
+            call["id"] += fragment.get("id", "")
+            call["name"] += fragment.get("function", {}).get("name", "")
+            call["arguments"] += fragment.get("function", {}).get("arguments", "")
+    assert len(calls) == 2
+    assert all(
+        c["id"] and c["name"] == "get_weather" and json.loads(c["arguments"])["city"] for c in calls.values()
+    )
+    assert [
+        e["choices"][0]["finish_reason"]
+        for e in events[:-1]
+        if e["choices"] and e["choices"][0]["finish_reason"]
+    ] == ["tool_calls"]
+
+
+def test_image_parts_are_forwarded(client: httpx.Client, provider, fake) -> None:
+    parts = [
+        {"type": "text", "text": "What is in these pictures?"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+    ]
+    response = client.post(
+        "/v1/chat/completions",
+        json={"model": MODELS[provider], "messages": [{"role": "user", "content": parts}]},
+    )
+
+    assert response.status_code == 200, response.text
+    assert fake.requests[-1].json["messages"][0]["content"] == parts
+
+
+def test_unknown_fields_pass_through_to_the_upstream(client: httpx.Client, provider, fake) -> None:
+    extra = {
+        "logprobs": False,
+        "metadata": {"team": "agents"},
+        "reasoning_effort": "low",
+        "seed": 7,
+        "stop": ["\n\n"],
+    }
+    response = client.post(
+        "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, **extra}
+    )
+
+    assert response.status_code == 200, response.text
+    sent = fake.requests[-1].json
+    assert {k: sent[k] for k in extra} == extra
+
+
+def test_alias_from_the_profile_resolves_to_its_deployment(client: httpx.Client, upstreams) -> None:
+    response = client.post("/v1/chat/completions", json={"model": "claude-sonnet", "messages": QUESTION})
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-llm-provider"] == "openrouter"
+    assert upstreams[ProviderID.OPENROUTER].requests[-1].json["model"] == "anthropic/claude-3.5-sonnet"
+
+
+def test_models_lists_aliases_and_providers(client: httpx.Client) -> None:
+    data = client.get("/v1/models").json()["data"]
+    ids = {m["id"] for m in data}
+    assert {"claude-sonnet", "fast", "openai/*", "openrouter/*", "remote/*"} <= ids
+    assert all(m["object"] == "model" for m in data)
+
+
+def test_health_reports_providers(client: httpx.Client) -> None:
+    body = client.get("/health").json()
+    assert body["status"] == "ok"
+    assert body["demo"] is False
+    assert set(body["providers"]) == {"openai", "openrouter", "remote"}
+
+
+def test_request_id_from_the_caller_is_kept(client: httpx.Client, provider) -> None:
+    response = client.post(
+        "/v1/chat/completions",
+        json={"model": MODELS[provider], "messages": QUESTION},
+        headers={"x-request-id": "trace-42"},
+    )
+    assert response.headers["x-request-id"] == "trace-42"
+
+
+def test_openrouter_attribution_headers_are_sent(start_service, upstreams) -> None:
+    service = start_service(openrouter={"http_referer": "https://agents.example", "app_title": "AgentOne"})
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": MODELS[ProviderID.OPENROUTER], "messages": QUESTION}
+        )
+
+    assert response.status_code == 200
+    headers = upstreams[ProviderID.OPENROUTER].requests[-1].headers
+    assert headers["http-referer"] == "https://agents.example"
+    assert headers["x-title"] == "AgentOne"

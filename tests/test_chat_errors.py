@@ -1,0 +1,238 @@
+"""Every failure reaches the client as OpenAI's error body with the right status; streams never
+end silently; a client that hangs up cancels the upstream request."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from conftest import KEYS, MODELS, OPENAI_FAMILY
+from harness import wait_until
+from llm_service.core.config.constants import ProviderID
+from llm_service.fakes import FakeUpstream, Fault
+from sse_client import read_events, streamed_text
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(params=OPENAI_FAMILY, ids=lambda p: p.value)
+def provider(request: pytest.FixtureRequest) -> ProviderID:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fake(provider: ProviderID, upstreams: dict[ProviderID, FakeUpstream]) -> FakeUpstream:
+    return upstreams[provider]
+
+
+def chat(client: httpx.Client, provider: ProviderID, **extra) -> httpx.Response:
+    return client.post(
+        "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, **extra}
+    )
+
+
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+# ------------------------------------------------------------------------------ the caller's fault
+
+
+def test_invalid_json_is_400(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/chat/completions",
+        content=b'{"model": "openai/x", "messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert_openai_error(response, 400, "invalid_json")
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"messages": QUESTION}, "model"),
+        ({"model": "openai/gpt-4o-mini"}, "messages"),
+        (
+            {"model": "openai/gpt-4o-mini", "messages": [{"role": "wizard", "content": "hi"}]},
+            "messages[0].role",
+        ),
+        ({"model": "openai/gpt-4o-mini", "messages": QUESTION, "temperature": 7}, "temperature"),
+        (
+            {"model": "openai/gpt-4o-mini", "messages": [{"role": "tool", "content": "x"}]},
+            "messages[0].tool_call_id",
+        ),
+        (
+            {
+                "model": "openai/gpt-4o-mini",
+                "messages": [{"role": "user", "content": [{"type": "input_audio"}]}],
+            },
+            "messages[0].content[0].type",
+        ),
+    ],
+    ids=["no-model", "no-messages", "bad-role", "temperature-range", "tool-without-id", "unsupported-part"],
+)
+def test_schema_violation_is_400_naming_the_field(client: httpx.Client, body: dict, param: str) -> None:
+    error = assert_openai_error(client.post("/v1/chat/completions", json=body), 400)
+    assert error["param"] == param
+    assert param in error["message"]
+
+
+@pytest.mark.parametrize("model", ["nosuch/gpt-4o", "gpt-unknown-alias", "openai/"])
+def test_unknown_model_or_provider_is_404(client: httpx.Client, model: str) -> None:
+    response = client.post("/v1/chat/completions", json={"model": model, "messages": QUESTION})
+    error = assert_openai_error(response, 404, "model_not_found")
+    assert error["param"] == "model"
+
+
+def test_body_over_the_limit_is_413(start_service, upstreams) -> None:
+    service = start_service(server={"max_body_bytes": 2048})
+    big = [{"role": "user", "content": "x" * 4096}]
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": big})
+        assert_openai_error(response, 413, "request_too_large")
+        # Chunked upload without a Content-Length is cut off while reading.
+        chunked = http.post("/v1/chat/completions", content=iter([b"{" + b" " * 3000 + b"}"]))
+        assert_openai_error(chunked, 413, "request_too_large")
+    assert upstreams[ProviderID.OPENAI].requests == []
+
+
+# ------------------------------------------------------------------------------ the upstream's fault
+
+
+def test_upstream_rate_limit_is_429_with_retry_after(client: httpx.Client, provider, fake) -> None:
+    fake.inject(Fault(status=429, headers={"retry-after": "30"}))
+    response = chat(client, provider)
+
+    assert_openai_error(response, 429)
+    assert response.headers["retry-after"] == "30"
+    assert len(fake.requests) == 1  # a 30 s wait is the caller's to schedule, not ours to hold
+
+
+def test_transient_upstream_error_is_retried(client: httpx.Client, provider, fake) -> None:
+    fake.inject(Fault(status=503, times=1))
+    response = chat(client, provider)
+
+    assert response.status_code == 200, response.text
+    assert len(fake.requests) == 2
+
+
+def test_upstream_server_error_is_502_after_retries(client: httpx.Client, provider, fake) -> None:
+    fake.inject(Fault(status=500, times=3))
+    error = assert_openai_error(chat(client, provider), 502)
+
+    assert provider.value in error["message"]
+    assert len(fake.requests) == 3  # the first try and two retries
+
+
+def test_rejected_credentials_are_502_naming_the_provider_not_the_key(
+    client: httpx.Client, provider, fake
+) -> None:
+    fake.inject(Fault(status=401))
+    error = assert_openai_error(chat(client, provider), 502, "upstream_auth_error")
+
+    assert provider.value in error["message"]
+    assert KEYS[provider] not in error["message"]
+    assert KEYS[provider][:8] not in error["message"]
+    assert len(fake.requests) == 1
+
+
+def test_upstream_bad_request_keeps_its_status_and_message(client: httpx.Client, provider, fake) -> None:
+    fake.inject(Fault(status=400))
+    error = assert_openai_error(chat(client, provider), 400)
+    assert provider.value in error["message"]
+
+
+def test_upstream_timeout_is_504(start_service, upstreams) -> None:
+    service = start_service(openai={"timeout_read": 0.3}, dispatcher={"max_retries": 0})
+    upstreams[ProviderID.OPENAI].inject(Fault(delay_before_headers=3.0))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION}
+        )
+    assert_openai_error(response, 504, "upstream_timeout")
+
+
+def test_malformed_upstream_body_is_502(client: httpx.Client, provider, fake) -> None:
+    fake.inject(Fault(status=200, body=b'{"id": "chatcmpl-1", "choices": [tru'))
+    assert_openai_error(chat(client, provider), 502, "upstream_malformed_response")
+
+
+def test_unreachable_upstream_is_502(start_service) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
+    service = start_service(openai={"base_url": dead}, dispatcher={"max_retries": 0})
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION}
+        )
+    assert_openai_error(response, 502, "upstream_connection_error")
+
+
+def test_unconfigured_provider_names_the_setting(start_service) -> None:
+    service = start_service(openai={"api_key": None})
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION}
+        )
+    error = assert_openai_error(response, 500, "provider_not_configured")
+    assert "OPENAI_API_KEY" in error["message"]
+
+
+def test_stream_failing_before_the_first_byte_gets_an_http_status(
+    client: httpx.Client, provider, fake
+) -> None:
+    fake.inject(Fault(status=429, headers={"retry-after": "20"}))
+    response = chat(client, provider, stream=True)
+
+    assert_openai_error(response, 429)
+    assert response.headers["retry-after"] == "20"
+
+
+# ------------------------------------------------------------------------------ mid-stream
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [Fault(error_event_after_chunks=3), Fault(drop_after_chunks=3)],
+    ids=["error-event", "connection-drop"],
+)
+def test_mid_stream_failure_ends_with_one_error_event_then_done(
+    client: httpx.Client, provider, fake, fault
+) -> None:
+    fake.inject(fault)
+    with client.stream(
+        "POST", "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, "stream": True}
+    ) as r:
+        assert r.status_code == 200
+        events = read_events(r)
+
+    assert events[-1] == "[DONE]"
+    errors = [e for e in events[:-1] if "error" in e]
+    assert len(errors) == 1
+    assert events[-2] is errors[0]
+    assert set(errors[0]["error"]) == {"message", "type", "param", "code"}
+    assert provider.value in errors[0]["error"]["message"]
+    assert streamed_text(events[:-2])  # what arrived before the failure was delivered
+    assert not any(e["choices"] and e["choices"][0]["finish_reason"] for e in events[:-2])
+
+
+def test_client_disconnect_cancels_the_upstream_request(client: httpx.Client, provider, fake) -> None:
+    fake.inject(Fault(delay_per_chunk=0.4))
+    with client.stream(
+        "POST", "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, "stream": True}
+    ) as r:
+        first_line = next(r.iter_lines())
+        assert first_line.startswith("data: ")
+    # The service must hang up on the upstream while it is still mid-stream.
+    assert fake.wait_for_disconnect(timeout=5)
+    assert wait_until(lambda: fake.active_streams == 0)

@@ -1,0 +1,194 @@
+"""SSEDecoder: raw bytes in any chunking -> the data payload of each event, nothing else."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from llm_service.core.llm.sse import SSEDecoder
+
+CHUNK_1 = (
+    b'{"id":"chatcmpl-9a","object":"chat.completion.chunk","created":1733140800,'
+    b'"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"role":"assistant","content":""},'
+    b'"logprobs":null,"finish_reason":null}],"usage":null}'
+)
+CHUNK_2 = (
+    b'{"id":"chatcmpl-9a","object":"chat.completion.chunk","created":1733140800,'
+    b'"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{"content":"Hi"},'
+    b'"logprobs":null,"finish_reason":null}],"usage":null}'
+)
+CHUNK_3 = (
+    b'{"id":"chatcmpl-9a","object":"chat.completion.chunk","created":1733140800,'
+    b'"model":"gpt-4o-2024-08-06","choices":[{"index":0,"delta":{},"logprobs":null,'
+    b'"finish_reason":"stop"}],"usage":null}'
+)
+USAGE_CHUNK = (
+    b'{"id":"chatcmpl-9a","object":"chat.completion.chunk","created":1733140800,'
+    b'"model":"gpt-4o-2024-08-06","choices":[],'
+    b'"usage":{"prompt_tokens":9,"completion_tokens":1,"total_tokens":10}}'
+)
+DONE = b"[DONE]"
+
+# An OpenAI stream as it arrives on the wire, with LF line endings.
+OPENAI_STREAM = b"".join(b"data: " + payload + b"\n\n" for payload in (CHUNK_1, CHUNK_2, CHUNK_3, DONE))
+OPENAI_EVENTS = [CHUNK_1, CHUNK_2, CHUNK_3, DONE]
+
+# OpenRouter interleaves keep-alive comments (each followed by a blank line).
+OPENROUTER_STREAM = (
+    b": OPENROUTER PROCESSING\n\n"
+    b": OPENROUTER PROCESSING\n\n"
+    b"data: " + CHUNK_1 + b"\n\n"
+    b": OPENROUTER PROCESSING\n\n"
+    b"data: " + USAGE_CHUNK + b"\n\n"
+    b"data: [DONE]\n\n"
+)
+OPENROUTER_EVENTS = [CHUNK_1, USAGE_CHUNK, DONE]
+
+# Exercises comments, multi-line data, ignored fields and an empty data payload in one stream.
+RICH_STREAM = b": comment\nevent: message\nid: 7\nretry: 100\ndata: first\ndata:second\n\ndata: [DONE]\n\n"
+RICH_EVENTS = [b"first\nsecond", DONE]
+
+LINE_ENDINGS = [
+    pytest.param(b"\n", id="LF"),
+    pytest.param(b"\r\n", id="CRLF"),
+    pytest.param(b"\r", id="CR"),
+]
+STREAMS = [
+    pytest.param(OPENAI_STREAM, OPENAI_EVENTS, id="openai"),
+    pytest.param(OPENROUTER_STREAM, OPENROUTER_EVENTS, id="openrouter"),
+    pytest.param(RICH_STREAM, RICH_EVENTS, id="rich"),
+]
+
+
+def with_endings(stream: bytes, ending: bytes) -> bytes:
+    """The LF-terminated `stream` with every line ending replaced by `ending`."""
+    return stream.replace(b"\n", ending)
+
+
+def decode(chunks: list[bytes]) -> list[bytes]:
+    decoder = SSEDecoder()
+    events: list[bytes] = []
+    for chunk in chunks:
+        events.extend(decoder.feed(chunk))
+    events.extend(decoder.flush())
+    return events
+
+
+@pytest.mark.parametrize(("stream", "expected"), STREAMS)
+@pytest.mark.parametrize("ending", LINE_ENDINGS)
+def test_whole_stream_in_one_chunk_yields_every_data_payload(stream, expected, ending):
+    assert decode([with_endings(stream, ending)]) == expected
+
+
+@pytest.mark.parametrize(("stream", "expected"), STREAMS)
+@pytest.mark.parametrize("ending", [pytest.param(b"\n", id="LF"), pytest.param(b"\r\n", id="CRLF")])
+def test_events_ending_in_lf_are_delivered_by_feed_without_waiting_for_flush(stream, expected, ending):
+    decoder = SSEDecoder()
+
+    assert decoder.feed(with_endings(stream, ending)) == expected
+    assert decoder.flush() == []
+
+
+def test_event_ending_in_lone_cr_at_end_of_input_is_delivered_by_flush():
+    decoder = SSEDecoder()
+
+    # The final CR could still be the first half of a CRLF: the decoder must wait.
+    assert decoder.feed(b"data: a\r\rdata: b\r\r") == [b"a"]
+    assert decoder.flush() == [b"b"]
+
+
+@pytest.mark.parametrize(("stream", "expected"), STREAMS)
+@pytest.mark.parametrize("ending", LINE_ENDINGS)
+def test_every_split_into_two_chunks_yields_the_same_events(stream, expected, ending):
+    raw = with_endings(stream, ending)
+    for cut in range(len(raw) + 1):
+        assert decode([raw[:cut], raw[cut:]]) == expected, f"split at byte {cut}"
+
+
+@pytest.mark.parametrize(("stream", "expected"), STREAMS)
+@pytest.mark.parametrize("ending", LINE_ENDINGS)
+def test_one_byte_at_a_time_yields_the_same_events(stream, expected, ending):
+    raw = with_endings(stream, ending)
+    assert decode([raw[i : i + 1] for i in range(len(raw))]) == expected
+
+
+def test_cr_ending_one_chunk_and_lf_starting_the_next_are_one_line_ending():
+    decoder = SSEDecoder()
+
+    assert decoder.feed(b"data: a\r") == []
+    # Were CR and LF counted as two endings, the blank line between them would dispatch "a" alone.
+    assert decoder.feed(b"\ndata: b\r\n\r\n") == [b"a\nb"]
+    assert decoder.flush() == []
+
+
+def test_blank_line_split_as_cr_then_lf_dispatches_exactly_once():
+    decoder = SSEDecoder()
+
+    assert decoder.feed(b"data: a\r\n\r") == []
+    assert decoder.feed(b"\ndata: b\r\n\r\n") == [b"a", b"b"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        pytest.param(b"data: x\n\n", [b"x"], id="space-after-colon-stripped"),
+        pytest.param(b"data:x\n\n", [b"x"], id="no-space-after-colon"),
+        pytest.param(b"data:  x\n\n", [b" x"], id="only-one-space-stripped"),
+        pytest.param(b"data: x \n\n", [b"x "], id="trailing-space-kept"),
+        pytest.param(b"data: a\ndata: b\ndata: c\n\n", [b"a\nb\nc"], id="multi-line-joined-with-lf"),
+        pytest.param(b"data: a\n: keep-alive\ndata: b\n\n", [b"a\nb"], id="comment-inside-event"),
+        pytest.param(b"data:\n\n", [b""], id="empty-data"),
+        pytest.param(b"data: a:b: c\n\n", [b"a:b: c"], id="colons-in-value-kept"),
+        pytest.param(b"event: ping\nid: 1\nretry: 5\n\n", [], id="event-without-data-not-dispatched"),
+        pytest.param(b"event: update\ndata: x\nid: 9\n\n", [b"x"], id="event-and-id-fields-ignored"),
+        pytest.param(b"Data: x\n\ndata : y\n\n", [], id="field-name-is-exact"),
+        pytest.param(b": only a comment\n\n\n\n", [], id="comments-and-blank-lines-only"),
+        pytest.param(b"data: a\n\ndata: b\n\n", [b"a", b"b"], id="two-events-in-one-chunk"),
+    ],
+)
+def test_field_parsing(raw, expected):
+    decoder = SSEDecoder()
+
+    assert decoder.feed(raw) == expected
+    assert decoder.flush() == []
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        pytest.param(b"data: last", id="no-line-ending"),
+        pytest.param(b"data: last\n", id="lf-without-blank-line"),
+        pytest.param(b"data: last\r\n", id="crlf-without-blank-line"),
+        pytest.param(b"data: last\r", id="lone-cr"),
+    ],
+)
+def test_flush_dispatches_a_final_event_without_trailing_blank_line(tail):
+    decoder = SSEDecoder()
+
+    assert decoder.feed(b"data: first\n\n" + tail) == [b"first"]
+    assert decoder.flush() == [b"last"]
+
+
+def test_flush_resets_the_decoder_for_reuse():
+    decoder = SSEDecoder()
+    decoder.feed(b"data: partial")
+
+    assert decoder.flush() == [b"partial"]
+    assert decoder.flush() == []
+    assert decoder.feed(b"data: next\n\n") == [b"next"]
+
+
+def test_flush_of_an_empty_decoder_yields_nothing():
+    assert SSEDecoder().flush() == []
+
+
+def test_utf8_character_split_across_chunks_keeps_payload_bytes_intact():
+    payload = json.dumps({"content": "héllo 😀 日本語"}, ensure_ascii=False).encode()
+    raw = b"data: " + payload + b"\n\n"
+    start = raw.index("😀".encode())
+    for cut in range(start + 1, start + 4):  # inside the 4-byte emoji
+        events = decode([raw[:cut], raw[cut:]])
+
+        assert events == [payload], f"split at byte {cut}"
+        assert json.loads(events[0].decode())["content"] == "héllo 😀 日本語"
