@@ -21,8 +21,8 @@ run: $(STAMP)
 	$(BIN)/llm-service serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests scripts
-	$(BIN)/ruff format --check services tests scripts
+	$(BIN)/ruff check services tests
+	$(BIN)/ruff format --check services tests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
