@@ -46,6 +46,17 @@ LIVE_MODELS = {
 }
 
 
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--mock-providers",
@@ -69,6 +80,18 @@ def mock_providers(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--mock-providers"))
 
 
+@pytest.fixture(params=OPENAI_FAMILY, ids=lambda p: p.value)
+def provider(request: pytest.FixtureRequest) -> ProviderID:
+    """The test runs once per OpenAI-family provider."""
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def fake(provider: ProviderID, upstreams: dict[ProviderID, FakeUpstream]) -> FakeUpstream:
+    """The fake upstream behind `provider`."""
+    return upstreams[provider]
+
+
 @pytest.fixture(scope="session")
 def upstreams() -> Iterator[dict[ProviderID, FakeUpstream]]:
     fakes = {p: FakeUpstream(FLAVORS[p], api_key=KEYS[p]) for p in OPENAI_FAMILY}
@@ -89,9 +112,7 @@ def _fresh_upstreams(request: pytest.FixtureRequest) -> Iterator[None]:
 
 def fake_settings(upstreams: dict[ProviderID, FakeUpstream], **overrides: Any) -> Settings:
     """Settings whose providers all point at the fakes; fast retries; demo off."""
-    groups: dict[str, Any] = {
-        p.value: {"api_key": KEYS[p], "base_url": upstreams[p].url} for p in OPENAI_FAMILY
-    }
+    groups: dict[str, Any] = {p.value: {"api_key": KEYS[p], "base_url": upstreams[p].url} for p in OPENAI_FAMILY}
     groups["dispatcher"] = {"retry_backoff_base": 0.0, "retry_backoff_max": 0.0}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(groups.get(key), dict):

@@ -17,11 +17,7 @@ SECRET_PROMPT = "my secret prompt text"
 
 
 def access_records(caplog: pytest.LogCaptureFixture, request_id: str) -> list[logging.LogRecord]:
-    return [
-        r
-        for r in caplog.records
-        if r.name == "llm_service.access" and r.fields.get("request_id") == request_id
-    ]
+    return [r for r in caplog.records if r.name == "llm_service.access" and r.fields.get("request_id") == request_id]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -54,9 +50,7 @@ def test_one_access_line_per_request_with_provider_model_status_tokens(
     assert all(key not in line for key in KEYS.values())
 
 
-def test_error_requests_are_logged_with_their_status(
-    client: httpx.Client, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_error_requests_are_logged_with_their_status(client: httpx.Client, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="llm_service.access")
     client.post(
         "/v1/chat/completions",

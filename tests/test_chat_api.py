@@ -5,32 +5,10 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
 
-from conftest import FLAVORS, KEYS, MODELS, OPENAI_FAMILY
+from conftest import FLAVORS, KEYS, MODELS, QUESTION, WEATHER_TOOL
 from llm_service.core.config.constants import ProviderID
-from llm_service.fakes import FakeUpstream
 from sse_client import fixture_text, read_events, streamed_text
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(params=OPENAI_FAMILY, ids=lambda p: p.value)
-def provider(request: pytest.FixtureRequest) -> ProviderID:
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def fake(provider: ProviderID, upstreams: dict[ProviderID, FakeUpstream]) -> FakeUpstream:
-    return upstreams[provider]
 
 
 def upstream_model(provider: ProviderID) -> str:
@@ -163,13 +141,9 @@ def test_streamed_tool_calls_reassemble_into_valid_arguments(client: httpx.Clien
             call["name"] += fragment.get("function", {}).get("name", "")
             call["arguments"] += fragment.get("function", {}).get("arguments", "")
     assert len(calls) == 2
-    assert all(
-        c["id"] and c["name"] == "get_weather" and json.loads(c["arguments"])["city"] for c in calls.values()
-    )
+    assert all(c["id"] and c["name"] == "get_weather" and json.loads(c["arguments"])["city"] for c in calls.values())
     assert [
-        e["choices"][0]["finish_reason"]
-        for e in events[:-1]
-        if e["choices"] and e["choices"][0]["finish_reason"]
+        e["choices"][0]["finish_reason"] for e in events[:-1] if e["choices"] and e["choices"][0]["finish_reason"]
     ] == ["tool_calls"]
 
 
@@ -196,9 +170,7 @@ def test_unknown_fields_pass_through_to_the_upstream(client: httpx.Client, provi
         "seed": 7,
         "stop": ["\n\n"],
     }
-    response = client.post(
-        "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, **extra}
-    )
+    response = client.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, **extra})
 
     assert response.status_code == 200, response.text
     sent = fake.requests[-1].json

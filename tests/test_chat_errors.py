@@ -8,29 +8,15 @@ import socket
 import httpx
 import pytest
 
-from conftest import KEYS, MODELS, OPENAI_FAMILY
+from conftest import KEYS, MODELS, QUESTION
 from harness import wait_until
 from llm_service.core.config.constants import ProviderID
-from llm_service.fakes import FakeUpstream, Fault
+from llm_service.fakes import Fault
 from sse_client import read_events, streamed_text
-
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(params=OPENAI_FAMILY, ids=lambda p: p.value)
-def provider(request: pytest.FixtureRequest) -> ProviderID:
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def fake(provider: ProviderID, upstreams: dict[ProviderID, FakeUpstream]) -> FakeUpstream:
-    return upstreams[provider]
 
 
 def chat(client: httpx.Client, provider: ProviderID, **extra) -> httpx.Response:
-    return client.post(
-        "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, **extra}
-    )
+    return client.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, **extra})
 
 
 def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
@@ -133,9 +119,7 @@ def test_upstream_server_error_is_502_after_retries(client: httpx.Client, provid
     assert len(fake.requests) == 3  # the first try and two retries
 
 
-def test_rejected_credentials_are_502_naming_the_provider_not_the_key(
-    client: httpx.Client, provider, fake
-) -> None:
+def test_rejected_credentials_are_502_naming_the_provider_not_the_key(client: httpx.Client, provider, fake) -> None:
     fake.inject(Fault(status=401))
     error = assert_openai_error(chat(client, provider), 502, "upstream_auth_error")
 
@@ -155,9 +139,7 @@ def test_upstream_timeout_is_504(start_service, upstreams) -> None:
     service = start_service(openai={"timeout_read": 0.3}, dispatcher={"max_retries": 0})
     upstreams[ProviderID.OPENAI].inject(Fault(delay_before_headers=3.0))
     with httpx.Client(base_url=service.url, timeout=20) as http:
-        response = http.post(
-            "/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION}
-        )
+        response = http.post("/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION})
     assert_openai_error(response, 504, "upstream_timeout")
 
 
@@ -172,25 +154,19 @@ def test_unreachable_upstream_is_502(start_service) -> None:
         dead = f"http://127.0.0.1:{probe.getsockname()[1]}/v1"
     service = start_service(openai={"base_url": dead}, dispatcher={"max_retries": 0})
     with httpx.Client(base_url=service.url, timeout=20) as http:
-        response = http.post(
-            "/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION}
-        )
+        response = http.post("/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION})
     assert_openai_error(response, 502, "upstream_connection_error")
 
 
 def test_unconfigured_provider_names_the_setting(start_service) -> None:
     service = start_service(openai={"api_key": None})
     with httpx.Client(base_url=service.url, timeout=20) as http:
-        response = http.post(
-            "/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION}
-        )
+        response = http.post("/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION})
     error = assert_openai_error(response, 500, "provider_not_configured")
     assert "OPENAI_API_KEY" in error["message"]
 
 
-def test_stream_failing_before_the_first_byte_gets_an_http_status(
-    client: httpx.Client, provider, fake
-) -> None:
+def test_stream_failing_before_the_first_byte_gets_an_http_status(client: httpx.Client, provider, fake) -> None:
     fake.inject(Fault(status=429, headers={"retry-after": "20"}))
     response = chat(client, provider, stream=True)
 
@@ -206,9 +182,7 @@ def test_stream_failing_before_the_first_byte_gets_an_http_status(
     [Fault(error_event_after_chunks=3), Fault(drop_after_chunks=3)],
     ids=["error-event", "connection-drop"],
 )
-def test_mid_stream_failure_ends_with_one_error_event_then_done(
-    client: httpx.Client, provider, fake, fault
-) -> None:
+def test_mid_stream_failure_ends_with_one_error_event_then_done(client: httpx.Client, provider, fake, fault) -> None:
     fake.inject(fault)
     with client.stream(
         "POST", "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, "stream": True}

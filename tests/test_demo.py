@@ -46,9 +46,7 @@ def test_demo_answers_plain_and_streamed(demo_service, model: str) -> None:
 def test_demo_answers_tool_calls(demo_service) -> None:
     tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
     with httpx.Client(base_url=demo_service.url, timeout=20) as http:
-        response = http.post(
-            "/v1/chat/completions", json={"model": "fast", "messages": QUESTION, "tools": [tool]}
-        )
+        response = http.post("/v1/chat/completions", json={"model": "fast", "messages": QUESTION, "tools": [tool]})
         health = http.get("/health").json()
 
     assert response.json()["choices"][0]["finish_reason"] == "tool_calls"
@@ -59,11 +57,7 @@ def test_cli_serve_starts_in_demo_mode_and_says_so(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("OPENAI_", "OPENROUTER_", "REMOTE_LLM_", "LLM_"))
-    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OPENROUTER_", "REMOTE_LLM_", "LLM_"))}
     log_file = tmp_path / "service.log"
     with log_file.open("wb") as log:
         proc = subprocess.Popen(

@@ -237,9 +237,7 @@ def client() -> OpenAIClient:
     )
 
 
-def detail(
-    message: str = "upstream says no", code: str | None = None, param: str | None = None
-) -> ErrorDetail:
+def detail(message: str = "upstream says no", code: str | None = None, param: str | None = None) -> ErrorDetail:
     return ErrorDetail(message=message, code=code, param=param)
 
 
@@ -335,9 +333,7 @@ def detail(
             "content_filter",
             id="403-content-filter-is-not-auth",
         ),
-        pytest.param(
-            402, detail("credits", "402"), None, ProviderError, False, "402", id="402-payment-required"
-        ),
+        pytest.param(402, detail("credits", "402"), None, ProviderError, False, "402", id="402-payment-required"),
         pytest.param(402, None, None, ProviderError, False, "upstream_error", id="402-without-body"),
         pytest.param(
             None,
@@ -348,9 +344,7 @@ def detail(
             "server_error",
             id="stream-error-event",
         ),
-        pytest.param(
-            None, None, None, ProviderError, True, "upstream_error", id="stream-error-event-without-detail"
-        ),
+        pytest.param(None, None, None, ProviderError, True, "upstream_error", id="stream-error-event-without-detail"),
         pytest.param(
             None,
             detail("blocked", "content_filter"),
@@ -375,9 +369,7 @@ def test_classify_error_by_status_and_code(client, status, error_detail, retry_a
 
 @pytest.mark.parametrize("status", [401, 403])
 def test_classify_auth_error_does_not_repeat_the_upstream_message(client, status):
-    upstream = detail(
-        f"Incorrect API key provided: {UPSTREAM_KEY}. You can find your key at ...", "invalid_api_key"
-    )
+    upstream = detail(f"Incorrect API key provided: {UPSTREAM_KEY}. You can find your key at ...", "invalid_api_key")
 
     error = client.classify_error(status, upstream, None)
 
@@ -388,9 +380,7 @@ def test_classify_auth_error_does_not_repeat_the_upstream_message(client, status
 
 
 def test_classify_upstream_request_error_carries_param_and_message(client):
-    error = client.classify_error(
-        400, detail("Unsupported parameter: 'max_tokens'", param="max_tokens"), None
-    )
+    error = client.classify_error(400, detail("Unsupported parameter: 'max_tokens'", param="max_tokens"), None)
 
     assert error.param == "max_tokens"
     assert error.message == "openai returned an error: Unsupported parameter: 'max_tokens'"
@@ -409,8 +399,7 @@ def test_classify_error_without_upstream_message_names_the_status(client, error_
     [
         pytest.param(
             429,
-            b'{"error":{"message":"Rate limit reached","type":"requests","param":null,'
-            b'"code":"rate_limit_exceeded"}}',
+            b'{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}',
             {"retry-after-ms": "250"},
             RateLimitError,
             "openai returned an error: Rate limit reached",
@@ -426,9 +415,7 @@ def test_classify_error_without_upstream_message_names_the_status(client, error_
             3.0,
             id="502-html-body",
         ),
-        pytest.param(
-            500, b"", {}, ProviderError, "openai returned an error: HTTP 500", None, id="500-empty-body"
-        ),
+        pytest.param(500, b"", {}, ProviderError, "openai returned an error: HTTP 500", None, id="500-empty-body"),
         pytest.param(
             402,
             b'{"error":{"code":402,"message":"This request requires more credits","metadata":{}}}',

@@ -34,6 +34,4 @@ def test_provider_clients_do_not_read_the_environment_or_know_the_api() -> None:
         code = _code(path)
         if path.name != "settings.py":
             assert "os.environ" not in code and "getenv" not in code, f"{path.name} reads the environment"
-        assert "llm_service.api" not in code and "fastapi" not in code, (
-            f"{path.name} depends on the API layer"
-        )
+        assert "llm_service.api" not in code and "fastapi" not in code, f"{path.name} depends on the API layer"

@@ -130,11 +130,7 @@ FULL_REQUEST = LLMRequest(
         Message(role=Role.TOOL, content='{"temp_c":4}', tool_call_id=CALL_ID),
         Message(role=Role.ASSISTANT, content="It is 4 °C.", refusal="partly"),
     ],
-    tools=[
-        ToolDefinition(
-            name="get_weather", description="Current weather", parameters=WEATHER_PARAMS, strict=True
-        )
-    ],
+    tools=[ToolDefinition(name="get_weather", description="Current weather", parameters=WEATHER_PARAMS, strict=True)],
     tool_choice=ToolChoice(mode="auto"),
     parallel_tool_calls=True,
     response_format=ResponseFormat(
@@ -323,15 +319,11 @@ INVALID_BODIES = [
     pytest.param(minimal(messages=[_user(5)]), "messages[0].content", id="content-a-number"),
     pytest.param(minimal(messages=[_user(["hi"])]), "messages[0].content[0]", id="content-part-not-object"),
     pytest.param(
-        minimal(
-            messages=[_user([{"type": "text", "text": "hi"}, {"type": "input_audio", "input_audio": {}}])]
-        ),
+        minimal(messages=[_user([{"type": "text", "text": "hi"}, {"type": "input_audio", "input_audio": {}}])]),
         "messages[0].content[1].type",
         id="content-part-input-audio",
     ),
-    pytest.param(
-        minimal(messages=[_user([{"type": "text"}])]), "messages[0].content[0].text", id="text-part-no-text"
-    ),
+    pytest.param(minimal(messages=[_user([{"type": "text"}])]), "messages[0].content[0].text", id="text-part-no-text"),
     pytest.param(
         minimal(messages=[_user([{"type": "image_url", "image_url": {"detail": "low"}}])]),
         "messages[0].content[0].image_url.url",
@@ -363,16 +355,12 @@ INVALID_BODIES = [
         id="tool-calls-not-a-list",
     ),
     pytest.param(
-        minimal(
-            messages=[{"role": "assistant", "tool_calls": [{**TOOL_CALL, "function": {"arguments": "{}"}}]}]
-        ),
+        minimal(messages=[{"role": "assistant", "tool_calls": [{**TOOL_CALL, "function": {"arguments": "{}"}}]}]),
         "messages[0].tool_calls[0].function.name",
         id="tool-call-no-name",
     ),
     pytest.param(
-        minimal(
-            messages=[{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]
-        ),
+        minimal(messages=[{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f"}}]}]),
         "messages[0].tool_calls[0].id",
         id="tool-call-no-id",
     ),
@@ -394,9 +382,7 @@ INVALID_BODIES = [
     pytest.param(minimal(max_tokens=0), "max_tokens", id="max-tokens-zero"),
     pytest.param(minimal(max_tokens=1.5), "max_tokens", id="max-tokens-float"),
     pytest.param(minimal(max_tokens=True), "max_tokens", id="max-tokens-bool"),
-    pytest.param(
-        minimal(max_completion_tokens=-1), "max_completion_tokens", id="max-completion-tokens-negative"
-    ),
+    pytest.param(minimal(max_completion_tokens=-1), "max_completion_tokens", id="max-completion-tokens-negative"),
     pytest.param(minimal(n=0), "n", id="n-zero"),
     pytest.param(minimal(seed="7"), "seed", id="seed-string"),
     pytest.param(minimal(seed=False), "seed", id="seed-bool"),
@@ -413,13 +399,9 @@ INVALID_BODIES = [
     ),
     pytest.param(minimal(parallel_tool_calls="true"), "parallel_tool_calls", id="parallel-tool-calls-string"),
     pytest.param(minimal(tools={"type": "function"}), "tools", id="tools-not-a-list"),
-    pytest.param(
-        minimal(tools=[{"type": "function", "function": {}}]), "tools[0].function.name", id="tool-no-name"
-    ),
+    pytest.param(minimal(tools=[{"type": "function", "function": {}}]), "tools[0].function.name", id="tool-no-name"),
     pytest.param(minimal(tools=[{"type": "function"}]), "tools[0].function", id="tool-no-function"),
-    pytest.param(
-        minimal(tools=[{"type": "custom", "custom": {"name": "x"}}]), "tools[0].type", id="tool-type-custom"
-    ),
+    pytest.param(minimal(tools=[{"type": "custom", "custom": {"name": "x"}}]), "tools[0].type", id="tool-type-custom"),
     pytest.param(minimal(tools=["f"]), "tools[0].type", id="tool-not-object"),
     pytest.param(
         minimal(tools=[{"type": "function", "function": {"name": "f", "parameters": "{}"}}]),
@@ -575,9 +557,7 @@ def test_encode_minimal_request_writes_only_set_fields():
     ],
 )
 def test_encode_round_trips_tool_choice(tool_choice):
-    encoded = encode_chat_request(
-        parse_chat_request(minimal(tool_choice=tool_choice)), always_include_usage=False
-    )
+    encoded = encode_chat_request(parse_chat_request(minimal(tool_choice=tool_choice)), always_include_usage=False)
 
     assert encoded["tool_choice"] == tool_choice
 
@@ -691,16 +671,12 @@ RESPONSE = LLMResponse(
             message=Message(
                 role=Role.ASSISTANT,
                 content=None,
-                tool_calls=[
-                    ToolCall(id=CALL_ID, name="get_weather", arguments='{"city":"Oslo"}', provider_id=CALL_ID)
-                ],
+                tool_calls=[ToolCall(id=CALL_ID, name="get_weather", arguments='{"city":"Oslo"}', provider_id=CALL_ID)],
             ),
             finish_reason=FinishReason.TOOL_CALLS,
         )
     ],
-    usage=Usage(
-        prompt_tokens=91, completion_tokens=18, total_tokens=109, cached_tokens=0, reasoning_tokens=0
-    ),
+    usage=Usage(prompt_tokens=91, completion_tokens=18, total_tokens=109, cached_tokens=0, reasoning_tokens=0),
     system_fingerprint="fp_5a1c9e0b2d",
 )
 
@@ -822,9 +798,7 @@ TOOL_STREAM = [
                     index=0,
                     role=Role.ASSISTANT,
                     tool_calls=[
-                        ToolCallDelta(
-                            index=0, id=CALL_ID, name="get_weather", arguments="", provider_id=CALL_ID
-                        )
+                        ToolCallDelta(index=0, id=CALL_ID, name="get_weather", arguments="", provider_id=CALL_ID)
                     ],
                 )
             ]
@@ -964,12 +938,8 @@ def test_encode_chat_chunk_first_tool_fragment_shape():
 @pytest.mark.parametrize(
     ("chunk", "include_usage", "expected_usage"),
     [
-        pytest.param(
-            _chunk([ChunkChoice(index=0, content="x")]), False, "absent", id="normal-no-usage-asked"
-        ),
-        pytest.param(
-            _chunk([ChunkChoice(index=0, content="x")]), True, None, id="normal-usage-asked-is-null"
-        ),
+        pytest.param(_chunk([ChunkChoice(index=0, content="x")]), False, "absent", id="normal-no-usage-asked"),
+        pytest.param(_chunk([ChunkChoice(index=0, content="x")]), True, None, id="normal-usage-asked-is-null"),
         pytest.param(
             _chunk([], usage=Usage(3, 4, 7, cached_tokens=1, reasoning_tokens=2)),
             True,

@@ -11,23 +11,9 @@ import json
 import openai
 import pytest
 
-from conftest import OPENAI_FAMILY
+from conftest import WEATHER_TOOL
 
 pytestmark = pytest.mark.integration
-
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
-
-
-@pytest.fixture(params=OPENAI_FAMILY, ids=lambda p: p.value)
-def provider(request: pytest.FixtureRequest):
-    return request.param
 
 
 @pytest.fixture
@@ -38,9 +24,7 @@ def sdk(live_service) -> tuple[openai.OpenAI, str]:
 
 def test_sdk_plain_completion(sdk) -> None:
     client, model = sdk
-    completion = client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "Say hello."}]
-    )
+    completion = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Say hello."}])
 
     assert completion.choices[0].message.content
     assert completion.choices[0].finish_reason == "stop"
@@ -60,9 +44,7 @@ def test_sdk_streaming_with_usage(sdk) -> None:
 
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text
-    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == [
-        "stop"
-    ]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
     assert chunks[-1].choices == []
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.total_tokens > 0
@@ -71,9 +53,7 @@ def test_sdk_streaming_with_usage(sdk) -> None:
 def test_sdk_tool_calls_round_trip(sdk) -> None:
     client, model = sdk
     messages: list = [{"role": "user", "content": "What is the weather in Oslo and in Paris? Use the tool."}]
-    first = client.chat.completions.create(
-        model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required"
-    )
+    first = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required")
     calls = first.choices[0].message.tool_calls
     assert calls
     assert all(c.function.name == "get_weather" for c in calls)
@@ -97,9 +77,7 @@ def test_sdk_streamed_tool_calls(sdk) -> None:
     arguments: dict[int, str] = {}
     for chunk in stream:
         for fragment in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
-            arguments[fragment.index] = arguments.get(fragment.index, "") + (
-                fragment.function.arguments or ""
-            )
+            arguments[fragment.index] = arguments.get(fragment.index, "") + (fragment.function.arguments or "")
     assert arguments
     assert all("city" in json.loads(a) for a in arguments.values())
 

@@ -78,14 +78,10 @@ def test_defaults_without_any_configuration(config_dir):
     ("env_name", "value", "path", "expected"),
     [
         pytest.param("OPENAI_API_KEY", "sk-flat-openai", "openai.api_key", "sk-flat-openai", id="openai-key"),
-        pytest.param(
-            "OPENAI_BASE_URL", "http://o.test/v1", "openai.base_url", "http://o.test/v1", id="openai-url"
-        ),
+        pytest.param("OPENAI_BASE_URL", "http://o.test/v1", "openai.base_url", "http://o.test/v1", id="openai-url"),
         pytest.param("OPENAI_ORG_ID", "org-1", "openai.org_id", "org-1", id="openai-org"),
         pytest.param("OPENAI_TIMEOUT_READ", "5", "openai.timeout_read", 5.0, id="openai-timeout"),
-        pytest.param(
-            "OPENROUTER_API_KEY", "sk-or-flat", "openrouter.api_key", "sk-or-flat", id="openrouter-key"
-        ),
+        pytest.param("OPENROUTER_API_KEY", "sk-or-flat", "openrouter.api_key", "sk-or-flat", id="openrouter-key"),
         pytest.param(
             "OPENROUTER_BASE_URL",
             "http://or.test/v1",
@@ -126,9 +122,7 @@ def test_flat_env_name_lands_in_its_group(monkeypatch, config_dir, env_name, val
     [
         pytest.param("LLM_OPENAI__API_KEY", "sk-nested", "openai.api_key", "sk-nested", id="openai-key"),
         pytest.param("LLM_OPENROUTER__APP_TITLE", "T", "openrouter.app_title", "T", id="openrouter-title"),
-        pytest.param(
-            "LLM_REMOTE__BASE_URL", "http://r.test", "remote.base_url", "http://r.test", id="remote-url"
-        ),
+        pytest.param("LLM_REMOTE__BASE_URL", "http://r.test", "remote.base_url", "http://r.test", id="remote-url"),
         pytest.param("LLM_SERVER__PORT", "9002", "server.port", 9002, id="server-port"),
     ],
 )
@@ -160,10 +154,7 @@ def test_keyword_arguments_win_over_env(monkeypatch, config_dir):
     monkeypatch.setenv("OPENAI_BASE_URL", "http://flat.test/v1")
     monkeypatch.setenv("LLM_OPENAI__BASE_URL", "http://nested.test/v1")
 
-    assert (
-        make(config_dir, openai={"base_url": "http://kwarg.test/v1"}).openai.base_url
-        == "http://kwarg.test/v1"
-    )
+    assert make(config_dir, openai={"base_url": "http://kwarg.test/v1"}).openai.base_url == "http://kwarg.test/v1"
 
 
 def test_invalid_env_value_is_a_validation_error(monkeypatch, config_dir):
@@ -368,9 +359,7 @@ def test_api_keys_are_secret_and_never_rendered(monkeypatch, config_dir):
         ),
         pytest.param({"LLM_DEMO_MODE": "on", "OPENAI_API_KEY": "a"}, [ProviderID.OPENAI], True, id="demo-on"),
         pytest.param({"LLM_DEMO_MODE": "off"}, [], False, id="demo-off"),
-        pytest.param(
-            {"LLM_DEMO_MODE": "auto", "OPENAI_API_KEY": "a"}, [ProviderID.OPENAI], False, id="demo-auto"
-        ),
+        pytest.param({"LLM_DEMO_MODE": "auto", "OPENAI_API_KEY": "a"}, [ProviderID.OPENAI], False, id="demo-auto"),
     ],
 )
 def test_configured_providers_and_demo_mode(monkeypatch, config_dir, env, expected_providers, expected_demo):
@@ -386,12 +375,8 @@ def test_configured_providers_and_demo_mode(monkeypatch, config_dir, env, expect
 @pytest.mark.parametrize(
     ("env_name", "value", "path", "expected"),
     [
-        pytest.param(
-            "OPENAI_BASE_URL", "https://o.test/v1/", "openai.base_url", "https://o.test/v1", id="one"
-        ),
-        pytest.param(
-            "OPENAI_BASE_URL", "https://o.test/v1//", "openai.base_url", "https://o.test/v1", id="two"
-        ),
+        pytest.param("OPENAI_BASE_URL", "https://o.test/v1/", "openai.base_url", "https://o.test/v1", id="one"),
+        pytest.param("OPENAI_BASE_URL", "https://o.test/v1//", "openai.base_url", "https://o.test/v1", id="two"),
         pytest.param(
             "OPENROUTER_BASE_URL",
             "https://or.test/api/v1/",
@@ -406,12 +391,8 @@ def test_configured_providers_and_demo_mode(monkeypatch, config_dir, env, expect
             "http://127.0.0.1:8001",
             id="remote",
         ),
-        pytest.param(
-            "LLM_OPENAI__BASE_URL", "https://n.test/v1/", "openai.base_url", "https://n.test/v1", id="nested"
-        ),
-        pytest.param(
-            "OPENAI_BASE_URL", "https://o.test/v1", "openai.base_url", "https://o.test/v1", id="none"
-        ),
+        pytest.param("LLM_OPENAI__BASE_URL", "https://n.test/v1/", "openai.base_url", "https://n.test/v1", id="nested"),
+        pytest.param("OPENAI_BASE_URL", "https://o.test/v1", "openai.base_url", "https://o.test/v1", id="none"),
     ],
 )
 def test_trailing_slash_is_stripped_from_base_url(monkeypatch, config_dir, env_name, value, path, expected):

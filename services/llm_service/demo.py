@@ -35,9 +35,7 @@ async def demo_upstreams(settings: Settings) -> AsyncIterator[Settings]:
         demo = settings.model_copy(
             update={
                 "openai": settings.openai.model_copy(update={"base_url": openai_fake.url, "api_key": key}),
-                "openrouter": settings.openrouter.model_copy(
-                    update={"base_url": openrouter_fake.url, "api_key": key}
-                ),
+                "openrouter": settings.openrouter.model_copy(update={"base_url": openrouter_fake.url, "api_key": key}),
                 "remote": settings.remote.model_copy(update={"base_url": remote_fake.url, "api_key": None}),
             }
         )

@@ -22,10 +22,7 @@ async def list_models(request: Request) -> Response:
         for alias, deployments in services.settings.aliases.items()
         if deployments
     ]
-    data += [
-        {"id": f"{p.value}/*", "object": "model", "created": 0, "owned_by": p.value}
-        for p in services.providers
-    ]
+    data += [{"id": f"{p.value}/*", "object": "model", "created": 0, "owned_by": p.value} for p in services.providers]
     return json_response(200, {"object": "list", "data": data})
 
 

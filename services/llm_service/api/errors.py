@@ -47,9 +47,7 @@ _STATUS_AND_TYPE: tuple[tuple[type[LLMServiceError], HTTPStatus, str], ...] = (
 )
 
 
-def error_body(
-    message: str, type_: str, *, code: str | None = None, param: str | None = None
-) -> dict[str, Any]:
+def error_body(message: str, type_: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
@@ -101,9 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error", exc_info=exc)
-        return json_response(
-            HTTPStatus.INTERNAL_SERVER_ERROR, error_body("Internal server error", "server_error")
-        )
+        return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, error_body("Internal server error", "server_error"))
 
     app.add_exception_handler(LLMServiceError, on_service_error)
     app.add_exception_handler(HTTPException, on_http_error)

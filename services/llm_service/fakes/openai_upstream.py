@@ -351,9 +351,7 @@ class FakeUpstream:
         fixture = self.fixtures.errors.get(stem)
         return fixture if fixture is not None else generic_error(self.flavor, fault.status)
 
-    def _headers(
-        self, scenario: Scenario | None, content_type: str, extra: dict[str, str]
-    ) -> CIMultiDict[str]:
+    def _headers(self, scenario: Scenario | None, content_type: str, extra: dict[str, str]) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict({"Content-Type": content_type, "Server": "cloudflare"})
         if self.flavor == "openai":
             headers.update(

@@ -283,14 +283,11 @@ def validate_chat_body(flavor: Flavor, body: dict[str, Any]) -> bytes | None:
         return bad_request(flavor, "you must provide a model parameter")
     messages = body.get("messages")
     if messages is None:
-        return bad_request(
-            flavor, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter"
-        )
+        return bad_request(flavor, "Missing required parameter: 'messages'.", "messages", "missing_required_parameter")
     if not isinstance(messages, list) or not messages:
         return bad_request(
             flavor,
-            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty "
-            "array instead.",
+            "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
             "messages",
             "empty_array",
         )

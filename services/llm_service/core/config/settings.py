@@ -93,9 +93,7 @@ class TelemetrySettings(_Group):
 class DispatcherSettings(_Group):
     ENV_PREFIX: ClassVar[str] = "LLM_"
     max_retries: int = Field(default=2, ge=0, description="Extra attempts after a retryable upstream failure")
-    retry_backoff_base: float = Field(
-        default=0.5, ge=0, description="First retry wait (s), doubling each time"
-    )
+    retry_backoff_base: float = Field(default=0.5, ge=0, description="First retry wait (s), doubling each time")
     retry_backoff_max: float = Field(default=8.0, ge=0, description="Longest retry wait (s)")
     retry_max_retry_after: float = Field(
         default=10.0,

@@ -123,9 +123,7 @@ class BaseLLMClient(ABC):
     def _timeouts(self) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
         """(whole-call timeout, stream timeout): a stream has no total limit, only read gaps."""
         s = self.settings
-        plain = aiohttp.ClientTimeout(
-            total=s.timeout_total, connect=s.timeout_connect, sock_read=s.timeout_read
-        )
+        plain = aiohttp.ClientTimeout(total=s.timeout_total, connect=s.timeout_connect, sock_read=s.timeout_read)
         stream = aiohttp.ClientTimeout(total=None, connect=s.timeout_connect, sock_read=s.timeout_read)
         return plain, stream
 

@@ -45,7 +45,5 @@ class APIKeyCredentialProvider:
 
     async def auth_headers(self) -> Mapping[str, str]:
         if not self._headers and self._required:
-            raise ConfigurationError(
-                f"no API key configured: set {self._env_var}", code="provider_not_configured"
-            )
+            raise ConfigurationError(f"no API key configured: set {self._env_var}", code="provider_not_configured")
         return self._headers

@@ -30,9 +30,7 @@ def create_client(provider: ProviderID, settings: Settings, session: aiohttp.Cli
     cls = _CLIENT_CLASSES.get(provider)
     group = settings.provider_settings(provider)
     if cls is None or group is None:
-        raise ModelNotFoundError(
-            f"provider {provider.value!r} is not available yet", code="provider_not_found"
-        )
+        raise ModelNotFoundError(f"provider {provider.value!r} is not available yet", code="provider_not_found")
     credentials = APIKeyCredentialProvider(
         group.api_key, env_var=group.env_name("api_key"), required=cls.api_key_required
     )

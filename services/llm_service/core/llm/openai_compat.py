@@ -45,6 +45,8 @@ class OpenAICompatibleClient(BaseLLMClient):
     always_include_usage: ClassVar[bool] = True
     #: The `<PREFIX>API_KEY` must be set for this provider to work.
     api_key_required: ClassVar[bool] = True
+    #: Static request headers: header name -> the settings field that holds its value.
+    header_settings: ClassVar[Mapping[str, str]] = {}
 
     # ---------------------------------------------------------------- reach
 
@@ -68,8 +70,9 @@ class OpenAICompatibleClient(BaseLLMClient):
         return UpstreamClient(self._session, endpoint, credentials, headers, timeout, stream_timeout)
 
     def _extra_headers(self) -> Mapping[str, str]:
-        """Static headers this provider adds to every request (attribution, organisation)."""
-        return {}
+        """Static headers from `header_settings`: those whose setting has a value."""
+        values = ((header, getattr(self.settings, field)) for header, field in self.header_settings.items())
+        return {header: value for header, value in values if value}
 
     # ---------------------------------------------------------------- talk
 

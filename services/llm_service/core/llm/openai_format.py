@@ -35,24 +35,21 @@ from llm_service.core.llm.models import (
     Usage,
 )
 
+# Scalar request fields copied as they are between the wire and LLMRequest.
+_SCALAR_FIELDS = (
+    "parallel_tool_calls", "temperature", "top_p", "max_tokens", "max_completion_tokens",
+    "stop", "seed", "n", "user",
+)  # fmt: skip
 _KNOWN_FIELDS = frozenset(
     {
         "model",
         "messages",
         "tools",
         "tool_choice",
-        "parallel_tool_calls",
         "response_format",
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "n",
-        "user",
         "stream",
         "stream_options",
+        *_SCALAR_FIELDS,
     }
 )
 _ROLES = {r.value: r for r in Role}
@@ -68,9 +65,7 @@ def _bad(param: str, message: str) -> InvalidRequestError:
     return InvalidRequestError(f"Invalid '{param}': {message}", param=param, code="invalid_value")
 
 
-def _get(
-    obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str, *, required: bool = False
-) -> Any:
+def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str, *, required: bool = False) -> Any:
     value = obj.get(key)
     if value is None:
         if required:
@@ -193,9 +188,7 @@ def _parse_content(raw: Any, path: str) -> str | list[ContentPart] | None:
             url = _get(image, "url", str, f"{where}.image_url.url", required=True)
             parts.append(ImagePart(url=url, detail=_get(image, "detail", str, f"{where}.image_url.detail")))
         else:
-            raise _bad(
-                f"{where}.type", f"unsupported content part type {kind!r}; supported: 'text', 'image_url'."
-            )
+            raise _bad(f"{where}.type", f"unsupported content part type {kind!r}; supported: 'text', 'image_url'.")
     return parts
 
 
@@ -239,9 +232,7 @@ def _parse_tool_choice(raw: Any) -> ToolChoice | None:
         ):
             tools = _get(allowed, "tools", list, "tool_choice.allowed_tools.tools", required=True)
             return ToolChoice(mode=allowed["mode"], functions=tuple(_allowed_tool_names(tools)))
-    raise _bad(
-        "tool_choice", "expected 'none', 'auto', 'required', a function choice or an allowed_tools choice."
-    )
+    raise _bad("tool_choice", "expected 'none', 'auto', 'required', a function choice or an allowed_tools choice.")
 
 
 def _allowed_tool_names(tools: list[Any]) -> list[str]:
@@ -293,17 +284,7 @@ def encode_chat_request(request: LLMRequest, *, always_include_usage: bool) -> d
         body["tool_choice"] = _encode_tool_choice(request.tool_choice)
     if request.response_format is not None:
         body["response_format"] = _encode_response_format(request.response_format)
-    for key in (
-        "parallel_tool_calls",
-        "temperature",
-        "top_p",
-        "max_tokens",
-        "max_completion_tokens",
-        "stop",
-        "seed",
-        "n",
-        "user",
-    ):
+    for key in _SCALAR_FIELDS:
         value = getattr(request, key)
         if value is not None:
             body[key] = value
@@ -493,10 +474,7 @@ def encode_usage(usage: Usage) -> dict[str, Any]:
 
 
 def _encode_tool_calls(calls: list[ToolCall]) -> list[dict[str, Any]]:
-    return [
-        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-        for c in calls
-    ]
+    return [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}} for c in calls]
 
 
 def encode_chat_response(response: LLMResponse) -> dict[str, Any]:
