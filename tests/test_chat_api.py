@@ -147,11 +147,12 @@ def test_streamed_tool_calls_reassemble_into_valid_arguments(client: httpx.Clien
     ] == ["tool_calls"]
 
 
-def test_image_parts_are_forwarded(client: httpx.Client, provider, fake) -> None:
+def test_image_and_other_content_parts_are_forwarded_unchanged(client: httpx.Client, provider, fake) -> None:
     parts = [
         {"type": "text", "text": "What is in these pictures?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
         {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}},
+        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
     ]
     response = client.post(
         "/v1/chat/completions",

@@ -59,12 +59,12 @@ def test_invalid_json_is_400(client: httpx.Client) -> None:
         (
             {
                 "model": "openai/gpt-4o-mini",
-                "messages": [{"role": "user", "content": [{"type": "input_audio"}]}],
+                "messages": [{"role": "user", "content": [{"input_audio": {}}]}],
             },
             "messages[0].content[0].type",
         ),
     ],
-    ids=["no-model", "no-messages", "bad-role", "temperature-range", "tool-without-id", "unsupported-part"],
+    ids=["no-model", "no-messages", "bad-role", "temperature-range", "tool-without-id", "untyped-part"],
 )
 def test_schema_violation_is_400_naming_the_field(client: httpx.Client, body: dict, param: str) -> None:
     error = assert_openai_error(client.post("/v1/chat/completions", json=body), 400)

@@ -319,9 +319,9 @@ INVALID_BODIES = [
     pytest.param(minimal(messages=[_user(5)]), "messages[0].content", id="content-a-number"),
     pytest.param(minimal(messages=[_user(["hi"])]), "messages[0].content[0]", id="content-part-not-object"),
     pytest.param(
-        minimal(messages=[_user([{"type": "text", "text": "hi"}, {"type": "input_audio", "input_audio": {}}])]),
+        minimal(messages=[_user([{"type": "text", "text": "hi"}, {"input_audio": {}}])]),
         "messages[0].content[1].type",
-        id="content-part-input-audio",
+        id="content-part-without-type",
     ),
     pytest.param(minimal(messages=[_user([{"type": "text"}])]), "messages[0].content[0].text", id="text-part-no-text"),
     pytest.param(
@@ -1050,3 +1050,18 @@ def test_encode_chat_response_text_answer_without_usage():
         ],
         "usage": None,
     }
+
+
+def test_unmodelled_content_parts_and_message_fields_pass_through_unchanged():
+    audio = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+    file_part = {"type": "file", "file": {"file_id": "file-abc"}}
+    body = minimal(
+        messages=[
+            {"role": "user", "content": [{"type": "text", "text": "hear this"}, audio, file_part]},
+            {"role": "assistant", "content": "ok", "audio": {"id": "audio_1"}},
+        ]
+    )
+    request = parse_chat_request(body)
+
+    encoded = encode_chat_request(request, always_include_usage=False)
+    assert encoded["messages"] == body["messages"]

@@ -60,7 +60,18 @@ class ImagePart:
     detail: str | None = None
 
 
-ContentPart = TextPart | ImagePart
+@dataclass(slots=True)
+class OpaquePart:
+    """A content part the domain does not model (`input_audio`, `file`, ...), kept as the caller sent it.
+
+    OpenAI-family providers pass it through unchanged; other providers reject it clearly.
+    """
+
+    type: str
+    data: dict[str, Any]
+
+
+ContentPart = TextPart | ImagePart | OpaquePart
 
 
 @dataclass(slots=True)
@@ -98,6 +109,8 @@ class Message:
     tool_calls: list[ToolCall] = field(default_factory=list)
     tool_call_id: str | None = None
     refusal: str | None = None
+    #: Message fields the domain does not model; passed through to OpenAI-family providers.
+    extra: dict[str, Any] = field(default_factory=dict)
 
     def text(self) -> str:
         """The message's text parts joined, for providers and logs that want plain text."""

@@ -25,6 +25,7 @@ from llm_service.core.llm.models import (
     LLMRequest,
     LLMResponse,
     Message,
+    OpaquePart,
     ResponseFormat,
     Role,
     TextPart,
@@ -52,6 +53,7 @@ _KNOWN_FIELDS = frozenset(
         *_SCALAR_FIELDS,
     }
 )
+_MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal"})
 _ROLES = {r.value: r for r in Role}
 _FINISH = {f.value: f for f in FinishReason}
 
@@ -155,6 +157,7 @@ def _parse_message(raw: Any, path: str) -> Message:
         raise _bad(f"{path}.role", f"unsupported role {role_name!r}; expected one of {', '.join(_ROLES)}.")
     message = Message(role=role, content=_parse_content(raw.get("content"), f"{path}.content"))
     message.name = _get(raw, "name", str, f"{path}.name")
+    message.extra = {k: v for k, v in raw.items() if k not in _MESSAGE_FIELDS}
     if role is Role.ASSISTANT:
         calls = _get(raw, "tool_calls", list, f"{path}.tool_calls") or []
         message.tool_calls = [_parse_tool_call(c, f"{path}.tool_calls[{i}]") for i, c in enumerate(calls)]
@@ -187,8 +190,10 @@ def _parse_content(raw: Any, path: str) -> str | list[ContentPart] | None:
             image = _get(part, "image_url", dict, f"{where}.image_url", required=True)
             url = _get(image, "url", str, f"{where}.image_url.url", required=True)
             parts.append(ImagePart(url=url, detail=_get(image, "detail", str, f"{where}.image_url.detail")))
+        elif isinstance(kind, str) and kind:
+            parts.append(OpaquePart(type=kind, data=part))
         else:
-            raise _bad(f"{where}.type", f"unsupported content part type {kind!r}; supported: 'text', 'image_url'.")
+            raise _bad(f"{where}.type", "expected the content part's type as a string.")
     return parts
 
 
@@ -296,7 +301,7 @@ def encode_chat_request(request: LLMRequest, *, always_include_usage: bool) -> d
 
 
 def _encode_message(message: Message) -> dict[str, Any]:
-    out: dict[str, Any] = {"role": message.role.value}
+    out: dict[str, Any] = {**message.extra, "role": message.role.value}
     content = message.content
     if isinstance(content, list):
         out["content"] = [_encode_part(p) for p in content]
@@ -319,6 +324,8 @@ def _encode_message(message: Message) -> dict[str, Any]:
 def _encode_part(part: ContentPart) -> dict[str, Any]:
     if isinstance(part, TextPart):
         return {"type": "text", "text": part.text}
+    if isinstance(part, OpaquePart):
+        return part.data
     image: dict[str, Any] = {"url": part.url}
     if part.detail is not None:
         image["detail"] = part.detail
