@@ -11,6 +11,7 @@ Errors::
      ├── ModelNotFoundError           unknown model, alias or provider
      ├── RequestTooLargeError         body over the configured limit
      ├── ConfigurationError           the service is missing a setting (names the env var)
+     │    └── ProviderNotConfiguredError   a provider without its key or URL
      └── ProviderError                an upstream failed (provider, status, retryable, retry_after)
           ├── RateLimitError          upstream 429 (retry_after from its headers)
           ├── ProviderTimeoutError    connect/read/total timeout, upstream 408
@@ -50,6 +51,7 @@ class FinishReason(StrEnum):
 @dataclass(slots=True)
 class TextPart:
     text: str
+    extra: dict[str, Any] = field(default_factory=dict)  # e.g. cache_control
 
 
 @dataclass(slots=True)
@@ -58,6 +60,7 @@ class ImagePart:
 
     url: str
     detail: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -130,6 +133,7 @@ class ToolDefinition:
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # tool-level fields, e.g. cache_control
 
 
 @dataclass(slots=True)
@@ -183,6 +187,8 @@ class Usage:
     total_tokens: int = 0
     cached_tokens: int | None = None
     reasoning_tokens: int | None = None
+    #: What else the upstream reported (token details, cost), passed on to OpenAI-format clients.
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -190,6 +196,7 @@ class Choice:
     index: int
     message: Message
     finish_reason: FinishReason | None
+    logprobs: Any = None
 
 
 @dataclass(slots=True)
@@ -201,6 +208,8 @@ class LLMResponse:
     choices: list[Choice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    #: Top-level response fields the domain does not model (service_tier, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -211,6 +220,9 @@ class ChunkChoice:
     refusal: str | None = None
     tool_calls: list[ToolCallDelta] = field(default_factory=list)
     finish_reason: FinishReason | None = None
+    logprobs: Any = None
+    #: Delta fields the domain does not model (reasoning, audio, ...).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -224,6 +236,7 @@ class LLMChunk:
     choices: list[ChunkChoice] = field(default_factory=list)
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -255,6 +268,10 @@ class RequestTooLargeError(LLMServiceError):
 
 class ConfigurationError(LLMServiceError):
     pass
+
+
+class ProviderNotConfiguredError(ConfigurationError):
+    """A known provider this deployment has no credentials or URL for: unavailable to callers."""
 
 
 class ProviderError(LLMServiceError):

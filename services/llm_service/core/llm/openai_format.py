@@ -41,19 +41,13 @@ _SCALAR_FIELDS = (
     "parallel_tool_calls", "temperature", "top_p", "max_tokens", "max_completion_tokens",
     "stop", "seed", "n", "user",
 )  # fmt: skip
-_KNOWN_FIELDS = frozenset(
-    {
-        "model",
-        "messages",
-        "tools",
-        "tool_choice",
-        "response_format",
-        "stream",
-        "stream_options",
-        *_SCALAR_FIELDS,
-    }
-)
+# `stream_options` stays in `extra` whole (include_obfuscation, ...); include_usage is also read out of it.
+_KNOWN_FIELDS = frozenset({"model", "messages", "tools", "tool_choice", "response_format", "stream", *_SCALAR_FIELDS})
 _MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal"})
+# Response-side fields the domain models; everything else is carried in `extra` and written back.
+_RESPONSE_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage", "system_fingerprint"})
+_REPLY_FIELDS = frozenset({"role", "content", "refusal", "tool_calls"})
+_USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _ROLES = {r.value: r for r in Role}
 _FINISH = {f.value: f for f in FinishReason}
 
@@ -148,6 +142,11 @@ def parse_chat_request(body: Any) -> LLMRequest:
     )
 
 
+def _rest(raw: dict[str, Any], known: tuple[str, ...] | frozenset[str]) -> dict[str, Any]:
+    """The fields of `raw` not in `known`: kept so they can be written back unchanged."""
+    return {k: v for k, v in raw.items() if k not in known}
+
+
 def _parse_message(raw: Any, path: str) -> Message:
     if not isinstance(raw, dict):
         raise _bad(path, "expected an object.")
@@ -157,7 +156,7 @@ def _parse_message(raw: Any, path: str) -> Message:
         raise _bad(f"{path}.role", f"unsupported role {role_name!r}; expected one of {', '.join(_ROLES)}.")
     message = Message(role=role, content=_parse_content(raw.get("content"), f"{path}.content"))
     message.name = _get(raw, "name", str, f"{path}.name")
-    message.extra = {k: v for k, v in raw.items() if k not in _MESSAGE_FIELDS}
+    message.extra = _rest(raw, _MESSAGE_FIELDS)
     if role is Role.ASSISTANT:
         calls = _get(raw, "tool_calls", list, f"{path}.tool_calls") or []
         message.tool_calls = [_parse_tool_call(c, f"{path}.tool_calls[{i}]") for i, c in enumerate(calls)]
@@ -185,11 +184,13 @@ def _parse_content(raw: Any, path: str) -> str | list[ContentPart] | None:
             raise _bad(where, "expected an object.")
         kind = part.get("type")
         if kind == "text":
-            parts.append(TextPart(_get(part, "text", str, f"{where}.text", required=True)))
+            text = _get(part, "text", str, f"{where}.text", required=True)
+            parts.append(TextPart(text, extra=_rest(part, ("type", "text"))))
         elif kind == "image_url":
             image = _get(part, "image_url", dict, f"{where}.image_url", required=True)
             url = _get(image, "url", str, f"{where}.image_url.url", required=True)
-            parts.append(ImagePart(url=url, detail=_get(image, "detail", str, f"{where}.image_url.detail")))
+            detail = _get(image, "detail", str, f"{where}.image_url.detail")
+            parts.append(ImagePart(url=url, detail=detail, extra=_rest(part, ("type", "image_url"))))
         elif isinstance(kind, str) and kind:
             parts.append(OpaquePart(type=kind, data=part))
         else:
@@ -217,6 +218,7 @@ def _parse_tool(raw: Any, path: str) -> ToolDefinition:
         description=_get(function, "description", str, f"{path}.function.description"),
         parameters=_get(function, "parameters", dict, f"{path}.function.parameters"),
         strict=_get(function, "strict", bool, f"{path}.function.strict"),
+        extra=_rest(raw, ("type", "function")),
     )
 
 
@@ -296,7 +298,7 @@ def encode_chat_request(request: LLMRequest, *, always_include_usage: bool) -> d
     if request.stream:
         body["stream"] = True
         if request.include_usage or always_include_usage:
-            body["stream_options"] = {"include_usage": True}
+            body["stream_options"] = {**(request.extra.get("stream_options") or {}), "include_usage": True}
     return body
 
 
@@ -323,13 +325,13 @@ def _encode_message(message: Message) -> dict[str, Any]:
 
 def _encode_part(part: ContentPart) -> dict[str, Any]:
     if isinstance(part, TextPart):
-        return {"type": "text", "text": part.text}
+        return {"type": "text", "text": part.text, **part.extra}
     if isinstance(part, OpaquePart):
         return part.data
     image: dict[str, Any] = {"url": part.url}
     if part.detail is not None:
         image["detail"] = part.detail
-    return {"type": "image_url", "image_url": image}
+    return {"type": "image_url", "image_url": image, **part.extra}
 
 
 def _encode_tool(tool: ToolDefinition) -> dict[str, Any]:
@@ -340,7 +342,7 @@ def _encode_tool(tool: ToolDefinition) -> dict[str, Any]:
         function["parameters"] = tool.parameters
     if tool.strict is not None:
         function["strict"] = tool.strict
-    return {"type": "function", "function": function}
+    return {"type": "function", "function": function, **tool.extra}
 
 
 def _encode_tool_choice(choice: ToolChoice) -> Any:
@@ -384,6 +386,14 @@ def decode_usage(raw: Any) -> Usage | None:
         total_tokens=int(raw.get("total_tokens") or prompt + completion),
         cached_tokens=prompt_details.get("cached_tokens"),
         reasoning_tokens=completion_details.get("reasoning_tokens"),
+        extra=_rest(raw, _USAGE_COUNTS),
+    )
+
+
+def _decode_tool_call(raw: dict[str, Any]) -> ToolCall:
+    function = raw["function"]
+    return ToolCall(
+        id=raw["id"], name=function["name"], arguments=function.get("arguments") or "", provider_id=raw["id"]
     )
 
 
@@ -392,22 +402,10 @@ def decode_chat_response(data: dict[str, Any], provider: ProviderID) -> LLMRespo
     for position, raw in enumerate(data["choices"]):
         msg = raw.get("message") or {}
         message = Message(role=Role.ASSISTANT, content=msg.get("content"), refusal=msg.get("refusal"))
-        message.tool_calls = [
-            ToolCall(
-                id=c["id"],
-                name=c["function"]["name"],
-                arguments=c["function"].get("arguments") or "",
-                provider_id=c["id"],
-            )
-            for c in msg.get("tool_calls") or ()
-        ]
-        choices.append(
-            Choice(
-                index=raw.get("index", position),
-                message=message,
-                finish_reason=_finish(raw.get("finish_reason")),
-            )
-        )
+        message.tool_calls = [_decode_tool_call(c) for c in msg.get("tool_calls") or ()]
+        message.extra = _rest(msg, _REPLY_FIELDS)
+        finish = _finish(raw.get("finish_reason"))
+        choices.append(Choice(raw.get("index", position), message, finish, logprobs=raw.get("logprobs")))
     return LLMResponse(
         id=data.get("id") or "",
         created=int(data.get("created") or 0),
@@ -416,6 +414,19 @@ def decode_chat_response(data: dict[str, Any], provider: ProviderID) -> LLMRespo
         choices=choices,
         usage=decode_usage(data.get("usage")),
         system_fingerprint=data.get("system_fingerprint"),
+        extra=_rest(data, _RESPONSE_FIELDS),
+    )
+
+
+def _decode_tool_call_delta(fragment: dict[str, Any]) -> ToolCallDelta:
+    function = fragment.get("function") or {}
+    call_id = fragment.get("id")
+    return ToolCallDelta(
+        index=fragment.get("index", 0),
+        id=call_id,
+        name=function.get("name"),
+        arguments=function.get("arguments"),
+        provider_id=call_id,
     )
 
 
@@ -424,26 +435,18 @@ def decode_chat_chunk(data: dict[str, Any], provider: ProviderID) -> LLMChunk:
     for position, raw in enumerate(data.get("choices") or ()):
         delta = raw.get("delta") or {}
         role = delta.get("role")
-        choice = ChunkChoice(
-            index=raw.get("index", position),
-            role=_ROLES.get(role) if role else None,
-            content=delta.get("content"),
-            refusal=delta.get("refusal"),
-            finish_reason=_finish(raw.get("finish_reason")),
-        )
-        for fragment in delta.get("tool_calls") or ():
-            function = fragment.get("function") or {}
-            call_id = fragment.get("id")
-            choice.tool_calls.append(
-                ToolCallDelta(
-                    index=fragment.get("index", 0),
-                    id=call_id,
-                    name=function.get("name"),
-                    arguments=function.get("arguments"),
-                    provider_id=call_id,
-                )
+        choices.append(
+            ChunkChoice(
+                index=raw.get("index", position),
+                role=_ROLES.get(role) if role else None,
+                content=delta.get("content"),
+                refusal=delta.get("refusal"),
+                tool_calls=[_decode_tool_call_delta(f) for f in delta.get("tool_calls") or ()],
+                finish_reason=_finish(raw.get("finish_reason")),
+                logprobs=raw.get("logprobs"),
+                extra=_rest(delta, _REPLY_FIELDS),
             )
-        choices.append(choice)
+        )
     usage = decode_usage(data.get("usage"))
     if usage is not None and all(_is_empty(c) for c in choices):
         choices = []  # OpenRouter's usage chunk carries an empty choice; OpenAI's has none
@@ -455,11 +458,12 @@ def decode_chat_chunk(data: dict[str, Any], provider: ProviderID) -> LLMChunk:
         choices=choices,
         usage=usage,
         system_fingerprint=data.get("system_fingerprint"),
+        extra=_rest(data, _RESPONSE_FIELDS),
     )
 
 
 def _is_empty(choice: ChunkChoice) -> bool:
-    return not (choice.content or choice.tool_calls or choice.refusal or choice.finish_reason)
+    return not (choice.content or choice.tool_calls or choice.refusal or choice.finish_reason or choice.extra)
 
 
 # ==================================================================================================
@@ -469,13 +473,14 @@ def _is_empty(choice: ChunkChoice) -> bool:
 
 def encode_usage(usage: Usage) -> dict[str, Any]:
     out: dict[str, Any] = {
+        **usage.extra,
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
     }
-    if usage.cached_tokens is not None:
+    if usage.cached_tokens is not None and "prompt_tokens_details" not in out:
         out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
-    if usage.reasoning_tokens is not None:
+    if usage.reasoning_tokens is not None and "completion_tokens_details" not in out:
         out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
     return out
 
@@ -488,18 +493,17 @@ def encode_chat_response(response: LLMResponse) -> dict[str, Any]:
     """LLMResponse -> the client's `chat.completion` body (`model` is the upstream's resolved name)."""
     choices = []
     for choice in response.choices:
-        message: dict[str, Any] = {
-            "role": "assistant",
-            "content": choice.message.content
-            if not isinstance(choice.message.content, list)
-            else choice.message.text(),
-            "refusal": choice.message.refusal,
-        }
-        if choice.message.tool_calls:
-            message["tool_calls"] = _encode_tool_calls(choice.message.tool_calls)
+        reply = choice.message
+        content = reply.text() if isinstance(reply.content, list) else reply.content
+        message: dict[str, Any] = {**reply.extra, "role": "assistant", "content": content, "refusal": reply.refusal}
+        if reply.tool_calls:
+            message["tool_calls"] = _encode_tool_calls(reply.tool_calls)
         finish = choice.finish_reason.value if choice.finish_reason else None
-        choices.append({"index": choice.index, "message": message, "logprobs": None, "finish_reason": finish})
+        choices.append(
+            {"index": choice.index, "message": message, "logprobs": choice.logprobs, "finish_reason": finish}
+        )
     body: dict[str, Any] = {
+        **response.extra,
         "id": response.id,
         "object": "chat.completion",
         "created": response.created,
@@ -516,7 +520,7 @@ def encode_chat_chunk(chunk: LLMChunk, *, include_usage: bool) -> dict[str, Any]
     """LLMChunk -> one `chat.completion.chunk`; `usage` appears only for clients that asked."""
     choices = []
     for choice in chunk.choices:
-        delta: dict[str, Any] = {}
+        delta: dict[str, Any] = dict(choice.extra)
         if choice.role is not None:
             delta["role"] = choice.role.value
         if choice.content is not None:
@@ -526,8 +530,9 @@ def encode_chat_chunk(chunk: LLMChunk, *, include_usage: bool) -> dict[str, Any]
         if choice.tool_calls:
             delta["tool_calls"] = [_encode_tool_call_delta(d) for d in choice.tool_calls]
         finish = choice.finish_reason.value if choice.finish_reason else None
-        choices.append({"index": choice.index, "delta": delta, "logprobs": None, "finish_reason": finish})
+        choices.append({"index": choice.index, "delta": delta, "logprobs": choice.logprobs, "finish_reason": finish})
     body: dict[str, Any] = {
+        **chunk.extra,
         "id": chunk.id,
         "object": "chat.completion.chunk",
         "created": chunk.created,
