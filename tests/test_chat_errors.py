@@ -162,7 +162,7 @@ def test_unconfigured_provider_names_the_setting(start_service) -> None:
     service = start_service(openai={"api_key": None})
     with httpx.Client(base_url=service.url, timeout=20) as http:
         response = http.post("/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION})
-    error = assert_openai_error(response, 500, "provider_not_configured")
+    error = assert_openai_error(response, 404, "provider_not_configured")
     assert "OPENAI_API_KEY" in error["message"]
 
 
@@ -210,3 +210,66 @@ def test_client_disconnect_cancels_the_upstream_request(client: httpx.Client, pr
     # The service must hang up on the upstream while it is still mid-stream.
     assert fake.wait_for_disconnect(timeout=5)
     assert wait_until(lambda: fake.active_streams == 0)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_client_giving_up_before_the_first_byte_cancels_the_upstream_request(provider, fake, service, stream) -> None:
+    fake.inject(Fault(delay_before_headers=5.0))
+    with httpx.Client(base_url=service.url, timeout=0.5) as impatient, pytest.raises(httpx.ReadTimeout):
+        impatient.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, "stream": stream})
+
+    assert fake.wait_for_disconnect(timeout=4)
+    assert len(fake.requests) == 1  # and no retry for a caller who is gone
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"choices": [1]}', b'{"choices": [{"message": "hi"}]}', b'"just a string"', b"[]"],
+    ids=["choice-not-object", "message-not-object", "json-string", "json-array"],
+)
+def test_wrong_shaped_upstream_body_is_a_502_not_a_crash(client: httpx.Client, provider, fake, body) -> None:
+    fake.inject(Fault(status=200, body=body))
+    response = chat(client, provider)
+    assert_openai_error(response, 502, "upstream_malformed_response")
+    assert response.headers["x-request-id"]
+
+
+def test_rate_limit_without_retry_after_uses_the_reset_headers_and_hides_upstream_text(client, upstreams) -> None:
+    fake = upstreams[ProviderID.OPENAI]
+    headers = {"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "6m0s"}
+    fake.inject(Fault(status=429, headers=headers))
+    response = chat(client, ProviderID.OPENAI)
+
+    error = assert_openai_error(response, 429)
+    assert response.headers["retry-after"] == "360"
+    assert "org-" not in error["message"]
+
+
+def test_errors_tell_clients_whether_retrying_helps(client: httpx.Client, provider, fake) -> None:
+    fake.inject(Fault(status=401))
+    assert chat(client, provider).headers["x-should-retry"] == "false"
+    fake.inject(Fault(status=503, times=3))
+    assert chat(client, provider).headers["x-should-retry"] == "true"
+
+
+def test_a_chained_instance_does_not_multiply_retries(upstreams, start_service) -> None:
+    """remote -> this service -> openai: a credentials failure is tried once, not 3 x 3 times."""
+    inner = start_service()
+    outer = start_service(remote={"base_url": f"{inner.url}/v1", "api_key": None})
+    upstreams[ProviderID.OPENAI].inject(Fault(status=401, times=9))
+    with httpx.Client(base_url=outer.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "remote/openai/gpt-4o-mini", "messages": QUESTION})
+
+    assert response.status_code == 502
+    assert len(upstreams[ProviderID.OPENAI].requests) == 1
+
+
+def test_alias_to_an_unavailable_provider_is_404_and_not_listed(start_service) -> None:
+    aliases = {"gemini": [{"provider": "vertex_ai", "model": "gemini-2.5-flash"}]}
+    service = start_service(aliases=aliases)
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "gemini", "messages": QUESTION})
+        listed = {m["id"] for m in http.get("/v1/models").json()["data"]}
+
+    assert "vertex_ai" in assert_openai_error(response, 404, "model_not_found")["message"]
+    assert "gemini" not in listed

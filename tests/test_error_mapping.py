@@ -105,7 +105,7 @@ P = ProviderID.OPENAI
             429,
             "rate_limit_error",
             "rate_limit_exceeded",
-            {},
+            {"Retry-After": "1"},
             id="rate-limit-without-retry-after",
         ),
         pytest.param(
@@ -196,6 +196,8 @@ def test_describe_maps_error_to_status_type_code_and_headers(error, status, type
 
     assert got_status == status
     assert body == {"error": {"message": error.message, "type": type_, "param": error.param, "code": code}}
+    retryable = isinstance(error, ProviderError) and error.retryable
+    assert got_headers.pop("x-should-retry") == ("true" if retryable else "false")
     assert got_headers == headers
 
 
@@ -357,7 +359,8 @@ def detail(message: str = "upstream says no", code: str | None = None, param: st
     ],
 )
 def test_classify_error_by_status_and_code(client, status, error_detail, retry_after, cls, retryable, code):
-    error = client.classify_error(status, error_detail, retry_after)
+    headers = {"retry-after": str(retry_after)} if retry_after is not None else None
+    error = client.classify_error(status, error_detail, headers)
 
     assert type(error) is cls
     assert error.retryable is retryable
@@ -402,7 +405,7 @@ def test_classify_error_without_upstream_message_names_the_status(client, error_
             b'{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}',
             {"retry-after-ms": "250"},
             RateLimitError,
-            "openai returned an error: Rate limit reached",
+            "openai is rate limiting this service (requests)",
             0.25,
             id="429-json-with-retry-after-ms",
         ),

@@ -81,3 +81,30 @@ def test_prompt_text_is_logged_only_when_enabled(upstreams, caplog: pytest.LogCa
     records = [r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "with-prompt"]
     assert records
     assert "tell me a secret" in records[0].fields["prompt"]
+
+
+@pytest.mark.parametrize(
+    ("code", "times", "status", "calls"),
+    [(400, 1, 400, 1), (429, 3, 429, 3), (502, 1, 200, 2)],
+    ids=["bad-request", "rate-limited", "transient-then-ok"],
+)
+def test_openrouter_error_in_a_200_body_uses_the_status_it_states(
+    client, upstreams, code, times, status, calls
+) -> None:
+    fake = upstreams[ProviderID.OPENROUTER]
+    body = b'{"error": {"code": %d, "message": "upstream said no"}}' % code
+    fake.inject(Fault(status=200, body=body, times=times))
+    response = client.post("/v1/chat/completions", json={"model": MODELS[ProviderID.OPENROUTER], "messages": QUESTION})
+
+    assert response.status_code == status, response.text
+    assert len(fake.requests) == calls
+
+
+def test_openrouter_moderation_403_is_a_content_filter_error(client, upstreams) -> None:
+    metadata = b'{"reasons": ["violence"], "flagged_input": "x"}'
+    body = b'{"error": {"code": 403, "message": "Input flagged", "metadata": %s}}' % metadata
+    upstreams[ProviderID.OPENROUTER].inject(Fault(status=403, body=body))
+    response = client.post("/v1/chat/completions", json={"model": MODELS[ProviderID.OPENROUTER], "messages": QUESTION})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "content_filter"

@@ -16,6 +16,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_service.api.errors import internal_error_response
 from llm_service.core.llm.models import Usage
 
 log = logging.getLogger("llm_service.access")
@@ -69,6 +70,11 @@ class AccessLogMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error", extra={"fields": {"request_id": request_id}})
+            record.error_code = "internal_error"
+            if record.status == 0:  # nothing sent yet: answer properly
+                await internal_error_response()(scope, receive, send_with_id)
         finally:
             record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
             fields: dict[str, Any] = {k: v for k, v in asdict(record).items() if v is not None}

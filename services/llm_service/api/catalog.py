@@ -20,7 +20,7 @@ async def list_models(request: Request) -> Response:
     data: list[dict[str, Any]] = [
         {"id": alias, "object": "model", "created": 0, "owned_by": deployments[0].provider.value}
         for alias, deployments in services.settings.aliases.items()
-        if deployments
+        if services.dispatcher.servable(alias)
     ]
     data += [{"id": f"{p.value}/*", "object": "model", "created": 0, "owned_by": p.value} for p in services.providers]
     return json_response(200, {"object": "list", "data": data})

@@ -7,8 +7,9 @@ failure after the first streamed byte ends the stream with one error event, then
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import orjson
 from fastapi import APIRouter, Request
@@ -17,15 +18,23 @@ from starlette.responses import Response
 from llm_service.api.access_log import AccessRecord
 from llm_service.api.errors import describe, error_body, json_response
 from llm_service.api.services import Services
-from llm_service.api.sse import SSEResponse
+from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
-from llm_service.core.llm.models import InvalidRequestError, LLMChunk, LLMServiceError, RequestTooLargeError
+from llm_service.core.llm.models import (
+    InvalidRequestError,
+    LLMChunk,
+    LLMRequest,
+    LLMServiceError,
+    RequestTooLargeError,
+)
 from llm_service.core.llm.openai_format import encode_chat_chunk, encode_chat_response, parse_chat_request
 
 log = logging.getLogger("llm_service.chat")
 router = APIRouter()
 
 _DONE_EVENT = b"data: [DONE]\n\n"
+#: Logged for a client that went away before its response started (nginx's convention).
+CLIENT_CLOSED_REQUEST = 499
 
 
 @router.post("/v1/chat/completions")
@@ -48,28 +57,37 @@ async def _chat(request: Request, *, force_stream: bool) -> Response:
     if services.settings.telemetry.log_prompts:
         access.prompt = "\n".join(f"{m.role.value}: {m.text()}" for m in llm_request.messages)
 
+    try:
+        return await _respond(request, services, llm_request, access)
+    except ClientGone:
+        access.error_code = "client_disconnected"
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def _respond(request: Request, services: Services, llm_request: LLMRequest, access: AccessRecord) -> Response:
     if not llm_request.stream:
-        deployment, response = await services.dispatcher.generate(llm_request)
+        deployment, response = await unless_disconnected(request.receive, services.dispatcher.generate(llm_request))
         _note_deployment(access, deployment)
         access.record_usage(response.usage)
         return json_response(200, encode_chat_response(response), _deployment_headers(deployment))
 
-    routed = await services.dispatcher.open_stream(llm_request)
+    routed = await unless_disconnected(request.receive, services.dispatcher.open_stream(llm_request))
     _note_deployment(access, routed.deployment)
     events = _sse_events(routed.chunks, include_usage=llm_request.include_usage, access=access)
     return SSEResponse(events, _deployment_headers(routed.deployment))
 
 
 async def _sse_events(
-    chunks: AsyncIterator[LLMChunk], *, include_usage: bool, access: AccessRecord
+    chunks: AsyncGenerator[LLMChunk, None], *, include_usage: bool, access: AccessRecord
 ) -> AsyncIterator[bytes]:
     try:
-        async for chunk in chunks:
-            if chunk.usage is not None:
-                access.record_usage(chunk.usage)
-                if not chunk.choices and not include_usage:
-                    continue  # asked upstream for accounting only
-            yield b"data: " + orjson.dumps(encode_chat_chunk(chunk, include_usage=include_usage)) + b"\n\n"
+        async with contextlib.aclosing(chunks):
+            async for chunk in chunks:
+                if chunk.usage is not None:
+                    access.record_usage(chunk.usage)
+                    if not chunk.choices and not include_usage:
+                        continue  # asked upstream for accounting only
+                yield b"data: " + orjson.dumps(encode_chat_chunk(chunk, include_usage=include_usage)) + b"\n\n"
     except LLMServiceError as exc:
         _status, body, _headers = describe(exc)
         access.stream_error = exc.code or type(exc).__name__

@@ -25,6 +25,7 @@ from llm_service.core.llm.models import (
     LLMServiceError,
     ModelNotFoundError,
     ProviderError,
+    ProviderNotConfiguredError,
     ProviderTimeoutError,
     RateLimitError,
     RequestTooLargeError,
@@ -32,11 +33,14 @@ from llm_service.core.llm.models import (
 )
 
 log = logging.getLogger("llm_service.errors")
+#: Retry-After (seconds) on a 429 whose upstream did not say when to come back.
+DEFAULT_RETRY_AFTER = "1"
 
 # Checked in order: the first class the error is an instance of decides.
 _STATUS_AND_TYPE: tuple[tuple[type[LLMServiceError], HTTPStatus, str], ...] = (
     (InvalidRequestError, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
     (ModelNotFoundError, HTTPStatus.NOT_FOUND, "invalid_request_error"),
+    (ProviderNotConfiguredError, HTTPStatus.NOT_FOUND, "invalid_request_error"),
     (RequestTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "invalid_request_error"),
     (ConfigurationError, HTTPStatus.INTERNAL_SERVER_ERROR, "server_error"),
     (RateLimitError, HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_error"),
@@ -59,11 +63,17 @@ def describe(exc: LLMServiceError) -> tuple[int, dict[str, Any], dict[str, str]]
         if isinstance(exc, cls):
             status, type_ = cls_status, cls_type
             break
-    headers: dict[str, str] = {}
     if isinstance(exc, UpstreamRequestError) and exc.status is not None and 400 <= exc.status < 500:
         status = exc.status  # not always in HTTPStatus (499, 460, ...)
-    if isinstance(exc, ProviderError) and exc.retry_after is not None and math.isfinite(exc.retry_after):
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    # Tells clients (the openai SDK, another instance of this service) whether retrying can help.
+    retryable = isinstance(exc, ProviderError) and exc.retryable
+    headers = {"x-should-retry": "true" if retryable else "false"}
+    if isinstance(exc, ProviderError):
+        wait = exc.retry_after
+        if wait is not None and math.isfinite(wait):
+            headers["Retry-After"] = str(max(1, math.ceil(wait)))
+        elif isinstance(exc, RateLimitError):
+            headers["Retry-After"] = DEFAULT_RETRY_AFTER
     return status, error_body(exc.message, type_, code=exc.code, param=exc.param), headers
 
 
@@ -76,7 +86,15 @@ def error_response(exc: LLMServiceError) -> Response:
     return json_response(status, body, headers)
 
 
+def internal_error_response() -> Response:
+    """For a bug: a plain 500 that says nothing about internals (the traceback goes to the log)."""
+    return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, error_body("Internal server error", "server_error"))
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    """Our errors and Starlette's; unexpected exceptions are caught in `AccessLogMiddleware`, inside
+    the app, so they keep their request id and access line and do not drop the connection."""
+
     async def on_service_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, LLMServiceError)
         request.state.access.error_code = exc.code
@@ -97,11 +115,6 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         return json_response(HTTPStatus.BAD_REQUEST, body)
 
-    async def on_unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", exc_info=exc)
-        return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, error_body("Internal server error", "server_error"))
-
     app.add_exception_handler(LLMServiceError, on_service_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(Exception, on_unexpected)

@@ -1,19 +1,48 @@
-"""A streaming ASGI response for SSE that notices a client hanging up while the upstream is silent.
+"""Noticing a client that hangs up, before and during a response, and cancelling the upstream work.
 
 Starlette's StreamingResponse (ASGI spec 2.4) only learns of a disconnect when its next write fails,
-so a stalled upstream would be kept open. Here a watcher waits for `http.disconnect` and cancels the
-body iterator, which closes the upstream request through the iterators' `finally` blocks.
+so a stalled upstream would be kept open. Here a watcher waits for `http.disconnect`: before the
+response starts, `unless_disconnected()` cancels the pending upstream call (retries included); during
+a stream, `SSEResponse` cancels the body iterator, which closes the upstream request through the
+iterators' `finally` blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import TypeVar
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from typing_extensions import override
+
+T = TypeVar("T")
+
+
+class ClientGone(Exception):
+    """The client disconnected before the response started; the upstream work was cancelled."""
+
+
+async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
+    """Await `work` (the request body already read); cancel it if the client hangs up first."""
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.create_task(_wait_for_disconnect(receive))
+    try:
+        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    if task.cancelled() or not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        raise ClientGone
+    return task.result()
+
 
 SSE_HEADERS: Mapping[str, str] = {
     "content-type": "text/event-stream; charset=utf-8",

@@ -189,7 +189,13 @@ class FakeUpstream:
         fault = self._faults.take()
         extra = fault.headers if fault is not None else {}
         if fault is not None and fault.delay_before_headers > 0:
-            await asyncio.sleep(fault.delay_before_headers)
+            try:
+                await asyncio.sleep(fault.delay_before_headers)
+            except asyncio.CancelledError:
+                # The client hung up before the headers: count it like a hang-up mid-stream.
+                if not self._closing:
+                    self._note_disconnect()
+                raise
         if fault is not None and fault.status is not None:
             return self._error(fault.status, self._fault_error_body(fault), extra)
         denied = self._check_auth(request)

@@ -137,18 +137,13 @@ class Settings(BaseSettings):
         default_factory=dict, description="Model aliases from the profile: alias -> ordered deployments"
     )
 
-    PROVIDER_GROUPS: ClassVar[Mapping[ProviderID, str]] = {
-        ProviderID.OPENAI: "openai",
-        ProviderID.OPENROUTER: "openrouter",
-        ProviderID.REMOTE: "remote",
-    }
-
     def provider_settings(self, provider: ProviderID) -> ProviderSettings | None:
-        group = self.PROVIDER_GROUPS.get(provider)
-        return getattr(self, group) if group else None
+        """The settings group of `provider`: the field named after it (None while it has none)."""
+        group = getattr(self, provider.value, None)
+        return group if isinstance(group, ProviderSettings) else None
 
     def configured_providers(self) -> list[ProviderID]:
-        return [p for p in self.PROVIDER_GROUPS if (s := self.provider_settings(p)) and s.is_configured()]
+        return [p for p in ProviderID if (s := self.provider_settings(p)) and s.is_configured()]
 
     def demo_enabled(self) -> bool:
         if self.demo_mode == "auto":

@@ -4,8 +4,9 @@ A provider supplies "reach" through three hooks run once, lazily, by `_initializ
 `_get_endpoint()`, `_get_credentials()` and `_create_client_instance()`; and "talk" through the
 translation hooks `_request_url()`, `_encode_request()`, `_decode_response()`,
 `_decode_stream_event()` and `_parse_error_body()`. This class owns the HTTP exchange over the shared
-aiohttp session, timeouts, error classification by status, SSE parsing, closing the upstream
-response on every exit path, and usage accounting.
+aiohttp session, timeouts, error classification by status, SSE parsing, and closing the upstream
+response on every exit path. (Token usage is read from the upstream's own report; the API edge
+records it.)
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from llm_service.core.llm.models import (
     RateLimitError,
     UpstreamRequestError,
 )
-from llm_service.core.llm.retry import parse_retry_after
+from llm_service.core.llm.retry import parse_rate_limit_reset, parse_retry_after
 from llm_service.core.llm.sse import SSEDecoder
 
 _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
+#: What a body that parsed as JSON but has the wrong shape raises while being decoded.
+_DECODE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 _NOT_RETRYABLE_429_CODES = frozenset({"insufficient_quota"})
 
 
@@ -61,6 +64,9 @@ class ErrorDetail:
     code: str | None = None
     param: str | None = None
     type: str | None = None
+    #: An HTTP status the body itself states (OpenRouter's numeric code in an error inside a 200).
+    status: int | None = None
+    metadata: Mapping[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -166,7 +172,7 @@ class BaseLLMClient(ABC):
             return self._decode_response(body, request)
         except ProviderError:
             raise
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+        except _DECODE_ERRORS as exc:
             raise self.malformed(f"unreadable response: {exc}") from exc
 
     async def generate_stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
@@ -213,7 +219,7 @@ class BaseLLMClient(ABC):
             return self._decode_stream_event(event, state)
         except ProviderError:
             raise
-        except (ValueError, KeyError, TypeError, IndexError) as exc:
+        except _DECODE_ERRORS as exc:
             raise self.malformed(f"unreadable stream event: {exc}", retryable=True) from exc
 
     async def _headers(self, client: UpstreamClient) -> dict[str, str]:
@@ -250,34 +256,55 @@ class BaseLLMClient(ABC):
     def _http_error(self, status: int, body: bytes, headers: Mapping[str, str]) -> ProviderError:
         try:
             detail = self._parse_error_body(body)
-        except (ValueError, KeyError, TypeError):
+        except _DECODE_ERRORS:
             detail = None
-        return self.classify_error(status, detail, parse_retry_after(headers))
+        return self.classify_error(status, detail, headers)
+
+    def _is_content_filter(self, status: int | None, detail: ErrorDetail | None) -> bool:
+        """Whether the provider blocked the content; providers with their own signals extend this."""
+        return detail is not None and detail.code in _CONTENT_FILTER_CODES
 
     def classify_error(
-        self, status: int | None, detail: ErrorDetail | None, retry_after: float | None
+        self, status: int | None, detail: ErrorDetail | None, headers: Mapping[str, str] | None = None
     ) -> ProviderError:
         """Our error type for an upstream failure: by status first, by the provider's code last.
 
-        `status` is None for an error event inside a 200 stream.
+        `status` is None for an error inside a 200 response or stream; then a status stated in the
+        body counts. An upstream `x-should-retry` header (sent by another instance of this service)
+        has the last word on retrying.
         """
+        headers = headers or {}
+        if status is None and detail is not None:
+            status = detail.status
+        error = self._error_for(status, detail, headers)
+        should_retry = headers.get("x-should-retry")
+        if should_retry in ("true", "false"):
+            error.retryable = should_retry == "true"
+        return error
+
+    def _error_for(self, status: int | None, detail: ErrorDetail | None, headers: Mapping[str, str]) -> ProviderError:
         name = self.provider.value
         code = detail.code if detail else None
-        message = detail.message if detail and detail.message else f"HTTP {status}"
-        said = f"{name} returned an error: {message}"
-        common: dict[str, Any] = {"provider": self.provider, "status": status, "retry_after": retry_after}
-        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN) and code not in _CONTENT_FILTER_CODES:
+        said = f"{name} returned an error: {detail.message if detail and detail.message else f'HTTP {status}'}"
+        common: dict[str, Any] = {
+            "provider": self.provider,
+            "status": status,
+            "retry_after": parse_retry_after(headers),
+        }
+        if self._is_content_filter(status, detail):
+            return ContentFilterError(said, code="content_filter", **common)
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
             # The upstream's message may quote part of our key: say who refused, not what it said.
             return ProviderAuthError(
-                f"{name} rejected the service's credentials (HTTP {status})",
-                code="upstream_auth_error",
-                **common,
+                f"{name} rejected the service's credentials (HTTP {status})", code="upstream_auth_error", **common
             )
         if status == HTTPStatus.TOO_MANY_REQUESTS:
+            # Its text names the service's own organisation and limits: not the caller's business.
+            common["retry_after"] = common["retry_after"] or parse_rate_limit_reset(headers)
+            kind = f" ({detail.type})" if detail and detail.type else ""
             retryable = code not in _NOT_RETRYABLE_429_CODES
-            return RateLimitError(said, code=code or "rate_limit_exceeded", retryable=retryable, **common)
-        if code in _CONTENT_FILTER_CODES:
-            return ContentFilterError(said, code="content_filter", **common)
+            message = f"{name} is rate limiting this service{kind}"
+            return RateLimitError(message, code=code or "rate_limit_exceeded", retryable=retryable, **common)
         if status == HTTPStatus.REQUEST_TIMEOUT:
             return ProviderTimeoutError(said, code=code or "upstream_timeout", retryable=True, **common)
         if status is None or status in RetryableStatusCodes:

@@ -12,7 +12,7 @@ from typing import Protocol
 
 from pydantic import SecretStr
 
-from llm_service.core.llm.models import ConfigurationError
+from llm_service.core.llm.models import ProviderNotConfiguredError
 
 
 class CredentialProvider(Protocol):
@@ -45,5 +45,7 @@ class APIKeyCredentialProvider:
 
     async def auth_headers(self) -> Mapping[str, str]:
         if not self._headers and self._required:
-            raise ConfigurationError(f"no API key configured: set {self._env_var}", code="provider_not_configured")
+            raise ProviderNotConfiguredError(
+                f"this provider has no API key configured: set {self._env_var}", code="provider_not_configured"
+            )
         return self._headers

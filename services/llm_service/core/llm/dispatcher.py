@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from llm_service.core.config.constants import ProviderID
@@ -27,7 +27,7 @@ class RoutedStream:
     """An opened stream: the deployment serving it and its chunks (the first already received)."""
 
     deployment: Deployment
-    chunks: AsyncIterator[LLMChunk]
+    chunks: AsyncGenerator[LLMChunk, None]
 
 
 class LLMDispatcher:
@@ -55,7 +55,7 @@ class LLMDispatcher:
         """An alias -> its first deployment; `<provider>/<model>` -> that deployment."""
         deployments = self._aliases.get(model)
         if deployments:
-            return deployments[0]
+            return self._available(deployments[0], model)
         prefix, _, upstream_model = model.partition("/")
         provider = _PROVIDERS.get(prefix)
         if provider is None or not upstream_model:
@@ -66,13 +66,22 @@ class LLMDispatcher:
                 code="model_not_found",
                 param="model",
             )
-        if provider not in self._clients:
+        return self._available(Deployment(provider=provider, model=upstream_model), model)
+
+    def _available(self, deployment: Deployment, model: str) -> Deployment:
+        if deployment.provider not in self._clients:
             raise ModelNotFoundError(
-                f"The provider '{prefix}' is not available in this service.",
+                f"The model '{model}' is served by provider '{deployment.provider.value}', "
+                "which is not available in this service.",
                 code="model_not_found",
                 param="model",
             )
-        return Deployment(provider=provider, model=upstream_model)
+        return deployment
+
+    def servable(self, alias: str) -> bool:
+        """Whether an alias's first deployment has a client (for listing models)."""
+        deployments = self._aliases.get(alias) or []
+        return bool(deployments) and deployments[0].provider in self._clients
 
     def _route(self, request: LLMRequest) -> tuple[Deployment, BaseLLMClient, LLMRequest]:
         deployment = self.resolve(request.model)
@@ -108,7 +117,7 @@ class LLMDispatcher:
         return RoutedStream(deployment, _prepend(first, stream))
 
 
-async def _prepend(first: LLMChunk | None, rest: AsyncIterator[LLMChunk]) -> AsyncIterator[LLMChunk]:
+async def _prepend(first: LLMChunk | None, rest: AsyncIterator[LLMChunk]) -> AsyncGenerator[LLMChunk, None]:
     try:
         if first is not None:
             yield first

@@ -14,7 +14,7 @@ from typing_extensions import override
 
 from llm_service.core.llm.base import BaseLLMClient, ErrorDetail, StreamState, UpstreamClient
 from llm_service.core.llm.credentials import CredentialProvider
-from llm_service.core.llm.models import ConfigurationError, LLMChunk, LLMRequest, LLMResponse
+from llm_service.core.llm.models import LLMChunk, LLMRequest, LLMResponse, ProviderNotConfiguredError
 from llm_service.core.llm.openai_format import (
     decode_chat_chunk,
     decode_chat_response,
@@ -32,11 +32,15 @@ def error_detail(raw: Any) -> ErrorDetail | None:
     if not isinstance(error, dict):
         return None
     code = error.get("code")
+    metadata = error.get("metadata")
+    stated = code if isinstance(code, int) and 400 <= code <= 599 else None  # OpenRouter: code is the status
     return ErrorDetail(
         message=str(error.get("message") or ""),
         code=str(code) if code is not None else None,
         param=error.get("param"),
         type=error.get("type"),
+        status=stated,
+        metadata=metadata if isinstance(metadata, dict) else None,
     )
 
 
@@ -53,7 +57,7 @@ class OpenAICompatibleClient(BaseLLMClient):
     @override
     def _get_endpoint(self) -> str:
         if not self.settings.base_url:
-            raise ConfigurationError(
+            raise ProviderNotConfiguredError(
                 f"no base URL configured: set {self.settings.env_name('base_url')}",
                 code="provider_not_configured",
             )
@@ -89,7 +93,7 @@ class OpenAICompatibleClient(BaseLLMClient):
         data = orjson.loads(body)
         # OpenRouter (and some proxies) report a failure inside a 200 body.
         if isinstance(data, dict) and "error" in data and "choices" not in data:
-            raise self.classify_error(None, error_detail(data), None)
+            raise self.classify_error(None, error_detail(data))
         return decode_chat_response(data, self.provider)
 
     @override
@@ -99,7 +103,7 @@ class OpenAICompatibleClient(BaseLLMClient):
             return None
         obj = orjson.loads(data)
         if "error" in obj:
-            raise self.classify_error(None, error_detail(obj), None)
+            raise self.classify_error(None, error_detail(obj))
         return decode_chat_chunk(obj, self.provider)
 
     @override

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +64,33 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
         return max(seconds, 0.0)
     return seconds if 0 <= seconds < math.inf else None
+
+
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|h|m|s)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_go_duration(text: str) -> float | None:
+    """`6m0s`, `1.5s`, `12ms` (Go's duration format, as OpenAI's x-ratelimit-reset-*) -> seconds."""
+    text = text.strip()
+    parts = _GO_DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in parts)
+
+
+def parse_rate_limit_reset(headers: Mapping[str, str]) -> float | None:
+    """When the exhausted rate-limit window resets, from `x-ratelimit-remaining/reset-*` headers."""
+    resets = []
+    for kind in ("requests", "tokens"):
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        seconds = parse_go_duration(reset) if reset else None
+        if seconds is None:
+            continue
+        if headers.get(f"x-ratelimit-remaining-{kind}") == "0":
+            return seconds
+        resets.append(seconds)
+    return max(resets) if resets else None
 
 
 def should_retry(error: BaseException, attempt: int, policy: RetryPolicy) -> bool:
