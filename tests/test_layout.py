@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
+
+import pytest
 
 from llm_service.core.config.constants import ProviderID
 
@@ -35,3 +40,17 @@ def test_provider_clients_do_not_read_the_environment_or_know_the_api() -> None:
         if path.name != "settings.py":
             assert "os.environ" not in code and "getenv" not in code, f"{path.name} reads the environment"
         assert "llm_service.api" not in code and "fastapi" not in code, f"{path.name} depends on the API layer"
+
+
+def test_the_wheel_carries_the_demo_fixtures_and_profiles(tmp_path: Path) -> None:
+    """Demo mode and the default profile must work from an installed wheel, not only from a clone."""
+    uv = Path(sys.executable).with_name("uv")
+    if not uv.exists():
+        pytest.skip("uv is installed by the Makefile's venv")
+    repo = PACKAGE.parents[1]
+    subprocess.run([str(uv), "build", "--wheel", "-q", "-o", str(tmp_path), str(repo)], check=True, timeout=120)
+    (wheel,) = tmp_path.glob("*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "llm_service/fakes/fixtures/openai/chat_text.sse" in names
+    assert "llm_service/fakes/fixtures/openrouter/chat_tool_call.json" in names
+    assert "llm_service/config/default.yaml" in names

@@ -21,8 +21,11 @@ Flavor = Literal["openai", "openrouter"]
 Scenario = Literal["text", "tool_call", "tool_result"]
 SCENARIOS: tuple[Scenario, ...] = ("text", "tool_call", "tool_result")
 
-# services/llm_service/fakes/wire.py -> repository root -> tests/fixtures
-DEFAULT_FIXTURES_DIR = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
+# A built wheel carries the fixtures inside the package (pyproject's force-include); a source
+# checkout reads them where the tests keep them: repository root -> tests/fixtures.
+_PACKAGED_FIXTURES = Path(__file__).resolve().parent / "fixtures"
+_SOURCE_FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
+DEFAULT_FIXTURES_DIR = _PACKAGED_FIXTURES if _PACKAGED_FIXTURES.is_dir() else _SOURCE_FIXTURES
 
 # OpenAI rejects longer ids in messages[].tool_calls[].id (protocol reference section 7).
 MAX_TOOL_CALL_ID_LENGTH = 40

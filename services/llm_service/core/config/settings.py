@@ -22,7 +22,11 @@ from typing_extensions import override
 
 from llm_service.core.config.constants import DefaultTimeouts, ProviderID
 
-_REPO_CONFIG_DIR = Path(__file__).resolve().parents[4] / "config"
+# A wheel carries the profiles inside the package; a source checkout keeps them at the repo root.
+_PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+_REPO_CONFIG_DIR = (
+    _PACKAGED_CONFIG_DIR if _PACKAGED_CONFIG_DIR.is_dir() else Path(__file__).resolve().parents[4] / "config"
+)
 _TIMEOUTS = DefaultTimeouts()
 
 
