@@ -36,3 +36,11 @@ def fixture_json(flavor: str, name: str) -> Any:
 
 def fixture_text(flavor: str, scenario: str) -> str:
     return str(fixture_json(flavor, f"chat_{scenario}.json")["choices"][0]["message"]["content"])
+
+
+def stream_events(client: httpx.Client, body: dict[str, Any], path: str = "/v1/chat/completions") -> list[Any]:
+    """POST `body`, check that an SSE stream started, and return all its events."""
+    with client.stream("POST", path, json=body) as response:
+        assert response.status_code == 200, response.read()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        return read_events(response)

@@ -8,7 +8,7 @@ import httpx
 
 from conftest import FLAVORS, KEYS, MODELS, QUESTION, WEATHER_TOOL
 from llm_service.core.config.constants import ProviderID
-from sse_client import fixture_text, read_events, streamed_text
+from sse_client import fixture_text, read_events, stream_events, streamed_text
 
 
 def upstream_model(provider: ProviderID) -> str:
@@ -43,10 +43,7 @@ def test_stream_with_include_usage_ends_with_the_usage_chunk(client: httpx.Clien
         "stream": True,
         "stream_options": {"include_usage": True},
     }
-    with client.stream("POST", "/v1/chat/completions", json=request) as response:
-        assert response.status_code == 200
-        assert response.headers["content-type"].startswith("text/event-stream")
-        events = read_events(response)
+    events = stream_events(client, request)
 
     assert events[-1] == "[DONE]"
     chunks = events[:-1]
@@ -75,11 +72,7 @@ def test_stream_without_include_usage_has_no_usage_chunk(client: httpx.Client, p
 
 
 def test_stream_endpoint_streams_without_the_stream_flag(client: httpx.Client, provider) -> None:
-    with client.stream(
-        "POST", "/v1/chat/completions/stream", json={"model": MODELS[provider], "messages": QUESTION}
-    ) as r:
-        assert r.status_code == 200
-        events = read_events(r)
+    events = stream_events(client, {"model": MODELS[provider], "messages": QUESTION}, "/v1/chat/completions/stream")
     assert events[-1] == "[DONE]"
     assert streamed_text(events[:-1]) == fixture_text(FLAVORS[provider], "text")
 

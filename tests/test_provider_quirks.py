@@ -9,7 +9,7 @@ from conftest import MODELS, QUESTION
 from harness import ServiceThread
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, Fault
-from sse_client import fixture_text, read_events, streamed_text
+from sse_client import fixture_text, read_events, stream_events, streamed_text
 
 
 def test_remote_without_a_key_sends_no_authorization(start_service) -> None:
@@ -53,11 +53,7 @@ def test_openrouter_error_inside_a_200_body_is_an_error(client: httpx.Client, up
 
 def test_a_stream_failing_before_its_first_chunk_is_retried(client: httpx.Client, provider, fake) -> None:
     fake.inject(Fault(status=503, times=1))
-    with client.stream(
-        "POST", "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, "stream": True}
-    ) as response:
-        assert response.status_code == 200
-        events = read_events(response)
+    events = stream_events(client, {"model": MODELS[provider], "messages": QUESTION, "stream": True})
 
     assert events[-1] == "[DONE]"
     assert len(fake.requests) == 2
