@@ -16,7 +16,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from llm_service.api.access_log import AccessRecord
-from llm_service.api.errors import describe, error_body, json_response
+from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, json_response
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
@@ -95,7 +95,7 @@ async def _sse_events(
     except Exception:
         log.exception("stream failed", extra={"fields": {"request_id": access.request_id}})
         access.stream_error = "internal_error"
-        yield b"data: " + orjson.dumps(error_body("Internal server error", "server_error")) + b"\n\n"
+        yield b"data: " + orjson.dumps(INTERNAL_ERROR_BODY) + b"\n\n"
     yield _DONE_EVENT
 
 

@@ -86,9 +86,12 @@ def error_response(exc: LLMServiceError) -> Response:
     return json_response(status, body, headers)
 
 
+#: For a bug: says nothing about internals (the traceback goes to the log).
+INTERNAL_ERROR_BODY = error_body("Internal server error", "server_error")
+
+
 def internal_error_response() -> Response:
-    """For a bug: a plain 500 that says nothing about internals (the traceback goes to the log)."""
-    return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, error_body("Internal server error", "server_error"))
+    return json_response(HTTPStatus.INTERNAL_SERVER_ERROR, INTERNAL_ERROR_BODY)
 
 
 def install_error_handlers(app: FastAPI) -> None:
