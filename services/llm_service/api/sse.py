@@ -64,18 +64,9 @@ class SSEResponse(Response):
 
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        streaming = asyncio.create_task(self._stream(send))
-        watcher = asyncio.create_task(_wait_for_disconnect(receive))
-        try:
-            await asyncio.wait((streaming, watcher), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (streaming, watcher):
-                if not task.done():
-                    task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await streaming
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+        # A disconnect cancels the stream (and so the upstream); a write to a gone client ends it quietly.
+        with contextlib.suppress(ClientGone, OSError):
+            await unless_disconnected(receive, self._stream(send))
 
     async def _stream(self, send: Send) -> None:
         try:
