@@ -21,6 +21,8 @@ from starlette.responses import Response
 from llm_service.core.llm.models import (
     ConfigurationError,
     ContentFilterError,
+    CredentialError,
+    CredentialUnavailableError,
     InvalidRequestError,
     LLMServiceError,
     ModelNotFoundError,
@@ -47,6 +49,8 @@ _STATUS_AND_TYPE: tuple[tuple[type[LLMServiceError], HTTPStatus, str], ...] = (
     (ContentFilterError, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
     (ProviderTimeoutError, HTTPStatus.GATEWAY_TIMEOUT, "timeout_error"),
     (UpstreamRequestError, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
+    (CredentialUnavailableError, HTTPStatus.SERVICE_UNAVAILABLE, "upstream_error"),
+    (CredentialError, HTTPStatus.BAD_GATEWAY, "upstream_error"),
     (ProviderError, HTTPStatus.BAD_GATEWAY, "upstream_error"),
 )
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -78,9 +78,15 @@ class StreamState:
     scratch: dict[str, Any] = field(default_factory=dict)
 
 
+#: Headers that depend on the request (e.g. the caller's `user` for a gateway's attribution), injected
+#: by the factory so that a client never needs to know who fronts its upstream.
+RequestHeaders = Callable[[LLMRequest], Mapping[str, str]]
+
+
 class BaseLLMClient(ABC):
     provider: ClassVar[ProviderID]
-    #: Whether a stream ends at EOF (Gemini) rather than at an explicit terminator event.
+    #: Whether a stream ends at EOF (Gemini) rather than at an explicit terminator event: then the
+    #: stream is read to its end, and must have set `state.done` (a finish reason) by then.
     stream_ends_at_eof: ClassVar[bool] = False
 
     def __init__(
@@ -89,10 +95,12 @@ class BaseLLMClient(ABC):
         settings: ProviderSettings,
         credentials: CredentialProvider,
         session: aiohttp.ClientSession,
+        request_headers: RequestHeaders | None = None,
     ) -> None:
         self.settings = settings
         self._credentials = credentials
         self._session = session
+        self._request_headers = request_headers
         self._client: UpstreamClient | None = None
         self._init_lock = asyncio.Lock()
 
@@ -145,8 +153,8 @@ class BaseLLMClient(ABC):
     def _decode_response(self, body: bytes, request: LLMRequest) -> LLMResponse: ...
 
     @abstractmethod
-    def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | None:
-        """One SSE data payload -> a chunk (None to skip); raise ProviderError for error events."""
+    def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | Sequence[LLMChunk] | None:
+        """One SSE data payload -> a chunk, several, or None to skip; raise ProviderError for error events."""
 
     @abstractmethod
     def _parse_error_body(self, body: bytes) -> ErrorDetail | None:
@@ -160,7 +168,7 @@ class BaseLLMClient(ABC):
             async with client.session.post(
                 self._request_url(client, request),
                 data=self._encode_request(request),
-                headers=await self._headers(client),
+                headers=await self._headers(client, request),
                 timeout=client.timeout,
             ) as resp:
                 body = await resp.read()
@@ -184,24 +192,23 @@ class BaseLLMClient(ABC):
             resp = await client.session.post(
                 self._request_url(client, request),
                 data=self._encode_request(request),
-                headers=await self._headers(client),
+                headers=await self._headers(client, request),
                 timeout=client.stream_timeout,
             )
             if resp.status >= HTTPStatus.BAD_REQUEST:
                 raise self._http_error(resp.status, await resp.read(), resp.headers)
             decoder = SSEDecoder()
+            read_to_eof = self.stream_ends_at_eof
             async for data in resp.content.iter_any():
                 for event in decoder.feed(data):
-                    chunk = self._decode_event(event, state)
-                    if chunk is not None:
+                    for chunk in self._decode_event(event, state):
                         yield chunk
-                if state.done:
+                if state.done and not read_to_eof:
                     return
             for event in decoder.flush():
-                chunk = self._decode_event(event, state)
-                if chunk is not None:
+                for chunk in self._decode_event(event, state):
                     yield chunk
-            if not (state.done or self.stream_ends_at_eof):
+            if not state.done:
                 raise self.malformed("stream ended before its terminator", retryable=True)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from exc
@@ -209,22 +216,27 @@ class BaseLLMClient(ABC):
             if resp is not None:
                 # Not read to its end (error, disconnect, cancellation): drop the connection rather
                 # than return a half-read one to the pool.
-                if state.done or self.stream_ends_at_eof:
+                if state.done:
                     resp.release()
                 else:
                     resp.close()
 
-    def _decode_event(self, event: bytes, state: StreamState) -> LLMChunk | None:
+    def _decode_event(self, event: bytes, state: StreamState) -> Sequence[LLMChunk]:
         try:
-            return self._decode_stream_event(event, state)
+            decoded = self._decode_stream_event(event, state)
         except ProviderError:
             raise
         except _DECODE_ERRORS as exc:
             raise self.malformed(f"unreadable stream event: {exc}", retryable=True) from exc
+        if decoded is None:
+            return ()
+        return (decoded,) if isinstance(decoded, LLMChunk) else decoded
 
-    async def _headers(self, client: UpstreamClient) -> dict[str, str]:
+    async def _headers(self, client: UpstreamClient, request: LLMRequest) -> dict[str, str]:
         headers = dict(client.headers)
         headers.update(await client.credentials.auth_headers())
+        if self._request_headers is not None:
+            headers.update(self._request_headers(request))
         return headers
 
     # ---------------------------------------------------------------- error classification

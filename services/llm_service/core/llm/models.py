@@ -18,7 +18,9 @@ Errors::
           ├── ProviderConnectionError connection refused/reset, malformed or truncated response
           ├── ProviderAuthError       upstream 401/403: the service's credentials were rejected
           ├── UpstreamRequestError    upstream 4xx blaming the request (context length, bad param)
-          └── ContentFilterError      the provider's content filter blocked prompt or answer
+          ├── ContentFilterError      the provider's content filter blocked prompt or answer
+          └── CredentialError         no token could be obtained for the provider (names the kind)
+               └── CredentialUnavailableError  the token endpoint is down or unreachable (retryable)
 
 The API edge (`api/errors.py`) maps these to HTTP statuses and OpenAI's error body in one place.
 """
@@ -317,3 +319,15 @@ class UpstreamRequestError(ProviderError):
 
 class ContentFilterError(ProviderError):
     pass
+
+
+class CredentialError(ProviderError):
+    """The service could not obtain a credential for `provider`: the token endpoint refused it.
+
+    The message names the provider and the credential kind (`Azure AD client secret`, `GCP service
+    account`, ...), never a secret or what the token endpoint said about it.
+    """
+
+
+class CredentialUnavailableError(CredentialError):
+    """The token endpoint could not be reached or failed (5xx, timeout): worth another attempt."""
