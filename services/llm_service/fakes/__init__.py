@@ -8,7 +8,7 @@ byte for byte, recording every request and injecting :class:`Fault` s on demand.
 
 from .faults import Fault, FaultQueue
 from .openai_upstream import FakeUpstream, RecordedRequest
-from .threaded import FakeUpstreamThread
+from .threaded import FakeUpstreamThread, ServerThread
 from .wire import DEFAULT_FIXTURES_DIR, Flavor, Scenario
 
 __all__ = [
@@ -20,4 +20,5 @@ __all__ = [
     "Flavor",
     "RecordedRequest",
     "Scenario",
+    "ServerThread",
 ]
