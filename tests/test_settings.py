@@ -10,8 +10,9 @@ from pydantic import SecretStr, ValidationError
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
+from llm_service.core.llm.models import ConfigurationError
 
-ENV_PREFIXES = ("OPENAI_", "OPENROUTER_", "REMOTE_LLM_", "LLM_")
+ENV_PREFIXES = ("OPENAI_", "OPENROUTER_", "REMOTE_LLM_", "LLM_", "AZURE_", "VERTEX_", "GENAI_PLATFORM_", "GOOGLE_")
 FLAT_NAMES = (
     "OPENAI_API_KEY",
     "OPENAI_BASE_URL",
@@ -105,6 +106,39 @@ def test_defaults_without_any_configuration(config_dir):
             id="r-url",
         ),
         pytest.param("REMOTE_LLM_API_KEY", "remote-key", "remote.api_key", "remote-key", id="remote-key"),
+        pytest.param(
+            "AZURE_OPENAI_ENDPOINT",
+            "https://res.openai.azure.com/",
+            "azure_openai.base_url",
+            "https://res.openai.azure.com",
+            id="azure-endpoint",
+        ),
+        pytest.param("AZURE_OPENAI_API_KEY", "az-key", "azure_openai.api_key", "az-key", id="azure-key"),
+        pytest.param(
+            "AZURE_OPENAI_API_VERSION", "2025-04-01-preview", "azure_openai.api_version", "2025-04-01-preview"
+        ),
+        pytest.param("AZURE_TENANT_ID", "tenant-1", "azure_openai.tenant_id", "tenant-1", id="azure-tenant"),
+        pytest.param("AZURE_CLIENT_ID", "client-1", "azure_openai.client_id", "client-1", id="azure-client"),
+        pytest.param("AZURE_CLIENT_SECRET", "s3cret", "azure_openai.client_secret", "s3cret", id="azure-secret"),
+        pytest.param(
+            "AZURE_AUTHORITY_HOST",
+            "login.microsoftonline.us",
+            "azure_openai.authority_host",
+            "login.microsoftonline.us",
+            id="azure-authority",
+        ),
+        pytest.param("VERTEX_PROJECT", "demo-proj", "vertex_ai.project", "demo-proj", id="vertex-project"),
+        pytest.param("VERTEX_LOCATION", "europe-west4", "vertex_ai.location", "europe-west4", id="vertex-location"),
+        pytest.param("VERTEX_BASE_URL", "http://127.0.0.1:9/", "vertex_ai.base_url", "http://127.0.0.1:9", id="vx-url"),
+        pytest.param(
+            "GOOGLE_APPLICATION_CREDENTIALS",
+            "/etc/sa.json",
+            "vertex_ai.credentials_file",
+            "/etc/sa.json",
+            id="gcp-credentials-file",
+        ),
+        pytest.param("VERTEX_ACCESS_TOKEN", "ya29.x", "vertex_ai.api_key", "ya29.x", id="vertex-static-token"),
+        pytest.param("GENAI_PLATFORM_PROJECT_NAME", "agents", "genai_platform.project_name", "agents", id="genai"),
         pytest.param("LLM_PORT", "9001", "server.port", 9001, id="server-port"),
         pytest.param("LLM_MAX_RETRIES", "5", "dispatcher.max_retries", 5, id="dispatcher-retries"),
         pytest.param("LLM_LOG_PROMPTS", "true", "telemetry.log_prompts", True, id="telemetry"),
@@ -401,11 +435,73 @@ def test_trailing_slash_is_stripped_from_base_url(monkeypatch, config_dir, env_n
     assert lookup(make(config_dir), path) == expected
 
 
-def test_provider_settings_returns_the_group_or_none(config_dir):
+def test_provider_settings_returns_the_group_of_every_provider(config_dir):
     settings = make(config_dir)
 
     assert settings.provider_settings(ProviderID.OPENAI) is settings.openai
     assert settings.provider_settings(ProviderID.OPENROUTER) is settings.openrouter
     assert settings.provider_settings(ProviderID.REMOTE) is settings.remote
-    assert settings.provider_settings(ProviderID.VERTEX_AI) is None
-    assert settings.provider_settings(ProviderID.AZURE_OPENAI) is None
+    assert settings.provider_settings(ProviderID.VERTEX_AI) is settings.vertex_ai
+    assert settings.provider_settings(ProviderID.AZURE_OPENAI) is settings.azure_openai
+
+
+# --------------------------------------------------------------------------------------------------
+# Azure OpenAI, Vertex AI and the GenAI Platform
+# --------------------------------------------------------------------------------------------------
+
+
+def test_azure_is_configured_by_its_endpoint_and_picks_its_auth(monkeypatch, config_dir):
+    assert ProviderID.AZURE_OPENAI not in make(config_dir).configured_providers()
+    monkeypatch.setenv("AZURE_OPENAI_ENDPOINT", "https://res.openai.azure.com")
+    settings = make(config_dir)
+    assert ProviderID.AZURE_OPENAI in settings.configured_providers()
+    assert not settings.azure_openai.uses_api_key()  # no key: Azure AD
+    monkeypatch.setenv("AZURE_OPENAI_API_KEY", "k")
+    assert make(config_dir).azure_openai.uses_api_key()
+    monkeypatch.setenv("AZURE_OPENAI_AUTH", "azure_ad")
+    assert not make(config_dir).azure_openai.uses_api_key()
+
+
+@pytest.mark.parametrize(
+    ("location", "root"),
+    [
+        ("us-central1", "https://us-central1-aiplatform.googleapis.com"),
+        ("global", "https://aiplatform.googleapis.com"),
+    ],
+)
+def test_vertex_api_root_follows_the_location(config_dir, location, root):
+    settings = make(config_dir, vertex_ai={"project": "p", "location": location})
+    assert settings.vertex_ai.api_root() == root
+    assert ProviderID.VERTEX_AI in settings.configured_providers()
+
+
+def test_enabled_genai_platform_without_its_fields_stops_start_up_naming_each(monkeypatch, config_dir):
+    monkeypatch.setenv("GENAI_PLATFORM_ENABLED", "true")
+    monkeypatch.setenv("GENAI_PLATFORM_PROJECT_NAME", "agents")
+    with pytest.raises(ConfigurationError) as caught:
+        make(config_dir)
+    message = caught.value.message
+    for name in ("GENAI_PLATFORM_BASE_URL", "GENAI_PLATFORM_USER_ID", "GENAI_PLATFORM_TOKEN"):
+        assert name in message
+    assert "GENAI_PLATFORM_PROJECT_NAME" not in message
+
+
+def test_genai_platform_with_a_partial_oauth_client_names_the_missing_part(config_dir):
+    platform = {
+        "enabled": True,
+        "base_url": "https://genai.example",
+        "project_name": "agents",
+        "user_id": "svc",
+        "client_id": "cid",
+    }
+    with pytest.raises(ConfigurationError) as caught:
+        make(config_dir, genai_platform=platform)
+    assert "GENAI_PLATFORM_CLIENT_SECRET" in caught.value.message
+    assert "GENAI_PLATFORM_TOKEN_URL" in caught.value.message
+    assert "GENAI_PLATFORM_CLIENT_ID" not in caught.value.message
+
+
+def test_complete_or_disabled_genai_platform_is_accepted(config_dir):
+    assert not make(config_dir).genai_platform.enabled
+    platform = {"enabled": True, "base_url": "https://g/", "project_name": "p", "user_id": "u", "token": "t"}
+    assert make(config_dir, genai_platform=platform).genai_platform.base_url == "https://g"

@@ -192,3 +192,22 @@ def test_utf8_character_split_across_chunks_keeps_payload_bytes_intact():
 
         assert events == [payload], f"split at byte {cut}"
         assert json.loads(events[0].decode())["content"] == "héllo 😀 日本語"
+
+
+def test_raw_json_lines_mid_stream_come_out_joined_at_the_end() -> None:
+    """Vertex reports a mid-stream failure as bare JSON lines, not as a data event."""
+    wire = b'data: {"a":1}\n\n{\n  "error": {\n    "code": 500,\n    "message": "Internal error"\n  }\n}\n'
+    decoder = SSEDecoder()
+    events = decoder.feed(wire[:20]) + decoder.feed(wire[20:])
+    assert events == [b'{"a":1}']
+    (stray,) = decoder.flush()
+    assert json.loads(stray) == {"error": {"code": 500, "message": "Internal error"}}
+
+
+def test_stray_text_is_bounded() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"{" + b"x" * 1000 + b"\n" * 2)
+    for _ in range(200):
+        decoder.feed(b"  " + b"y" * 1000 + b"\n")
+    (stray,) = decoder.flush()
+    assert len(stray) <= 64 * 1024 + 100

@@ -5,7 +5,8 @@ fixture-backed upstreams)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
@@ -18,13 +19,14 @@ from llm_service.api.errors import install_error_handlers
 from llm_service.api.services import Services
 from llm_service.core.config.settings import Settings
 from llm_service.core.llm.dispatcher import LLMDispatcher
-from llm_service.core.llm.factory import create_clients
+from llm_service.core.llm.factory import provider_clients
 from llm_service.demo import demo_upstreams
 
 log = logging.getLogger("llm_service")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The service; `clock` (wall-clock seconds) decides credential expiry, injected by tests."""
     base_settings = settings if settings is not None else Settings()
 
     @asynccontextmanager
@@ -39,7 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 auto_decompress=True,
             )
             stack.push_async_callback(session.close)
-            clients = create_clients(active, session)
+            clients = await stack.enter_async_context(provider_clients(active, session, clock=clock))
             app.state.services = Services(
                 settings=active,
                 dispatcher=LLMDispatcher(active, clients),

@@ -3,7 +3,12 @@
 Sources, strongest first: keyword arguments, nested env (`LLM_OPENAI__API_KEY`), the ecosystem's
 flat env names (`OPENAI_API_KEY`, from the environment or `.env`), the profile YAML
 (`config/<profile>.yaml`), then the defaults below. Each group declares its flat prefix in
-`ENV_PREFIX`; a field's flat name is that prefix plus the field name in upper case.
+`ENV_PREFIX`; a field's flat name is that prefix plus the field name in upper case, unless the group's
+`ENV_NAMES` table gives the name the ecosystem already uses (`AZURE_OPENAI_ENDPOINT`, `AZURE_TENANT_ID`,
+`GOOGLE_APPLICATION_CREDENTIALS`, ...).
+
+Settings validate as a whole once built: an enabled GenAI Platform with missing fields stops start-up
+with one `ConfigurationError` naming every missing variable (`validate_genai_config()`).
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import override
 
 from llm_service.core.config.constants import DefaultTimeouts, ProviderID
+from llm_service.core.llm.genai_platform import validate_genai_config
 
 # A wheel carries the profiles inside the package; a source checkout keeps them at the repo root.
 _PACKAGED_CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
@@ -31,13 +37,15 @@ _TIMEOUTS = DefaultTimeouts()
 
 
 class _Group(BaseModel):
-    """A settings group; `ENV_PREFIX` + FIELD_NAME is each field's flat env var."""
+    """A settings group; `ENV_PREFIX` + FIELD_NAME is each field's flat env var unless `ENV_NAMES` says."""
 
     ENV_PREFIX: ClassVar[str] = ""
+    #: Fields whose flat env var is a name the ecosystem already uses rather than prefix + field.
+    ENV_NAMES: ClassVar[Mapping[str, str]] = {}
 
     @classmethod
     def env_name(cls, field_name: str) -> str:
-        return f"{cls.ENV_PREFIX}{field_name.upper()}"
+        return cls.ENV_NAMES.get(field_name) or f"{cls.ENV_PREFIX}{field_name.upper()}"
 
 
 class ProviderSettings(_Group):
@@ -80,6 +88,109 @@ class RemoteSettings(ProviderSettings):
     @override
     def is_configured(self) -> bool:
         return bool(self.base_url)
+
+
+class AzureOpenAISettings(ProviderSettings):
+    """Azure OpenAI: a resource endpoint, deployments as models, an API key or an Entra ID (Azure AD) token."""
+
+    ENV_PREFIX: ClassVar[str] = "AZURE_OPENAI_"
+    ENV_NAMES: ClassVar[Mapping[str, str]] = {
+        "base_url": "AZURE_OPENAI_ENDPOINT",
+        "tenant_id": "AZURE_TENANT_ID",
+        "client_id": "AZURE_CLIENT_ID",
+        "client_secret": "AZURE_CLIENT_SECRET",
+        "authority_host": "AZURE_AUTHORITY_HOST",
+    }
+    api_key: SecretStr | None = Field(default=None, description="API key, sent as the api-key header")
+    base_url: str | None = Field(
+        default=None, description="Resource endpoint, e.g. https://my-resource.openai.azure.com"
+    )
+    api_version: str = Field(default="2024-10-21", description="The api-version query parameter")
+    auth: Literal["auto", "api_key", "azure_ad"] = Field(
+        default="auto",
+        description="api_key, azure_ad (Entra ID token), or auto: the API key when one is set, else Azure AD",
+    )
+    tenant_id: str | None = Field(default=None, description="Azure AD tenant (client-secret credential)")
+    client_id: str | None = Field(default=None, description="Azure AD application (client) id")
+    client_secret: SecretStr | None = Field(
+        default=None,
+        description="Azure AD client secret; without tenant, client id and secret, DefaultAzureCredential "
+        "(managed / workload identity) is used",
+    )
+    authority_host: str | None = Field(
+        default=None, description="Azure AD authority, e.g. login.microsoftonline.us (default: public cloud)"
+    )
+    authority_ca_file: str | None = Field(
+        default=None, description="PEM bundle trusted for the Azure AD authority (private PKI)"
+    )
+    ad_scope: str = Field(
+        default="https://cognitiveservices.azure.com/.default", description="Scope of the Azure AD token"
+    )
+
+    @override
+    def is_configured(self) -> bool:
+        return bool(self.base_url)
+
+    def uses_api_key(self) -> bool:
+        return self.auth == "api_key" or (self.auth == "auto" and super().is_configured())
+
+
+class VertexAISettings(ProviderSettings):
+    """Vertex AI Gemini: a GCP project and location, authenticated with GCP credentials."""
+
+    ENV_PREFIX: ClassVar[str] = "VERTEX_"
+    ENV_NAMES: ClassVar[Mapping[str, str]] = {
+        "api_key": "VERTEX_ACCESS_TOKEN",
+        "credentials_file": "GOOGLE_APPLICATION_CREDENTIALS",
+    }
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="A static OAuth access token (e.g. from gcloud auth print-access-token); "
+        "when unset, GCP credentials are used",
+    )
+    base_url: str | None = Field(
+        default=None, description="API root; default https://{location}-aiplatform.googleapis.com"
+    )
+    project: str | None = Field(default=None, description="GCP project id")
+    location: str = Field(default="us-central1", description="Vertex AI location (region, or global)")
+    credentials_file: str | None = Field(
+        default=None, description="Service-account key file; unset: application default credentials"
+    )
+
+    @override
+    def is_configured(self) -> bool:
+        return bool(self.project)
+
+    def api_root(self) -> str:
+        """The base URL, or Google's regional (or global) endpoint for `location`."""
+        if self.base_url:
+            return self.base_url
+        region = "" if self.location == "global" else f"{self.location}-"
+        return f"https://{region}aiplatform.googleapis.com"
+
+
+class GenAIPlatformSettings(_Group):
+    """The enterprise GenAI Platform gateway that can front Azure OpenAI and Vertex AI."""
+
+    ENV_PREFIX: ClassVar[str] = "GENAI_PLATFORM_"
+    enabled: bool = Field(default=False, description="Send Azure OpenAI and Vertex AI requests through the platform")
+    base_url: str | None = Field(default=None, description="The platform's base URL")
+    project_name: str | None = Field(default=None, description="Project the usage is attributed to")
+    user_id: str | None = Field(default=None, description="Default user for attribution (a request's user wins)")
+    token: SecretStr | None = Field(default=None, description="Static platform token (or use the OAuth client)")
+    client_id: str | None = Field(default=None, description="OAuth client-credentials client id")
+    client_secret: SecretStr | None = Field(default=None, description="OAuth client-credentials secret")
+    token_url: str | None = Field(default=None, description="OAuth token endpoint for the client credentials")
+    scope: str | None = Field(default=None, description="OAuth scope to request, if the platform wants one")
+    user_header: str = Field(default="X-GenAI-User-Id", description="Header carrying the user")
+    project_header: str = Field(default="X-GenAI-Project-Name", description="Header carrying the project name")
+    azure_openai_path: str = Field(default="/azure-openai", description="Path prefix of Azure OpenAI on the platform")
+    vertex_ai_path: str = Field(default="/vertex-ai", description="Path prefix of Vertex AI on the platform")
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
 
 
 class ServerSettings(_Group):
@@ -132,7 +243,10 @@ class Settings(BaseSettings):
 
     openai: OpenAISettings = Field(default_factory=OpenAISettings)
     openrouter: OpenRouterSettings = Field(default_factory=OpenRouterSettings)
+    azure_openai: AzureOpenAISettings = Field(default_factory=AzureOpenAISettings)
+    vertex_ai: VertexAISettings = Field(default_factory=VertexAISettings)
     remote: RemoteSettings = Field(default_factory=RemoteSettings)
+    genai_platform: GenAIPlatformSettings = Field(default_factory=GenAIPlatformSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
@@ -140,6 +254,11 @@ class Settings(BaseSettings):
     aliases: dict[str, list[Deployment]] = Field(
         default_factory=dict, description="Model aliases from the profile: alias -> ordered deployments"
     )
+
+    @model_validator(mode="after")
+    def _validate_genai_platform(self) -> Settings:
+        validate_genai_config(self.genai_platform)
+        return self
 
     def provider_settings(self, provider: ProviderID) -> ProviderSettings | None:
         """The settings group of `provider`: the field named after it (None while it has none)."""

@@ -37,6 +37,7 @@ from llm_service.core.llm.models import (
 )
 from llm_service.core.llm.retry import parse_rate_limit_reset, parse_retry_after
 from llm_service.core.llm.sse import SSEDecoder
+from llm_service.core.llm.tool_call_store import ToolCallStore
 
 _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 #: What a body that parsed as JSON but has the wrong shape raises while being decoded.
@@ -88,6 +89,8 @@ class BaseLLMClient(ABC):
     #: Whether a stream ends at EOF (Gemini) rather than at an explicit terminator event: then the
     #: stream is read to its end, and must have set `state.done` (a finish reason) by then.
     stream_ends_at_eof: ClassVar[bool] = False
+    #: Without its own credentials (API key, token) the provider cannot be used.
+    api_key_required: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -96,11 +99,14 @@ class BaseLLMClient(ABC):
         credentials: CredentialProvider,
         session: aiohttp.ClientSession,
         request_headers: RequestHeaders | None = None,
+        tool_calls: ToolCallStore | None = None,
     ) -> None:
         self.settings = settings
         self._credentials = credentials
         self._session = session
         self._request_headers = request_headers
+        #: Provider data that belongs to a tool call (Gemini's id and thoughtSignature), by client-visible id.
+        self._tool_calls = tool_calls if tool_calls is not None else ToolCallStore()
         self._client: UpstreamClient | None = None
         self._init_lock = asyncio.Lock()
 
@@ -126,13 +132,19 @@ class BaseLLMClient(ABC):
     def _get_endpoint(self) -> str:
         """The provider's base URL; raise ConfigurationError naming the setting if missing."""
 
-    @abstractmethod
     def _get_credentials(self) -> CredentialProvider:
-        """The credential provider that authenticates every request."""
+        """The credential provider that authenticates every request (the one the factory injected)."""
+        return self._credentials
 
-    @abstractmethod
     def _create_client_instance(self, endpoint: str, credentials: CredentialProvider) -> UpstreamClient:
-        """Bind the shared session to `endpoint` with static headers and timeouts."""
+        """Bind the shared session to `endpoint` with the static headers and timeouts."""
+        timeout, stream_timeout = self._timeouts()
+        headers = {"Content-Type": "application/json", **self._static_headers()}
+        return UpstreamClient(self._session, endpoint, credentials, headers, timeout, stream_timeout)
+
+    def _static_headers(self) -> Mapping[str, str]:
+        """Headers sent on every request besides Content-Type and the credentials."""
+        return {}
 
     def _timeouts(self) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
         """(whole-call timeout, stream timeout): a stream has no total limit, only read gaps."""

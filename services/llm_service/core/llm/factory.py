@@ -1,24 +1,56 @@
-"""ProviderID -> a ready client, with its settings and credentials injected.
+"""ProviderID -> a ready client, with its settings, credentials and reach injected.
 
-Clients never read the environment: everything they know comes from here.
+Clients never read the environment and never know who fronts their upstream: everything they know
+comes from here. Credentials are chosen per provider from its settings group (an API key, an Azure AD
+token, GCP credentials); with the GenAI Platform enabled, the providers it fronts get the platform's
+endpoint, token and attribution headers instead of their own.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
 import aiohttp
+from pydantic import SecretStr
 
 from llm_service.core.config.constants import ProviderID
-from llm_service.core.config.settings import Settings
-from llm_service.core.llm.base import BaseLLMClient
-from llm_service.core.llm.credentials import APIKeyCredentialProvider
+from llm_service.core.config.settings import (
+    AzureOpenAISettings,
+    GenAIPlatformSettings,
+    ProviderSettings,
+    Settings,
+    VertexAISettings,
+)
+from llm_service.core.llm.azure_openai import AzureOpenAIClient
+from llm_service.core.llm.base import BaseLLMClient, RequestHeaders
+from llm_service.core.llm.credentials import (
+    APIKeyCredentialProvider,
+    AzureADCredentialProvider,
+    CredentialProvider,
+    GCPCredentialProvider,
+    OAuthClientCredentialsTokenSource,
+    TokenCredentialProvider,
+)
+from llm_service.core.llm.genai_platform import (
+    PLATFORM_PROVIDERS,
+    GenAIPlatformCredentialProvider,
+    platform_prefixes,
+    resolve_genai_endpoint,
+)
 from llm_service.core.llm.models import ModelNotFoundError
 from llm_service.core.llm.openai_client import OpenAIClient
-from llm_service.core.llm.openai_compat import OpenAICompatibleClient
 from llm_service.core.llm.openrouter_client import OpenRouterClient
 from llm_service.core.llm.remote_client import RemoteClient
+from llm_service.core.llm.tool_call_store import ToolCallStore
+from llm_service.core.llm.vertex import VertexAIClient
 
-_CLIENT_CLASSES: dict[ProviderID, type[OpenAICompatibleClient]] = {
-    cls.provider: cls for cls in (OpenAIClient, OpenRouterClient, RemoteClient)
+Clock = Callable[[], float]
+
+_CLIENT_CLASSES: dict[ProviderID, type[BaseLLMClient]] = {
+    cls.provider: cls for cls in (OpenAIClient, OpenRouterClient, AzureOpenAIClient, VertexAIClient, RemoteClient)
 }
 
 
@@ -26,17 +58,120 @@ def supported_providers() -> list[ProviderID]:
     return list(_CLIENT_CLASSES)
 
 
-def create_client(provider: ProviderID, settings: Settings, session: aiohttp.ClientSession) -> BaseLLMClient:
+@dataclass(slots=True)
+class _Context:
+    """What building the clients of one process shares: transport, clock, stores, token providers."""
+
+    settings: Settings
+    session: aiohttp.ClientSession
+    clock: Clock
+    tool_calls: ToolCallStore = field(default_factory=ToolCallStore)
+    token_providers: list[TokenCredentialProvider] = field(default_factory=list)
+    platform: GenAIPlatformCredentialProvider | None = None
+
+    def token_provider(self, provider: TokenCredentialProvider) -> TokenCredentialProvider:
+        self.token_providers.append(provider)  # closed with the clients
+        return provider
+
+
+def _api_key(group: ProviderSettings, *, required: bool = True) -> APIKeyCredentialProvider:
+    return APIKeyCredentialProvider(group.api_key, env_var=group.env_name("api_key"), required=required)
+
+
+def _azure_credentials(group: AzureOpenAISettings, ctx: _Context) -> CredentialProvider:
+    if group.uses_api_key() or not group.is_configured():
+        return APIKeyCredentialProvider(group.api_key, env_var=group.env_name("api_key"), header="api-key", scheme=None)
+    return ctx.token_provider(
+        AzureADCredentialProvider(
+            provider=ProviderID.AZURE_OPENAI,
+            tenant_id=group.tenant_id,
+            client_id=group.client_id,
+            client_secret=group.client_secret,
+            authority_host=group.authority_host,
+            scope=group.ad_scope,
+            ca_file=group.authority_ca_file,
+            clock=ctx.clock,
+        )
+    )
+
+
+def _vertex_credentials(group: VertexAISettings, ctx: _Context) -> CredentialProvider:
+    if group.api_key is not None or not group.is_configured():
+        return _api_key(group)  # a static access token, sent as a bearer token
+    return ctx.token_provider(
+        GCPCredentialProvider(provider=ProviderID.VERTEX_AI, credentials_file=group.credentials_file, clock=ctx.clock)
+    )
+
+
+def _own_credentials(cls: type[BaseLLMClient], group: ProviderSettings, ctx: _Context) -> CredentialProvider:
+    if isinstance(group, AzureOpenAISettings):
+        return _azure_credentials(group, ctx)
+    if isinstance(group, VertexAISettings):
+        return _vertex_credentials(group, ctx)
+    return _api_key(group, required=cls.api_key_required)
+
+
+def _platform(settings: GenAIPlatformSettings, ctx: _Context) -> GenAIPlatformCredentialProvider:
+    """One platform credential for every provider it fronts (one OAuth token, refreshed once)."""
+    if ctx.platform is None:
+        token: SecretStr | TokenCredentialProvider
+        if settings.token is not None:
+            token = settings.token
+        else:
+            source = OAuthClientCredentialsTokenSource(
+                provider=ProviderID.AZURE_OPENAI,  # named in errors; the platform serves both
+                token_url=settings.token_url or "",
+                client_id=settings.client_id or "",
+                client_secret=settings.client_secret or SecretStr(""),
+                scope=settings.scope,
+                session=ctx.session,
+                kind="GenAI Platform OAuth client credentials",
+            )
+            token = ctx.token_provider(TokenCredentialProvider(source, clock=ctx.clock))
+        ctx.platform = GenAIPlatformCredentialProvider(settings, token)
+    return ctx.platform
+
+
+def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
     cls = _CLIENT_CLASSES.get(provider)
-    group = settings.provider_settings(provider)
+    group = ctx.settings.provider_settings(provider)
     if cls is None or group is None:
         raise ModelNotFoundError(f"provider {provider.value!r} is not available yet", code="provider_not_found")
-    credentials = APIKeyCredentialProvider(
-        group.api_key, env_var=group.env_name("api_key"), required=cls.api_key_required
+    platform = ctx.settings.genai_platform
+    request_headers: RequestHeaders | None = None
+    if platform.enabled and provider in PLATFORM_PROVIDERS:
+        endpoint = resolve_genai_endpoint(platform.base_url or "", "", provider, prefixes=platform_prefixes(platform))
+        group = group.model_copy(update={"base_url": endpoint})
+        gateway = _platform(platform, ctx)
+        credentials: CredentialProvider = gateway
+        request_headers = gateway.request_headers
+    else:
+        credentials = _own_credentials(cls, group, ctx)
+    return cls(
+        settings=group,
+        credentials=credentials,
+        session=ctx.session,
+        request_headers=request_headers,
+        tool_calls=ctx.tool_calls,
     )
-    return cls(settings=group, credentials=credentials, session=session)
 
 
-def create_clients(settings: Settings, session: aiohttp.ClientSession) -> dict[ProviderID, BaseLLMClient]:
-    """One client per supported provider; unconfigured ones fail on use, naming the setting."""
-    return {provider: create_client(provider, settings, session) for provider in _CLIENT_CLASSES}
+def create_client(
+    provider: ProviderID, settings: Settings, session: aiohttp.ClientSession, *, clock: Clock = time.time
+) -> BaseLLMClient:
+    """One client on its own (tests); `provider_clients()` is what the service uses."""
+    return _create(provider, _Context(settings, session, clock))
+
+
+@asynccontextmanager
+async def provider_clients(
+    settings: Settings, session: aiohttp.ClientSession, *, clock: Clock = time.time
+) -> AsyncIterator[Mapping[ProviderID, BaseLLMClient]]:
+    """One client per supported provider (unconfigured ones fail on use, naming the setting); the
+    token providers they hold are closed on exit."""
+    ctx = _Context(settings, session, clock)
+    try:
+        yield {provider: _create(provider, ctx) for provider in _CLIENT_CLASSES}
+    finally:
+        for token_provider in ctx.token_providers:
+            await token_provider.close()

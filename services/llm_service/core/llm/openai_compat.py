@@ -1,7 +1,7 @@
 """The OpenAI-compatible client: the "talk" half shared by openai, openrouter, remote and Azure.
 
 It speaks Chat Completions through `openai_format`; a provider subclass only says where the
-upstream is (`_get_endpoint`) and which static headers it wants (`_extra_headers`).
+upstream is (`_get_endpoint`) and which static headers it wants (`header_settings`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import orjson
 from typing_extensions import override
 
 from llm_service.core.llm.base import BaseLLMClient, ErrorDetail, StreamState, UpstreamClient
-from llm_service.core.llm.credentials import CredentialProvider
 from llm_service.core.llm.models import LLMChunk, LLMRequest, LLMResponse, ProviderNotConfiguredError
 from llm_service.core.llm.openai_format import (
     decode_chat_chunk,
@@ -47,8 +46,6 @@ def error_detail(raw: Any) -> ErrorDetail | None:
 class OpenAICompatibleClient(BaseLLMClient):
     #: Ask for the usage chunk on every stream so tokens are always accounted.
     always_include_usage: ClassVar[bool] = True
-    #: The `<PREFIX>API_KEY` must be set for this provider to work.
-    api_key_required: ClassVar[bool] = True
     #: Static request headers: header name -> the settings field that holds its value.
     header_settings: ClassVar[Mapping[str, str]] = {}
 
@@ -64,16 +61,7 @@ class OpenAICompatibleClient(BaseLLMClient):
         return self.settings.base_url
 
     @override
-    def _get_credentials(self) -> CredentialProvider:
-        return self._credentials
-
-    @override
-    def _create_client_instance(self, endpoint: str, credentials: CredentialProvider) -> UpstreamClient:
-        timeout, stream_timeout = self._timeouts()
-        headers = {"Content-Type": "application/json", **self._extra_headers()}
-        return UpstreamClient(self._session, endpoint, credentials, headers, timeout, stream_timeout)
-
-    def _extra_headers(self) -> Mapping[str, str]:
+    def _static_headers(self) -> Mapping[str, str]:
         """Static headers from `header_settings`: those whose setting has a value."""
         values = ((header, getattr(self.settings, field)) for header, field in self.header_settings.items())
         return {header: value for header, value in values if value}

@@ -4,20 +4,30 @@ Accepts LF, CR and CRLF line endings (a CR at the end of one chunk may pair with
 the next), skips comment lines (`: OPENROUTER PROCESSING`), strips one space after `data:`, and joins
 several `data:` lines of one event with `\\n`. Other fields (`event:`, `id:`, `retry:`) are ignored:
 no chat API here uses them.
+
+Lines of bare JSON, which are not SSE at all (Vertex sends an error that happens mid-stream as raw, possibly
+pretty-printed JSON lines, protocol reference 4.5) are kept, up to `MAX_STRAY_BYTES`, and handed out
+joined as one last payload by `flush()` at the end of the stream, so the client can report them.
 """
 
 from __future__ import annotations
 
 _LF = b"\n"
 _CR = b"\r"
+#: First bytes of a line of bare JSON (or its indentation); an SSE field name never starts so.
+_JSON_LINE_START = frozenset(b'{}[] \t"')
+#: The most non-SSE text kept for `flush()`; a body that is not SSE at all is not held whole.
+MAX_STRAY_BYTES = 64 * 1024
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_data")
+    __slots__ = ("_buf", "_data", "_stray", "_stray_size")
 
     def __init__(self) -> None:
         self._buf = b""
         self._data: list[bytes] = []
+        self._stray: list[bytes] = []
+        self._stray_size = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume `chunk`; return the data payloads of the events it completed."""
@@ -48,12 +58,16 @@ class SSEDecoder:
         return events
 
     def flush(self) -> list[bytes]:
-        """At end of input: treat what is left as a last line and dispatch any pending event."""
+        """At end of input: treat what is left as a last line and dispatch any pending event, then
+        the stray non-SSE lines seen, joined, as one more payload."""
         events: list[bytes] = []
         rest, self._buf = self._buf.rstrip(b"\r"), b""
         if rest:
             self._line(rest, events)
         self._line(b"", events)
+        if self._stray:
+            events.append(_LF.join(self._stray))
+            self._stray, self._stray_size = [], 0
         return events
 
     def _line(self, line: bytes, events: list[bytes]) -> None:
@@ -67,3 +81,6 @@ class SSEDecoder:
         name, _, value = line.partition(b":")
         if name == b"data":
             self._data.append(value[1:] if value[:1] == b" " else value)
+        elif line[0] in _JSON_LINE_START and self._stray_size + len(line) <= MAX_STRAY_BYTES:
+            self._stray.append(line)
+            self._stray_size += len(line)
