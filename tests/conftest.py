@@ -19,29 +19,49 @@ import pytest
 from harness import ServiceThread
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
-from llm_service.fakes import FakeUpstream, FakeUpstreamThread
+from llm_service.fakes import FakeUpstream, FakeUpstreamThread, FakeVertex
+from llm_service.fakes.threaded import ChatFake
 
 KEYS = {
     ProviderID.OPENAI: "sk-test-openai-0123456789abcdef",
     ProviderID.OPENROUTER: "sk-or-v1-test-0123456789abcdef",
+    ProviderID.AZURE_OPENAI: "azure-test-key-0123456789abcdef",
+    ProviderID.VERTEX_AI: "ya29.vertex-test-token-0123456789",
     ProviderID.REMOTE: "remote-test-key-0123456789",
 }
-FLAVORS = {ProviderID.OPENAI: "openai", ProviderID.OPENROUTER: "openrouter", ProviderID.REMOTE: "openai"}
+#: The fixture flavour each provider's fake replays (tests/fixtures/<flavour>).
+FLAVORS = {
+    ProviderID.OPENAI: "openai",
+    ProviderID.OPENROUTER: "openrouter",
+    ProviderID.AZURE_OPENAI: "azure_openai",
+    ProviderID.VERTEX_AI: "vertex_ai",
+    ProviderID.REMOTE: "openai",
+}
 MODELS = {
     ProviderID.OPENAI: "openai/gpt-4o-mini",
     ProviderID.OPENROUTER: "openrouter/anthropic/claude-3.5-sonnet",
+    ProviderID.AZURE_OPENAI: "azure_openai/gpt-4o-mini",
+    ProviderID.VERTEX_AI: "vertex_ai/gemini-2.5-flash",
     ProviderID.REMOTE: "remote/llama-3.1-8b",
 }
-OPENAI_FAMILY = list(FLAVORS)
+VERTEX_PROJECT, VERTEX_LOCATION = "demo-proj", "us-central1"
+#: Providers that speak OpenAI's wire format upstream (the request body is OpenAI's, not translated).
+OPENAI_WIRE = [ProviderID.OPENAI, ProviderID.OPENROUTER, ProviderID.AZURE_OPENAI, ProviderID.REMOTE]
+OPENAI_FAMILY = [ProviderID.OPENAI, ProviderID.OPENROUTER, ProviderID.REMOTE]
+ALL_PROVIDERS = list(ProviderID)
 # What a live run uses, and the credential that enables it.
 LIVE_ENV = {
     ProviderID.OPENAI: "OPENAI_API_KEY",
     ProviderID.OPENROUTER: "OPENROUTER_API_KEY",
+    ProviderID.AZURE_OPENAI: "AZURE_OPENAI_ENDPOINT",
+    ProviderID.VERTEX_AI: "VERTEX_PROJECT",
     ProviderID.REMOTE: "REMOTE_LLM_BASE_URL",
 }
 LIVE_MODELS = {
     ProviderID.OPENAI: os.environ.get("LIVE_OPENAI_MODEL", "openai/gpt-4o-mini"),
     ProviderID.OPENROUTER: os.environ.get("LIVE_OPENROUTER_MODEL", "openrouter/openai/gpt-4o-mini"),
+    ProviderID.AZURE_OPENAI: os.environ.get("LIVE_AZURE_OPENAI_MODEL", "azure_openai/gpt-4o-mini"),
+    ProviderID.VERTEX_AI: os.environ.get("LIVE_VERTEX_AI_MODEL", "vertex_ai/gemini-2.5-flash"),
     ProviderID.REMOTE: os.environ.get("LIVE_REMOTE_MODEL", "remote/default"),
 }
 
@@ -70,7 +90,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     # A provider_<name> marker on every test parametrised over a provider, for `-m provider_openai`.
     for item in items:
         callspec = getattr(item, "callspec", None)
-        provider = callspec.params.get("provider") if callspec else None
+        params = callspec.params if callspec else {}
+        provider = params.get("provider", params.get("openai_wire_provider"))
         if isinstance(provider, ProviderID):
             item.add_marker(getattr(pytest.mark, f"provider_{provider.value}"))
 
@@ -80,21 +101,42 @@ def mock_providers(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--mock-providers"))
 
 
-@pytest.fixture(params=OPENAI_FAMILY, ids=lambda p: p.value)
+@pytest.fixture(params=ALL_PROVIDERS, ids=lambda p: p.value)
 def provider(request: pytest.FixtureRequest) -> ProviderID:
-    """The test runs once per OpenAI-family provider."""
+    """The test runs once per provider."""
     return request.param  # type: ignore[no-any-return]
 
 
 @pytest.fixture
-def fake(provider: ProviderID, upstreams: dict[ProviderID, FakeUpstream]) -> FakeUpstream:
+def fake(provider: ProviderID, upstreams: dict[ProviderID, ChatFake]) -> Any:
     """The fake upstream behind `provider`."""
     return upstreams[provider]
 
 
+@pytest.fixture(params=OPENAI_WIRE, ids=lambda p: p.value)
+def openai_wire_provider(request: pytest.FixtureRequest, upstreams: dict[ProviderID, Any]) -> tuple[ProviderID, Any]:
+    """(provider, its fake) for each provider whose upstream speaks OpenAI's wire format."""
+    return request.param, upstreams[request.param]
+
+
+def make_fake(provider: ProviderID, **options: Any) -> Any:
+    """A fake upstream speaking `provider`'s protocol and accepting its test credential."""
+    if provider is ProviderID.VERTEX_AI:
+        return FakeVertex(access_token=KEYS[provider], project=VERTEX_PROJECT, location=VERTEX_LOCATION, **options)
+    return FakeUpstream(FLAVORS[provider], api_key=KEYS[provider], **options)  # type: ignore[arg-type]
+
+
+def provider_group(provider: ProviderID, fake: Any) -> dict[str, Any]:
+    """The settings group that points `provider` at `fake`."""
+    group: dict[str, Any] = {"api_key": KEYS[provider], "base_url": fake.url}
+    if provider is ProviderID.VERTEX_AI:
+        group |= {"project": VERTEX_PROJECT, "location": VERTEX_LOCATION}
+    return group
+
+
 @pytest.fixture(scope="session")
-def upstreams() -> Iterator[dict[ProviderID, FakeUpstream]]:
-    fakes = {p: FakeUpstream(FLAVORS[p], api_key=KEYS[p]) for p in OPENAI_FAMILY}
+def upstreams() -> Iterator[dict[ProviderID, Any]]:
+    fakes = {p: make_fake(p) for p in ALL_PROVIDERS}
     threads = [FakeUpstreamThread(f).start() for f in fakes.values()]
     yield fakes
     for thread in threads:
@@ -110,9 +152,9 @@ def _fresh_upstreams(request: pytest.FixtureRequest) -> Iterator[None]:
             fake.reset()
 
 
-def fake_settings(upstreams: dict[ProviderID, FakeUpstream], **overrides: Any) -> Settings:
+def fake_settings(upstreams: dict[ProviderID, Any], **overrides: Any) -> Settings:
     """Settings whose providers all point at the fakes; fast retries; demo off."""
-    groups: dict[str, Any] = {p.value: {"api_key": KEYS[p], "base_url": upstreams[p].url} for p in OPENAI_FAMILY}
+    groups: dict[str, Any] = {p.value: provider_group(p, upstreams[p]) for p in ALL_PROVIDERS}
     groups["dispatcher"] = {"retry_backoff_base": 0.0, "retry_backoff_max": 0.0}
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(groups.get(key), dict):
@@ -126,7 +168,7 @@ def fake_settings(upstreams: dict[ProviderID, FakeUpstream], **overrides: Any) -
 
 def assert_loopback_only(settings: Settings) -> None:
     """The guard against accidental real-network calls in mock mode."""
-    for provider in OPENAI_FAMILY:
+    for provider in ALL_PROVIDERS:
         group = settings.provider_settings(provider)
         host = urlsplit(group.base_url or "").hostname if group else None
         if host is not None:
@@ -134,7 +176,7 @@ def assert_loopback_only(settings: Settings) -> None:
 
 
 @pytest.fixture(scope="session")
-def service(upstreams: dict[ProviderID, FakeUpstream]) -> Iterator[ServiceThread]:
+def service(upstreams: dict[ProviderID, Any]) -> Iterator[ServiceThread]:
     with ServiceThread(fake_settings(upstreams)) as running:
         yield running
 
@@ -146,7 +188,7 @@ def client(service: ServiceThread) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def start_service(upstreams: dict[ProviderID, FakeUpstream]) -> Iterator[Callable[..., ServiceThread]]:
+def start_service(upstreams: dict[ProviderID, Any]) -> Iterator[Callable[..., ServiceThread]]:
     """Start a service with setting overrides (e.g. short timeouts); stopped after the test."""
     started: list[ServiceThread] = []
 

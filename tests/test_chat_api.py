@@ -1,4 +1,8 @@
-"""/v1/chat/completions over HTTP against the fake upstreams, for each OpenAI-family provider."""
+"""/v1/chat/completions over HTTP against the fake upstreams, for every provider.
+
+What reached the upstream is read through `upstream_view`, which knows each provider's wire format;
+tests of one wire format's details live with that provider (test_vertex.py, test_azure_openai.py).
+"""
 
 from __future__ import annotations
 
@@ -9,11 +13,7 @@ import httpx
 from conftest import FLAVORS, KEYS, MODELS, QUESTION, WEATHER_TOOL
 from llm_service.core.config.constants import ProviderID
 from sse_client import fixture_text, read_events, stream_events, streamed_text
-
-
-def upstream_model(provider: ProviderID) -> str:
-    return MODELS[provider].split("/", 1)[1]
-
+from upstream_view import sent_credential, sent_model, sent_tool_results, sent_user_content, upstream_model
 
 # ---------------------------------------------------------------------------------------- success
 
@@ -30,10 +30,9 @@ def test_plain_completion_returns_the_upstream_answer(client: httpx.Client, prov
     assert response.headers["x-llm-provider"] == provider.value
     assert response.headers["x-request-id"].startswith("req_")
     sent = fake.requests[-1]
-    assert sent.path == "/v1/chat/completions"
-    assert sent.headers["authorization"] == f"Bearer {KEYS[provider]}"
-    assert sent.json["model"] == upstream_model(provider)
-    assert sent.json["messages"] == QUESTION
+    assert sent_credential(provider, sent) == KEYS[provider]
+    assert sent_model(provider, sent) == upstream_model(provider)
+    assert sent_user_content(provider, sent) == [QUESTION[0]["content"]]
 
 
 def test_stream_with_include_usage_ends_with_the_usage_chunk(client: httpx.Client, provider, fake) -> None:
@@ -66,9 +65,10 @@ def test_stream_without_include_usage_has_no_usage_chunk(client: httpx.Client, p
     assert events[-1] == "[DONE]"
     assert all(e["choices"] and "usage" not in e for e in events[:-1])
     assert streamed_text(events[:-1]) == fixture_text(FLAVORS[provider], "text")
-    # openai and openrouter are always asked for usage, so tokens are accounted anyway.
-    asked = fake.requests[-1].json.get("stream_options", {}).get("include_usage", False)
-    assert asked is (provider is not ProviderID.REMOTE)
+    if provider is not ProviderID.VERTEX_AI:  # Gemini always reports usage
+        # All but remote are always asked for usage, so tokens are accounted anyway.
+        asked = fake.requests[-1].json.get("stream_options", {}).get("include_usage", False)
+        assert asked is (provider is not ProviderID.REMOTE)
 
 
 def test_stream_endpoint_streams_without_the_stream_flag(client: httpx.Client, provider) -> None:
@@ -94,10 +94,7 @@ def test_tool_call_round_trip(client: httpx.Client, provider, fake) -> None:
     calls = choice["message"]["tool_calls"]
     assert len(calls) == 2
     assert {json.loads(c["function"]["arguments"])["city"] for c in calls} == {"Oslo", "Paris"}
-    sent_tools = fake.requests[-1].json
-    assert sent_tools["tools"] == [WEATHER_TOOL]
-    assert sent_tools["tool_choice"] == "auto"
-    assert sent_tools["parallel_tool_calls"] is True
+    assert all(c["id"] and c["type"] == "function" and c["function"]["name"] == "get_weather" for c in calls)
 
     conversation = [
         {"role": "user", "content": "Weather in Oslo and Paris?"},
@@ -111,6 +108,33 @@ def test_tool_call_round_trip(client: httpx.Client, provider, fake) -> None:
 
     assert second.status_code == 200, second.text
     assert second.json()["choices"][0]["message"]["content"] == fixture_text(FLAVORS[provider], "tool_result")
+    # Each result went back linked to its call (by id, or for Gemini by name and order).
+    assert sent_tool_results(provider, fake.requests[-1]) == [("get_weather", '{"temp_c": 4}')] * 2
+
+
+def test_openai_wire_providers_forward_tools_and_calls_unchanged(client: httpx.Client, openai_wire_provider) -> None:
+    provider, fake = openai_wire_provider
+    first = client.post(
+        "/v1/chat/completions",
+        json={
+            "model": MODELS[provider],
+            "messages": [{"role": "user", "content": "Weather in Oslo and Paris?"}],
+            "tools": [WEATHER_TOOL],
+            "tool_choice": "auto",
+            "parallel_tool_calls": True,
+        },
+    )
+    sent_tools = fake.requests[-1].json
+    assert sent_tools["tools"] == [WEATHER_TOOL]
+    assert sent_tools["tool_choice"] == "auto"
+    assert sent_tools["parallel_tool_calls"] is True
+    calls = first.json()["choices"][0]["message"]["tool_calls"]
+    conversation = [
+        {"role": "user", "content": "Weather in Oslo and Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": c["id"], "content": '{"temp_c": 4}'} for c in calls),
+    ]
+    client.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": conversation})
     forwarded = fake.requests[-1].json["messages"]
     assert [m["tool_call_id"] for m in forwarded if m["role"] == "tool"] == [c["id"] for c in calls]
     assert forwarded[1]["tool_calls"] == calls
@@ -140,7 +164,8 @@ def test_streamed_tool_calls_reassemble_into_valid_arguments(client: httpx.Clien
     ] == ["tool_calls"]
 
 
-def test_image_and_other_content_parts_are_forwarded_unchanged(client: httpx.Client, provider, fake) -> None:
+def test_image_and_other_content_parts_are_forwarded_unchanged(client: httpx.Client, openai_wire_provider) -> None:
+    provider, fake = openai_wire_provider
     parts = [
         {"type": "text", "text": "What is in these pictures?"},
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
@@ -156,7 +181,8 @@ def test_image_and_other_content_parts_are_forwarded_unchanged(client: httpx.Cli
     assert fake.requests[-1].json["messages"][0]["content"] == parts
 
 
-def test_unknown_fields_pass_through_to_the_upstream(client: httpx.Client, provider, fake) -> None:
+def test_unknown_fields_pass_through_to_the_upstream(client: httpx.Client, openai_wire_provider) -> None:
+    provider, fake = openai_wire_provider
     extra = {
         "logprobs": False,
         "metadata": {"team": "agents"},
@@ -182,7 +208,7 @@ def test_alias_from_the_profile_resolves_to_its_deployment(client: httpx.Client,
 def test_models_lists_aliases_and_providers(client: httpx.Client) -> None:
     data = client.get("/v1/models").json()["data"]
     ids = {m["id"] for m in data}
-    assert {"claude-sonnet", "fast", "openai/*", "openrouter/*", "remote/*"} <= ids
+    assert {"claude-sonnet", "fast", "openai/*", "openrouter/*", "azure_openai/*", "vertex_ai/*", "remote/*"} <= ids
     assert all(m["object"] == "model" for m in data)
 
 
@@ -190,7 +216,7 @@ def test_health_reports_providers(client: httpx.Client) -> None:
     body = client.get("/health").json()
     assert body["status"] == "ok"
     assert body["demo"] is False
-    assert set(body["providers"]) == {"openai", "openrouter", "remote"}
+    assert set(body["providers"]) == {p.value for p in ProviderID}
 
 
 def test_request_id_from_the_caller_is_kept(client: httpx.Client, provider) -> None:

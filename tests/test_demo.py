@@ -16,7 +16,13 @@ from harness import ServiceThread
 from llm_service.core.config.settings import Settings
 from sse_client import fixture_text, read_events, streamed_text
 
-NO_PROVIDERS = {"openai": {"api_key": None}, "openrouter": {"api_key": None}, "remote": {"base_url": None}}
+NO_PROVIDERS = {
+    "openai": {"api_key": None},
+    "openrouter": {"api_key": None},
+    "azure_openai": {"base_url": None},
+    "vertex_ai": {"project": None},
+    "remote": {"base_url": None},
+}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 
@@ -28,7 +34,10 @@ def demo_service():
         yield running
 
 
-@pytest.mark.parametrize("model", ["openai/gpt-4o-mini", "fast", "claude-sonnet", "local"])
+@pytest.mark.parametrize(
+    "model",
+    ["openai/gpt-4o-mini", "fast", "claude-sonnet", "local", "azure_openai/gpt-4o-mini", "vertex_ai/gemini-2.5-flash"],
+)
 def test_demo_answers_plain_and_streamed(demo_service, model: str) -> None:
     with httpx.Client(base_url=demo_service.url, timeout=20) as http:
         plain = http.post("/v1/chat/completions", json={"model": model, "messages": QUESTION})
@@ -57,7 +66,11 @@ def test_cli_serve_starts_in_demo_mode_and_says_so(tmp_path: Path) -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "OPENROUTER_", "REMOTE_LLM_", "LLM_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("OPENAI_", "OPENROUTER_", "REMOTE_LLM_", "LLM_", "AZURE_", "VERTEX_", "GENAI_PLATFORM_"))
+    }
     log_file = tmp_path / "service.log"
     with log_file.open("wb") as log:
         proc = subprocess.Popen(

@@ -8,6 +8,7 @@ import sys
 import uvicorn
 
 from llm_service.core.config.settings import Settings
+from llm_service.core.llm.models import ConfigurationError
 from llm_service.logs import configure_logging
 from llm_service.main import create_app
 
@@ -20,7 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int, default=None, help="port (default: LLM_PORT or 8000)")
     args = parser.parse_args(argv)
 
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ConfigurationError as exc:
+        # A setting is missing or contradicts another: say which, without a traceback.
+        print(f"llm-service: configuration error: {exc.message}", file=sys.stderr)
+        return 2
     configure_logging(settings.log_level)
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port

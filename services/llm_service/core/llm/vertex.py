@@ -93,6 +93,8 @@ class VertexAIClient(BaseLLMClient):
         detail = google_error_detail(data)
         if detail is not None:
             raise self.classify_error(None, detail)
+        if not isinstance(data, dict) or not ("candidates" in data or "promptFeedback" in data):
+            raise self.malformed("neither candidates nor promptFeedback in the response")
         return decode_gemini_response(data, self.provider, model=request.model, remember=self._tool_calls.put)
 
     @override

@@ -1,0 +1,219 @@
+"""Azure OpenAI through the service: its URL and api-version, content filtering, its stream quirks,
+and Entra ID (Azure AD) tokens fetched by the real azure-identity from a TLS fake authority."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from llm_service.fakes.token_endpoints import FakeEntraID
+
+from conftest import KEYS, MODELS, QUESTION, fake_settings
+from harness import ServiceThread
+from llm_service.core.config.constants import ProviderID
+from llm_service.fakes import FakeUpstream, FakeUpstreamThread, Fault, ServerThread
+from llm_service.main import create_app
+from sse_client import stream_events, streamed_text
+
+AZURE = ProviderID.AZURE_OPENAI
+TENANT, CLIENT_ID, CLIENT_SECRET = "11111111-2222-3333-4444-555555555555", "app-client-id", "entra-s3cret-value"
+AAD_TOKEN = "eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.fake-aad-token"
+
+
+def chat(http: httpx.Client, **extra: Any) -> httpx.Response:
+    return http.post("/v1/chat/completions", json={"model": MODELS[AZURE], "messages": QUESTION, **extra})
+
+
+# ------------------------------------------------------------------------------------- the wire
+
+
+def test_request_goes_to_the_deployment_url_with_api_version_and_api_key(client: httpx.Client, upstreams) -> None:
+    fake = upstreams[AZURE]
+    response = chat(client)
+
+    assert response.status_code == 200, response.text
+    sent = fake.requests[-1]
+    assert sent.path == "/openai/deployments/gpt-4o-mini/chat/completions"
+    assert sent.query == {"api-version": "2024-10-21"}
+    assert sent.headers["api-key"] == KEYS[AZURE]
+    assert "authorization" not in sent.headers
+    assert response.headers["x-llm-provider"] == "azure_openai"
+    # Azure's own fields pass through without breaking anything.
+    assert "prompt_filter_results" in response.json()
+
+
+def test_stream_skips_the_annotation_only_first_chunk(client: httpx.Client) -> None:
+    events = stream_events(client, {"model": MODELS[AZURE], "messages": QUESTION, "stream": True})
+
+    assert events[-1] == "[DONE]"
+    assert all(e["id"] and e["choices"] for e in events[:-1])
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert streamed_text(events[:-1]) == "The capital of France is Paris — famous for its cafés."
+
+
+def test_blocked_prompt_is_a_400_content_filter_error(client: httpx.Client, upstreams) -> None:
+    upstreams[AZURE].inject(Fault(status=400, fixture="error_400_content_filter"))
+    response = chat(client)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "content_filter"
+    assert error["type"] == "invalid_request_error"
+    assert "azure_openai" in error["message"]
+    assert len(upstreams[AZURE].requests) == 1  # not retried
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_filtered_completion_keeps_the_content_filter_finish_reason(client: httpx.Client, upstreams, stream) -> None:
+    upstreams[AZURE].inject(Fault(fixture="chat_content_filter"))
+    if stream:
+        events = stream_events(client, {"model": MODELS[AZURE], "messages": QUESTION, "stream": True})
+        finishes = [c["choices"][0]["finish_reason"] for c in events[:-1] if c["choices"][0]["finish_reason"]]
+    else:
+        response = chat(client)
+        assert response.status_code == 200, response.text
+        finishes = [response.json()["choices"][0]["finish_reason"]]
+    assert finishes == ["content_filter"]
+
+
+def test_unknown_deployment_is_a_404(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/chat/completions", json={"model": "azure_openai/no-such-deployment", "messages": QUESTION}
+    )
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "DeploymentNotFound"
+
+
+def test_missing_endpoint_names_the_setting(start_service) -> None:
+    service = start_service(azure_openai={"base_url": None})
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        error = chat(http).json()["error"]
+    assert error["code"] == "provider_not_configured"
+    assert "AZURE_OPENAI_ENDPOINT" in error["message"]
+
+
+# ------------------------------------------------------------------------------------- Entra ID
+
+
+class Clock:
+    """Wall-clock seconds that a test moves forward."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def entra() -> Iterator[FakeEntraID]:
+    fake = FakeEntraID(tenant_id=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, access_token=AAD_TOKEN)
+    with ServerThread(fake):
+        yield fake
+
+
+@pytest.fixture
+def azure_ad_upstream() -> Iterator[FakeUpstream]:
+    fake = FakeUpstream("azure_openai", api_key="unused-key", bearer_token=AAD_TOKEN)
+    with FakeUpstreamThread(fake):
+        yield fake
+
+
+def ad_group(upstream: FakeUpstream, authority: str, ca_file: str | None, secret: str = CLIENT_SECRET) -> dict:
+    return {
+        "base_url": upstream.url,
+        "api_key": None,
+        "tenant_id": TENANT,
+        "client_id": CLIENT_ID,
+        "client_secret": secret,
+        "authority_host": authority,
+        "authority_ca_file": ca_file,
+    }
+
+
+def ad_service(
+    upstreams, upstream: FakeUpstream, entra: FakeEntraID, clock: Clock | None = None, secret: str = CLIENT_SECRET
+) -> ServiceThread:
+    group = ad_group(upstream, entra.authority, entra.ca_file, secret)
+    settings = fake_settings(upstreams, azure_openai=group, dispatcher={"max_retries": 0})
+    return ServiceThread(app=create_app(settings, clock=clock or time.time))
+
+
+async def burst(url: str, count: int) -> list[int]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        responses = await asyncio.gather(
+            *(
+                http.post("/v1/chat/completions", json={"model": MODELS[AZURE], "messages": QUESTION})
+                for _ in range(count)
+            )
+        )
+    return [r.status_code for r in responses]
+
+
+def test_fifty_concurrent_requests_on_a_cold_service_fetch_one_token(upstreams, azure_ad_upstream, entra) -> None:
+    entra.delay = 0.3  # the token request is still in flight while the others arrive
+    with ad_service(upstreams, azure_ad_upstream, entra) as service:
+        statuses = asyncio.run(burst(service.url, 50))
+
+    assert statuses == [200] * 50
+    assert entra.tokens_issued == 1
+    assert {r.headers["authorization"] for r in azure_ad_upstream.requests} == {f"Bearer {AAD_TOKEN}"}
+
+
+def test_the_token_is_refreshed_after_it_expires(upstreams, azure_ad_upstream, entra) -> None:
+    clock = Clock()
+    with ad_service(upstreams, azure_ad_upstream, entra, clock) as service, httpx.Client(base_url=service.url) as http:
+        assert chat(http).status_code == 200
+        assert chat(http).status_code == 200
+        assert entra.tokens_issued == 1
+        clock.now += entra.expires_in + 1
+        assert chat(http).status_code == 200
+
+    assert entra.tokens_issued == 2
+
+
+def test_a_dead_token_endpoint_is_a_clear_503_that_leaks_nothing(upstreams, azure_ad_upstream, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"https://127.0.0.1:{probe.getsockname()[1]}"
+    group = ad_group(azure_ad_upstream, dead, None)
+    settings = fake_settings(upstreams, azure_openai=group, dispatcher={"max_retries": 0})
+    with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=30) as http:
+        response = chat(http)
+
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert "azure_openai" in error["message"]
+    assert "Azure AD" in error["message"]
+    assert CLIENT_SECRET not in response.text
+    assert CLIENT_SECRET not in caplog.text
+    assert azure_ad_upstream.requests == []
+
+
+def test_a_failing_token_endpoint_is_503_and_a_rejected_secret_502(upstreams, azure_ad_upstream, entra) -> None:
+    entra.fail_with = 503
+    wrong = "not-the-right-secret"
+    with ad_service(upstreams, azure_ad_upstream, entra) as service, httpx.Client(base_url=service.url) as http:
+        unavailable = chat(http)
+    entra.fail_with = None
+    with (
+        ad_service(upstreams, azure_ad_upstream, entra, secret=wrong) as service,
+        httpx.Client(base_url=service.url) as http,
+    ):
+        rejected = chat(http)
+
+    assert unavailable.status_code == 503
+    assert rejected.status_code == 502, rejected.text
+    for response in (unavailable, rejected):
+        assert "Azure AD" in response.json()["error"]["message"]
+        assert CLIENT_SECRET not in response.text and wrong not in response.text
+    assert "AADSTS" not in rejected.text
+    assert azure_ad_upstream.requests == []
