@@ -264,7 +264,7 @@ def test_a_chained_instance_does_not_multiply_retries(upstreams, start_service) 
 
 def test_alias_to_an_unavailable_provider_is_404_and_not_listed(start_service) -> None:
     aliases = {"gemini": [{"provider": "vertex_ai", "model": "gemini-2.5-flash"}]}
-    service = start_service(aliases=aliases)
+    service = start_service(aliases=aliases, vertex_ai={"project": None})
     with httpx.Client(base_url=service.url, timeout=20) as http:
         response = http.post("/v1/chat/completions", json={"model": "gemini", "messages": QUESTION})
         listed = {m["id"] for m in http.get("/v1/models").json()["data"]}

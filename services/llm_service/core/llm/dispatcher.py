@@ -41,6 +41,8 @@ class LLMDispatcher:
     ) -> None:
         self._aliases = settings.aliases
         self._clients = clients
+        #: Providers with their settings in place: the only ones aliases resolve to and /v1/models lists.
+        self._configured = frozenset(p for p in settings.configured_providers() if p in clients)
         d = settings.dispatcher
         self._policy = RetryPolicy(
             max_retries=d.max_retries,
@@ -55,7 +57,9 @@ class LLMDispatcher:
         """An alias -> its first deployment; `<provider>/<model>` -> that deployment."""
         deployments = self._aliases.get(model)
         if deployments:
-            return self._available(deployments[0], model)
+            if deployments[0].provider not in self._configured:
+                raise self._unavailable(deployments[0], model)
+            return deployments[0]
         prefix, _, upstream_model = model.partition("/")
         provider = _PROVIDERS.get(prefix)
         if provider is None or not upstream_model:
@@ -69,19 +73,24 @@ class LLMDispatcher:
         return self._available(Deployment(provider=provider, model=upstream_model), model)
 
     def _available(self, deployment: Deployment, model: str) -> Deployment:
+        """A directly addressed deployment: it needs a client (an unconfigured one names its setting)."""
         if deployment.provider not in self._clients:
-            raise ModelNotFoundError(
-                f"The model '{model}' is served by provider '{deployment.provider.value}', "
-                "which is not available in this service.",
-                code="model_not_found",
-                param="model",
-            )
+            raise self._unavailable(deployment, model)
         return deployment
 
+    @staticmethod
+    def _unavailable(deployment: Deployment, model: str) -> ModelNotFoundError:
+        return ModelNotFoundError(
+            f"The model '{model}' is served by provider '{deployment.provider.value}', "
+            "which is not available in this service.",
+            code="model_not_found",
+            param="model",
+        )
+
     def servable(self, alias: str) -> bool:
-        """Whether an alias's first deployment has a client (for listing models)."""
+        """Whether an alias's first deployment is a configured provider (for listing models)."""
         deployments = self._aliases.get(alias) or []
-        return bool(deployments) and deployments[0].provider in self._clients
+        return bool(deployments) and deployments[0].provider in self._configured
 
     def _route(self, request: LLMRequest) -> tuple[Deployment, BaseLLMClient, LLMRequest]:
         deployment = self.resolve(request.model)
