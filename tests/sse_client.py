@@ -35,7 +35,11 @@ def fixture_json(flavor: str, name: str) -> Any:
 
 
 def fixture_text(flavor: str, scenario: str) -> str:
-    return str(fixture_json(flavor, f"chat_{scenario}.json")["choices"][0]["message"]["content"])
+    """The assistant text of a scenario; every flavour's fixtures tell the same answer (fixtures/README.md)."""
+    body = fixture_json(flavor, f"chat_{scenario}.json")
+    if "candidates" in body:  # Gemini
+        return "".join(p.get("text", "") for p in body["candidates"][0]["content"]["parts"])
+    return str(body["choices"][0]["message"]["content"])
 
 
 def stream_events(client: httpx.Client, body: dict[str, Any], path: str = "/v1/chat/completions") -> list[Any]:

@@ -36,7 +36,16 @@ def demo_service():
 
 @pytest.mark.parametrize(
     "model",
-    ["openai/gpt-4o-mini", "fast", "claude-sonnet", "local", "azure_openai/gpt-4o-mini", "vertex_ai/gemini-2.5-flash", "gemini-flash", "azure-gpt-4o-mini"],
+    [
+        "openai/gpt-4o-mini",
+        "fast",
+        "claude-sonnet",
+        "local",
+        "azure_openai/gpt-4o-mini",
+        "vertex_ai/gemini-2.5-flash",
+        "gemini-flash",
+        "azure-gpt-4o-mini",
+    ],
 )
 def test_demo_answers_plain_and_streamed(demo_service, model: str) -> None:
     with httpx.Client(base_url=demo_service.url, timeout=20) as http:

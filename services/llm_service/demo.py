@@ -73,4 +73,3 @@ async def demo_upstreams(settings: Settings) -> AsyncIterator[Settings]:
     finally:
         for fake in started:
             await fake.close()
-

@@ -40,8 +40,12 @@ class Fault:
     error_event_after_chunks: int | None = None
     # How many requests this fault applies to before it is consumed.
     times: int = 1
-    # Error fixture stem to use instead of ``error_<status>``, e.g.
-    # "error_400_context_length" (with status=400).
+    # A fixture file stem. With ``status``: the error body to send instead of
+    # ``error_<status>``, e.g. "error_400_context_length" (with status=400). Without ``status``:
+    # a success answer served instead of the request's scenario, e.g. Azure's
+    # "chat_content_filter" (its .json or .sse twin, as the request asks). With
+    # ``error_event_after_chunks`` on the Vertex fake: an "error_<...>" stem names the body of
+    # the mid-stream error. A stem the fake does not have is refused by ``inject``.
     fixture: str | None = None
 
 

@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 import orjson
 
-Flavor = Literal["openai", "openrouter"]
+Flavor = Literal["openai", "openrouter", "azure_openai"]
+FLAVORS: tuple[Flavor, ...] = ("openai", "openrouter", "azure_openai")
 Scenario = Literal["text", "tool_call", "tool_result"]
 SCENARIOS: tuple[Scenario, ...] = ("text", "tool_call", "tool_result")
 
@@ -93,6 +94,12 @@ def strip_usage(events: list[SseEvent]) -> list[SseEvent]:
     return out
 
 
+def normalize_prefix(path_prefix: str) -> str:
+    """``"api/x/"`` -> ``"/api/x"``; ``""`` and ``"/"`` -> ``""`` (a path prefix for routes and URLs)."""
+    stripped = path_prefix.strip("/")
+    return f"/{stripped}" if stripped else ""
+
+
 def split_for_writes(data: bytes) -> list[bytes]:
     """Cut one rendered event into 2-3 pieces, preferring a cut inside a multi-byte UTF-8
     character so the client's decoder must carry partial characters across reads."""
@@ -106,26 +113,43 @@ def split_for_writes(data: bytes) -> list[bytes]:
 
 
 class FixtureSet:
-    """The canned responses of one flavour, read once from ``<root>/<flavor>/``."""
+    """The canned responses of one provider, read once from ``<root>/<name>/``.
 
-    def __init__(self, flavor: Flavor, root: Path) -> None:
-        directory = root / flavor
+    Answers are keyed by the file stem without ``chat_``: the three scenarios, plus any other
+    ``chat_<name>.json`` (with its ``.sse`` twin) that a ``Fault(fixture="chat_<name>")`` selects.
+    """
+
+    def __init__(self, name: str, root: Path) -> None:
+        directory = root / name
         if not directory.is_dir():
             raise FileNotFoundError(f"fake upstream fixtures not found: {directory}")
+        self.root = root
         self.directory = directory
-        self.completions: dict[Scenario, bytes] = {}
-        self.streams: dict[Scenario, list[SseEvent]] = {}
-        self.ids: dict[Scenario, str] = {}
-        for scenario in SCENARIOS:
-            completion = (directory / f"chat_{scenario}.json").read_bytes()
-            self.completions[scenario] = completion
-            self.streams[scenario] = parse_sse((directory / f"chat_{scenario}.sse").read_bytes())
-            self.ids[scenario] = str(orjson.loads(completion).get("id", ""))
+        self.completions: dict[str, bytes] = {}
+        self.streams: dict[str, list[SseEvent]] = {}
+        self.ids: dict[str, str] = {}
+        stems = {f"chat_{scenario}" for scenario in SCENARIOS}
+        stems.update(path.stem for path in directory.glob("chat_*.json") if path.with_suffix(".sse").is_file())
+        for stem in sorted(stems):
+            answer = stem.removeprefix("chat_")
+            completion = (directory / f"{stem}.json").read_bytes()
+            self.completions[answer] = completion
+            self.streams[answer] = parse_sse((directory / f"{stem}.sse").read_bytes())
+            self.ids[answer] = str(orjson.loads(completion).get("id", ""))
         self.errors = {path.stem: path.read_bytes() for path in directory.glob("error_*.json")}
         models = directory / "models.json"
         self.models = models.read_bytes() if models.is_file() else b'{"object":"list","data":[]}'
 
-    def first_chunk(self, scenario: Scenario) -> dict[str, Any]:
+    def answer_for(self, scenario: Scenario, fixture: str | None) -> str:
+        """The answer to serve: the request's scenario, unless a fault named a success fixture."""
+        if fixture is None:
+            return scenario
+        answer = fixture.removeprefix("chat_")
+        if not fixture.startswith("chat_") or answer not in self.completions:
+            raise ValueError(f"no success fixture {fixture!r} in {self.directory}")
+        return answer
+
+    def first_chunk(self, scenario: str) -> dict[str, Any]:
         """The first JSON chunk of a stream: source of id/model/created for synthetic events."""
         for event in self.streams[scenario]:
             if event.data is not None and not event.is_done:
@@ -180,11 +204,50 @@ _OPENROUTER_GENERIC: dict[int, str] = {
     503: "No allowed providers are available for the selected model.",
 }
 
+# Azure's gateway answers with {"error":{"code":<status as a string, or a name>,"message":...}}
+# (reference section 2.5). The names and texts of statuses without a captured body are [U].
+_AZURE_GENERIC: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "Bad Request"),
+    403: ("403", "Access denied due to Virtual Network/Firewall rules."),
+    408: ("Timeout", "The operation was timeout."),
+    429: ("429", "Rate limit is exceeded. Try again in 6 seconds."),
+    502: ("502", "Bad gateway."),
+    503: ("ServiceUnavailable", "The service is temporarily unable to process your request. Please try again later."),
+    504: ("504", "Gateway timeout."),
+}
+
+# Bodies Azure's API gateway sends itself, captured byte for byte (compact, no trailing newline).
+AZURE_RESOURCE_NOT_FOUND = b'{"error":{"code":"404","message": "Resource not found"}}'
+AZURE_ACCESS_DENIED = (
+    b'{"error":{"code":"401","message":"Access denied due to invalid subscription key or wrong API endpoint. '
+    b"Make sure to provide a valid key for an active subscription and use a correct regional API endpoint "
+    b'for your resource."}}'
+)
+# An Authorization: Bearer token Azure cannot accept gets this different shape (no "error" envelope).
+AZURE_TOKEN_REJECTED = (
+    b'{ "statusCode": 401, "message": "Unauthorized. Access token is missing, invalid, audience is incorrect '
+    b'(https://cognitiveservices.azure.com), or have expired." }'
+)
+AZURE_DEPLOYMENT_NOT_FOUND = (
+    b'{"error":{"code":"DeploymentNotFound","message":"The API deployment for this resource does not exist. '
+    b'If you created the deployment within the last 5 minutes, please wait a moment and try again."}}'
+)
+
 
 def openai_error(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
     # OpenAI's error bodies are pretty-printed with 4-space indents and a trailing newline.
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return (json.dumps(body, indent=4, ensure_ascii=False) + "\n").encode()
+
+
+def azure_error(code: str, message: str) -> bytes:
+    return orjson.dumps({"error": {"code": code, "message": message}})
+
+
+def azure_backend_error(message: str, type_: str, param: str | None = None, code: str | None = None) -> bytes:
+    # Errors raised behind Azure's gateway keep OpenAI's fields, pretty-printed with 2 spaces.
+    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    return json.dumps(body, indent=2, ensure_ascii=False).encode()
 
 
 def openrouter_error(status: int, message: str, metadata: dict[str, Any] | None = None) -> bytes:
@@ -195,14 +258,21 @@ def openrouter_error(status: int, message: str, metadata: dict[str, Any] | None 
     return orjson.dumps({"error": error})
 
 
+def status_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
 def generic_error(flavor: Flavor, status: int) -> bytes:
     """An error body for a status that has no fixture file."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = "Error"
+    phrase = status_phrase(status)
     if flavor == "openrouter":
         return openrouter_error(status, _OPENROUTER_GENERIC.get(status, phrase))
+    if flavor == "azure_openai":
+        code, message = _AZURE_GENERIC.get(status, (str(status), phrase))
+        return azure_error(code, message)
     default_type = "server_error" if status >= 500 else "invalid_request_error"
     type_, message = _OPENAI_GENERIC.get(status, (default_type, phrase))
     return openai_error(message, type_)
@@ -210,7 +280,7 @@ def generic_error(flavor: Flavor, status: int) -> bytes:
 
 def midstream_error_event(flavor: Flavor, first_chunk: dict[str, Any]) -> bytes:
     """The data payload a provider sends when generation fails after the stream started."""
-    if flavor == "openai":
+    if flavor in ("openai", "azure_openai"):
         return orjson.dumps(
             {
                 "error": {
@@ -266,6 +336,8 @@ def unauthorized_body(flavor: Flavor, presented: str | None) -> bytes:
 def bad_request(flavor: Flavor, message: str, param: str | None = None, code: str | None = None) -> bytes:
     if flavor == "openrouter":
         return openrouter_error(400, message)
+    if flavor == "azure_openai":
+        return azure_backend_error(message, "invalid_request_error", param, code)
     return openai_error(message, "invalid_request_error", param, code)
 
 
@@ -281,7 +353,8 @@ def invalid_json_body(flavor: Flavor) -> bytes:
 
 def validate_chat_body(flavor: Flavor, body: dict[str, Any]) -> bytes | None:
     """Return a 400 body for requests the real service would reject, else None."""
-    # OpenRouter falls back to the account's default model; OpenAI insists on one.
+    # OpenRouter falls back to the account's default model, Azure takes the deployment from the
+    # URL; OpenAI insists on one.
     if flavor == "openai" and (not isinstance(body.get("model"), str) or not body["model"]):
         return bad_request(flavor, "you must provide a model parameter")
     messages = body.get("messages")
@@ -295,7 +368,7 @@ def validate_chat_body(flavor: Flavor, body: dict[str, Any]) -> bytes | None:
             "empty_array",
         )
     stream_options = body.get("stream_options")
-    if flavor == "openai" and stream_options is not None and body.get("stream") is not True:
+    if flavor != "openrouter" and stream_options is not None and body.get("stream") is not True:
         return bad_request(
             flavor,
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
