@@ -15,12 +15,12 @@ from typing import Any
 
 import httpx
 import pytest
-from llm_service.fakes.token_endpoints import FakeGoogleOAuth
 
 from conftest import MODELS, QUESTION, VERTEX_LOCATION, VERTEX_PROJECT, WEATHER_TOOL, fake_settings
 from harness import ServiceThread
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstreamThread, FakeVertex, Fault, ServerThread
+from llm_service.fakes.token_endpoints import FakeGoogleOAuth
 from llm_service.main import create_app
 from sse_client import read_events, stream_events
 

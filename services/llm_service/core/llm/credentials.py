@@ -2,17 +2,64 @@
 
 A client asks its `CredentialProvider` for the headers to send on each request; the provider caches
 what it can and raises `ConfigurationError` naming the setting to fix. Azure AD and GCP providers
-(token acquisition with refresh ahead of expiry) implement the same protocol.
+(token acquisition with refresh ahead of expiry) implement the same protocol::
+
+    CredentialProvider                     auth_headers() -> headers for one upstream request
+     ├── APIKeyCredentialProvider          a static key
+     └── TokenCredentialProvider           caches one AccessToken from a TokenSource, one fetch at a time
+          ├── AzureADCredentialProvider    source: AzureADTokenSource (azure_token.py, azure-identity)
+          └── GCPCredentialProvider        source: GCPTokenSource (google-auth, refreshed off the loop)
+
+    TokenSource                            fetch_token() -> AccessToken, always from the token endpoint
+     ├── AzureADTokenSource                client secret, or DefaultAzureCredential
+     ├── GCPTokenSource                    service-account file, or application default credentials
+     └── OAuthClientCredentialsTokenSource a client-credentials POST (the GenAI Platform gateway)
+
+A source raises `CredentialError` when the endpoint refused it, `CredentialUnavailableError` when
+the endpoint is down (5xx, timeout, refused connection) and `ProviderNotConfiguredError` when there
+is nothing to authenticate with. Messages name the provider and the credential kind, never a secret
+nor what the token endpoint said about it. azure-identity and google-auth are imported on first use,
+off the event loop: a process that needs neither does not pay ~1.4 s of imports.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Protocol
+import asyncio
+import logging
+import re
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
+import orjson
 from pydantic import SecretStr
 
-from llm_service.core.llm.models import ProviderNotConfiguredError
+from llm_service.core.config.constants import ProviderID, RetryableStatusCodes
+from llm_service.core.llm.models import (
+    CredentialError,
+    CredentialUnavailableError,
+    LLMServiceError,
+    ProviderNotConfiguredError,
+)
+
+if TYPE_CHECKING:
+    import requests
+    from google.auth.credentials import Credentials as GoogleCredentials
+
+log = logging.getLogger("llm_service.credentials")
+
+GCP_CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+# RFC 6749 5.1 leaves `expires_in` optional; without it, assume a short life and ask again soon.
+_ASSUMED_LIFETIME = 300.0
+# Statuses after which the token endpoint is worth another try: 408 and the shared retryable set.
+_UNAVAILABLE_STATUSES = RetryableStatusCodes | {HTTPStatus.REQUEST_TIMEOUT}
+# An OAuth `error` code is echoed into our messages only when it looks like one (RFC 6749 5.2).
+_OAUTH_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class CredentialProvider(Protocol):
@@ -49,3 +96,531 @@ class APIKeyCredentialProvider:
                 f"this provider has no API key configured: set {self._env_var}", code="provider_not_configured"
             )
         return self._headers
+
+
+# --------------------------------------------------------------------------------------------------
+# Tokens
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    token: SecretStr
+    expires_at: float
+    """Unix epoch seconds."""
+
+
+class TokenSource(Protocol):
+    """Gets a new token from its token endpoint on every call; caching is the provider's job."""
+
+    kind: str
+    """What authenticates, for messages: "Azure AD client secret", "GCP service account", ..."""
+
+    async def fetch_token(self) -> AccessToken: ...
+
+    async def close(self) -> None: ...
+
+
+class TokenCredentialProvider:
+    """Sends `<header>: <scheme> <token>` with a token from `source`, cached until it nears expiry.
+
+    - A token is fetched when there is none or when `clock() >= expires_at - refresh_margin` (the
+      margin shrinks to half the token's lifetime for short-lived tokens, so they are not fetched
+      on every call).
+    - Concurrent callers share one fetch: one request to the token endpoint however many callers.
+    - Ahead of expiry the refresh runs in the background and callers keep the still-valid token
+      without waiting for the token endpoint. If that refresh fails, the cached token is served
+      (with a warning) and the refresh is tried again on a call `retry_interval` seconds later.
+    - Without a valid token callers wait for the fetch; a failed fetch raises to every waiter and is
+      not remembered: the next call tries again.
+
+    `clock` must tell epoch seconds (tokens carry epoch expiry times); tests pass a movable one.
+    """
+
+    def __init__(
+        self,
+        source: TokenSource,
+        *,
+        header: str = "Authorization",
+        scheme: str = "Bearer",
+        clock: Callable[[], float] = time.time,
+        refresh_margin: float = 300.0,
+        retry_interval: float = 10.0,
+    ) -> None:
+        self._source = source
+        self._header = header
+        self._scheme = scheme
+        self._clock = clock
+        self._margin = refresh_margin
+        self._retry_interval = retry_interval
+        self._token: AccessToken | None = None
+        self._headers: dict[str, str] = {}
+        self._refresh_at = 0.0
+        self._retry_at = 0.0  # a failed refresh ahead of expiry is not retried before this time
+        self._fetch: asyncio.Task[AccessToken] | None = None
+        self._closed = False
+
+    @property
+    def kind(self) -> str:
+        return self._source.kind
+
+    async def auth_headers(self) -> Mapping[str, str]:
+        await self._current()
+        return self._headers
+
+    async def token(self) -> SecretStr:
+        return (await self._current()).token
+
+    async def close(self) -> None:
+        """Stop any fetch in flight and release the source's resources. Requests still in flight
+        keep getting the cached token while it is valid; nothing is fetched any more."""
+        self._closed = True
+        task, self._fetch = self._fetch, None
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])
+        await self._source.close()
+
+    async def _current(self) -> AccessToken:
+        token, now = self._token, self._clock()
+        if token is not None and now < token.expires_at:
+            if now >= self._refresh_at and now >= self._retry_at and not self._closed:
+                self._start_fetch()  # in the background: this caller keeps the valid token
+            return token
+        if self._closed:
+            raise RuntimeError(f"the {self._source.kind} token provider is closed")
+        # shield: a caller that is cancelled (client gone) does not cancel the fetch the others share.
+        return await asyncio.shield(self._start_fetch())
+
+    def _start_fetch(self) -> asyncio.Task[AccessToken]:
+        if self._fetch is None or self._fetch.done():
+            task = asyncio.get_running_loop().create_task(self._fetch_and_store())
+            task.add_done_callback(self._fetch_done)
+            self._fetch = task
+        return self._fetch
+
+    async def _fetch_and_store(self) -> AccessToken:
+        started = self._clock()
+        token = await self._source.fetch_token()
+        lifetime = max(0.0, token.expires_at - started)
+        self._token = token
+        self._headers = {self._header: f"{self._scheme} {token.token.get_secret_value()}"}
+        self._refresh_at = token.expires_at - min(self._margin, lifetime / 2)
+        self._retry_at = 0.0
+        return token
+
+    def _fetch_done(self, task: asyncio.Task[AccessToken]) -> None:
+        if self._fetch is task:
+            self._fetch = None
+        if task.cancelled():
+            return
+        error = task.exception()  # also marks it retrieved when no caller was waiting
+        if error is None:
+            return
+        now = self._clock()
+        self._retry_at = now + self._retry_interval
+        token = self._token
+        if token is not None and now < token.expires_at:
+            log.warning(
+                "token refresh failed; serving the cached token until it expires",
+                extra={
+                    "fields": {
+                        "credential": self._source.kind,
+                        "error": error.message if isinstance(error, LLMServiceError) else type(error).__name__,
+                        "expires_in_s": round(token.expires_at - now, 1),
+                        "retry_in_s": self._retry_interval,
+                    }
+                },
+            )
+
+
+# --------------------------------------------------------------------------------------------------
+# Errors shared by the token sources (azure_token.py too)
+# --------------------------------------------------------------------------------------------------
+
+
+def credential_rejected(
+    provider: ProviderID, kind: str, *, status: int | None, error_code: str | None = None, hint: str = ""
+) -> CredentialError:
+    """The token endpoint answered and refused: not worth retrying until the settings change."""
+    details = ", ".join(part for part in (f"HTTP {status}" if status else "", error_code or "") if part)
+    message = f"{provider.value}: the token endpoint rejected the {kind}"
+    message += f" ({details})" if details else ""
+    message += f"; {hint}" if hint else ""
+    return CredentialError(message, provider=provider, status=status, code="credential_rejected")
+
+
+def credential_unavailable(
+    provider: ProviderID, kind: str, detail: str, *, status: int | None = None, retry_after: float | None = None
+) -> CredentialUnavailableError:
+    """The token endpoint could not be reached or failed: worth another attempt."""
+    return CredentialUnavailableError(
+        f"{provider.value}: could not get a token with the {kind}: {detail}",
+        provider=provider,
+        status=status,
+        retryable=True,
+        retry_after=retry_after,
+        code="credential_unavailable",
+    )
+
+
+def credential_not_configured(provider: ProviderID, kind: str, detail: str) -> ProviderNotConfiguredError:
+    return ProviderNotConfiguredError(f"{provider.value}: {kind}: {detail}", code="provider_not_configured")
+
+
+def is_unavailable_status(status: int) -> bool:
+    return status in _UNAVAILABLE_STATUSES or status >= HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def oauth_error_code(body: bytes | str | None) -> str | None:
+    """The `error` field of an OAuth error body (`invalid_client`), never its description."""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return None
+    code = data.get("error") if isinstance(data, dict) else None
+    return code if isinstance(code, str) and _OAUTH_ERROR_CODE.fullmatch(code) else None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None  # an HTTP date: rare on token endpoints, and the next call retries anyway
+
+
+# --------------------------------------------------------------------------------------------------
+# Azure AD
+# --------------------------------------------------------------------------------------------------
+
+AZURE_COGNITIVE_SERVICES_SCOPE = "https://cognitiveservices.azure.com/.default"
+
+
+class AzureADCredentialProvider(TokenCredentialProvider):
+    """An Entra ID (Azure AD) bearer token: client secret when tenant, client id and secret are all
+    set, else DefaultAzureCredential (managed identity, workload identity, ...). See azure_token.py."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderID,
+        tenant_id: str | None,
+        client_id: str | None,
+        client_secret: SecretStr | None,
+        authority_host: str | None = None,
+        scope: str = AZURE_COGNITIVE_SERVICES_SCOPE,
+        ca_file: str | None = None,
+        clock: Callable[[], float] = time.time,
+        refresh_margin: float = 300.0,
+    ) -> None:
+        # Imported here: azure_token.py needs AccessToken and the error helpers above.
+        from llm_service.core.llm.azure_token import AzureADTokenSource
+
+        source = AzureADTokenSource(
+            provider=provider,
+            tenant_id=tenant_id,
+            client_id=client_id,
+            client_secret=client_secret,
+            authority_host=authority_host,
+            scope=scope,
+            ca_file=ca_file,
+        )
+        super().__init__(source, clock=clock, refresh_margin=refresh_margin)
+
+
+# --------------------------------------------------------------------------------------------------
+# GCP
+# --------------------------------------------------------------------------------------------------
+
+
+class _TimedRequest:
+    """A google-auth transport request with our timeout on every call, remembering the last status.
+
+    google-auth's RefreshError carries no HTTP status, so the status is how a 502 (endpoint down) is
+    told apart from a 400 (rejected) — status first, message text never.
+    """
+
+    def __init__(self, session: requests.Session, timeout: float) -> None:
+        import google.auth.transport.requests
+
+        self.session = session  # google-auth's metadata client mounts mTLS adapters on `request.session`
+        self._inner = google.auth.transport.requests.Request(session)
+        self._timeout = timeout
+        self.last_status: int | None = None
+
+    def __call__(
+        self,
+        url: str,
+        method: str = "GET",
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        response = self._inner(
+            url, method=method, body=body, headers=headers, timeout=timeout or self._timeout, **kwargs
+        )
+        self.last_status = response.status
+        return response
+
+
+class _CredentialsFileError(Exception):
+    """The credentials file cannot be used; the message is safe to show (no file content)."""
+
+
+class GCPTokenSource:
+    """google-auth credentials from a key file or from application default credentials (ADC).
+
+    Loaded once, refreshed on every `fetch_token`, both in a worker thread (google-auth is sync).
+    `Credentials.refresh()` has no cache of its own: for a service account it always signs a new
+    JWT and posts it to `token_uri` (in self-signed-JWT mode, used outside googleapis.com, it makes
+    no request at all), so our provider alone decides when a token is fetched.
+
+    Service-account and authorized-user files are loaded with their type's own loader (google-auth
+    deprecates the generic `load_credentials_from_file` for configs of unchecked origin); other
+    types (workload identity federation, impersonation) go through the generic loader exactly as
+    google-auth's ADC does for GOOGLE_APPLICATION_CREDENTIALS, which is where this path comes from.
+    """
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderID,
+        credentials_file: str | None,
+        scopes: Sequence[str] = (GCP_CLOUD_PLATFORM_SCOPE,),
+        timeout: float = 10.0,
+    ) -> None:
+        self.provider = provider
+        self.kind = "GCP service account" if credentials_file else "GCP application default credentials"
+        self.project_id: str | None = None
+        self._file = credentials_file
+        self._scopes = list(scopes)
+        self._timeout = timeout
+        self._credentials: GoogleCredentials | None = None
+        self._request: _TimedRequest | None = None
+        self._lock = asyncio.Lock()  # google-auth credentials are not safe to refresh concurrently
+        self._closed = False
+
+    async def fetch_token(self) -> AccessToken:
+        async with self._lock:
+            if self._closed:
+                raise RuntimeError(f"the {self.kind} token source is closed")
+            failure: LLMServiceError
+            try:
+                token, expiry = await asyncio.to_thread(self._refresh_blocking)
+            except Exception as exc:  # google-auth's and the file's errors; classified, the rest re-raised
+                failure = self._classify(exc)
+            else:
+                # google-auth's expiry is a naive UTC datetime.
+                expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry else time.time() + _ASSUMED_LIFETIME
+                return AccessToken(SecretStr(token), expires_at)
+        # Raised outside the handler: google-auth's error (which may quote the response) is not chained.
+        raise failure
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closed = True
+            request, self._request = self._request, None
+        if request is not None:
+            await asyncio.to_thread(request.session.close)
+
+    def _refresh_blocking(self) -> tuple[str, datetime | None]:
+        if self._request is None:
+            import requests
+
+            self._request = _TimedRequest(requests.Session(), self._timeout)
+        if self._credentials is None:
+            self._credentials, self.project_id = self._load_file() if self._file else self._load_default()
+        self._request.last_status = None
+        self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
+        token = self._credentials.token
+        if not isinstance(token, str) or not token:
+            raise ValueError("google-auth returned no access token")
+        return token, self._credentials.expiry
+
+    def _load_default(self) -> tuple[GoogleCredentials, str | None]:
+        import google.auth
+
+        return google.auth.default(scopes=self._scopes)
+
+    def _load_file(self) -> tuple[GoogleCredentials, str | None]:
+        import google.auth
+        from google.auth import exceptions as gexc
+        from google.oauth2 import credentials as user_credentials
+        from google.oauth2 import service_account
+
+        assert self._file
+        try:
+            with open(self._file, "rb") as handle:
+                info = orjson.loads(handle.read())
+            if not isinstance(info, dict):
+                raise ValueError("not a JSON object")
+            file_type = info.get("type")
+            project = info.get("project_id") or info.get("quota_project_id")
+            project = project if isinstance(project, str) else None
+            if file_type == "service_account":
+                loaded = service_account.Credentials.from_service_account_info(info, scopes=self._scopes)  # type: ignore[no-untyped-call]
+                return loaded, project
+            if file_type == "authorized_user":
+                user = user_credentials.Credentials.from_authorized_user_info(info, scopes=self._scopes)  # type: ignore[no-untyped-call]
+                return user, project
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return google.auth.load_credentials_from_file(self._file, scopes=self._scopes)  # type: ignore[no-any-return,no-untyped-call]
+        except FileNotFoundError:
+            raise _CredentialsFileError(f"{self._file} does not exist") from None
+        except (OSError, ValueError, gexc.GoogleAuthError) as exc:
+            # The type only: messages from the JSON parser or a key loader may quote the file.
+            raise _CredentialsFileError(
+                f"{self._file} is not a usable credentials file ({type(exc).__name__})"
+            ) from None
+
+    def _classify(self, exc: Exception) -> LLMServiceError:
+        from google.auth import exceptions as gexc
+
+        status = self._request.last_status if self._request else None
+        env = "GOOGLE_APPLICATION_CREDENTIALS"
+        if isinstance(exc, _CredentialsFileError):
+            return credential_not_configured(self.provider, self.kind, f"{exc} (set {env})")
+        if isinstance(exc, gexc.DefaultCredentialsError):
+            # google-auth's own text: "Your default credentials were not found. To set up ..."
+            first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
+            return credential_not_configured(self.provider, self.kind, f"{first} (or set {env})")
+        if isinstance(exc, gexc.TransportError) or (status is not None and is_unavailable_status(status)):
+            detail = _endpoint_failure(status, type(exc).__name__)
+            return credential_unavailable(self.provider, self.kind, detail, status=status)
+        if isinstance(exc, gexc.RefreshError):
+            code = exc.args[1].get("error") if len(exc.args) > 1 and isinstance(exc.args[1], dict) else None
+            code = code if isinstance(code, str) and _OAUTH_ERROR_CODE.fullmatch(code) else None
+            hint = f"check the key file ({env})" if self._file else "check the application default credentials"
+            return credential_rejected(self.provider, self.kind, status=status, error_code=code, hint=hint)
+        if isinstance(exc, gexc.GoogleAuthError | ValueError):
+            return CredentialError(
+                f"{self.provider.value}: could not get a token with the {self.kind} ({type(exc).__name__})",
+                provider=self.provider,
+                code="credential_error",
+            )
+        raise exc
+
+
+def _endpoint_failure(status: int | None, exc_name: str) -> str:
+    if status is not None:
+        return f"the token endpoint answered HTTP {status}"
+    return f"the token endpoint is unreachable ({exc_name})"
+
+
+class GCPCredentialProvider(TokenCredentialProvider):
+    """A Google OAuth access token for `scopes`, from `credentials_file` or application default
+    credentials (GOOGLE_APPLICATION_CREDENTIALS, gcloud, the metadata server)."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderID,
+        credentials_file: str | None,
+        scopes: Sequence[str] = (GCP_CLOUD_PLATFORM_SCOPE,),
+        clock: Callable[[], float] = time.time,
+        refresh_margin: float = 300.0,
+    ) -> None:
+        self.source = GCPTokenSource(provider=provider, credentials_file=credentials_file, scopes=scopes)
+        super().__init__(self.source, clock=clock, refresh_margin=refresh_margin)
+
+    @property
+    def project_id(self) -> str | None:
+        """The project named by the credentials (known after the first token), if any."""
+        return self.source.project_id
+
+
+# --------------------------------------------------------------------------------------------------
+# OAuth 2.0 client credentials
+# --------------------------------------------------------------------------------------------------
+
+
+class OAuthClientCredentialsTokenSource:
+    """RFC 6749 4.4: POST `grant_type=client_credentials` with the client id and secret in the form."""
+
+    def __init__(
+        self,
+        *,
+        provider: ProviderID,
+        token_url: str,
+        client_id: str,
+        client_secret: SecretStr,
+        scope: str | None,
+        session: aiohttp.ClientSession,
+        timeout: float = 10.0,
+        kind: str = "OAuth client credentials",
+    ) -> None:
+        self.provider = provider
+        self.kind = kind
+        self._token_url = token_url
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._scope = scope
+        self._session = session  # shared, owned by the caller: not closed here
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+
+    async def fetch_token(self) -> AccessToken:
+        if not (self._token_url and self._client_id and self._client_secret.get_secret_value()):
+            raise credential_not_configured(
+                self.provider, self.kind, "a token URL, client id and client secret are needed"
+            )
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": self._client_id,
+            "client_secret": self._client_secret.get_secret_value(),
+        }
+        if self._scope:
+            form["scope"] = self._scope
+        started = time.time()
+        try:
+            async with self._session.post(
+                self._token_url, data=form, headers={"Accept": "application/json"}, timeout=self._timeout
+            ) as response:
+                status, body = response.status, await response.read()
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        except TimeoutError:
+            raise credential_unavailable(self.provider, self.kind, "the token endpoint timed out") from None
+        except aiohttp.ClientError as exc:
+            raise credential_unavailable(
+                self.provider, self.kind, _endpoint_failure(None, type(exc).__name__)
+            ) from None
+        if status != HTTPStatus.OK:
+            if is_unavailable_status(status):
+                detail = _endpoint_failure(status, "")
+                raise credential_unavailable(self.provider, self.kind, detail, status=status, retry_after=retry_after)
+            raise credential_rejected(self.provider, self.kind, status=status, error_code=oauth_error_code(body))
+        return self._parse(body, started)
+
+    def _parse(self, body: bytes, started: float) -> AccessToken:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            data = None
+        token = data.get("access_token") if isinstance(data, dict) else None
+        if not isinstance(token, str) or not token:
+            raise CredentialError(
+                f"{self.provider.value}: the token endpoint returned no access token for the {self.kind}",
+                provider=self.provider,
+                status=HTTPStatus.OK,
+                code="credential_error",
+            )
+        assert isinstance(data, dict)
+        return AccessToken(SecretStr(token), started + _lifetime(data.get("expires_in")))
+
+    async def close(self) -> None:
+        """Nothing to release: the session belongs to the caller."""
+
+
+def _lifetime(expires_in: object) -> float:
+    """`expires_in` as seconds: an int, or a numeric string (some servers quote it)."""
+    if isinstance(expires_in, bool):
+        return _ASSUMED_LIFETIME
+    if isinstance(expires_in, int | float):
+        return float(expires_in)
+    if isinstance(expires_in, str):
+        try:
+            return float(expires_in)
+        except ValueError:
+            pass
+    return _ASSUMED_LIFETIME

@@ -1,0 +1,639 @@
+"""Token credential providers against the fake token endpoints, with the real azure-identity and
+google-auth code on the other side of a loopback socket.
+
+Time is an injected clock that starts at the real time (tokens carry epoch expiry times) and is
+moved forward by the tests; azure-identity's and google-auth's own clocks stay real, which is how
+these tests prove that our cache, not theirs, decides when a token endpoint is called.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import requests
+from pydantic import SecretStr
+
+from llm_service.core.config.constants import ProviderID
+from llm_service.core.llm.credentials import (
+    AccessToken,
+    AzureADCredentialProvider,
+    GCPCredentialProvider,
+    OAuthClientCredentialsTokenSource,
+    TokenCredentialProvider,
+)
+from llm_service.core.llm.models import CredentialError, CredentialUnavailableError, ProviderNotConfiguredError
+from llm_service.fakes.threaded import ServerThread
+from llm_service.fakes.token_endpoints import FakeEntraID, FakeGoogleOAuth
+
+pytestmark = pytest.mark.anyio
+
+AZURE = ProviderID.AZURE_OPENAI
+VERTEX = ProviderID.VERTEX_AI
+HOUR = 3599
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def entra() -> AsyncIterator[FakeEntraID]:
+    fake = FakeEntraID()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def google() -> AsyncIterator[FakeGoogleOAuth]:
+    fake = FakeGoogleOAuth()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+def key_file(google: FakeGoogleOAuth, tmp_path: Path) -> Path:
+    return google.write_service_account_file(tmp_path / "service-account.json")
+
+
+@pytest.fixture
+async def close_after() -> AsyncIterator[Callable[[TokenCredentialProvider], TokenCredentialProvider]]:
+    """Registers providers to close when the test ends, even when it fails."""
+    providers: list[TokenCredentialProvider] = []
+
+    def register(provider: TokenCredentialProvider) -> TokenCredentialProvider:
+        providers.append(provider)
+        return provider
+
+    yield register
+    for provider in providers:
+        await provider.close()
+
+
+def azure_provider(fake: FakeEntraID, clock: Clock, *, secret: str | None = None, **overrides: object):
+    options: dict[str, object] = {
+        "provider": AZURE,
+        "tenant_id": fake.tenant_id,
+        "client_id": fake.client_id,
+        "client_secret": SecretStr(secret if secret is not None else fake.client_secret),
+        "authority_host": fake.authority,
+        "ca_file": fake.ca_file,
+        "clock": clock,
+    }
+    options.update(overrides)
+    return AzureADCredentialProvider(**options)  # type: ignore[arg-type]
+
+
+def gcp_provider(path: Path | str, clock: Clock) -> GCPCredentialProvider:
+    return GCPCredentialProvider(provider=VERTEX, credentials_file=str(path), clock=clock)
+
+
+def retarget(key_file: Path, old_url: str, new_url: str) -> None:
+    key_file.write_text(key_file.read_text().replace(old_url, new_url))
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+def assert_safe(error: Exception, *secrets: str) -> None:
+    """Names the provider and kind, quotes no secret and carries no library exception along."""
+    text = str(error)
+    for secret in secrets:
+        assert secret not in text
+    assert "AADSTS" not in text
+    assert error.__cause__ is None
+    assert error.__context__ is None or isinstance(error.__context__, CredentialError)
+
+
+# --------------------------------------------------------------------------------------------------
+# Azure AD (azure-identity against FakeEntraID over TLS)
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_azure_concurrent_cold_callers_share_one_token_request(entra: FakeEntraID, clock: Clock, close_after):
+    entra.delay = 0.3  # the calls really overlap while the one request is in flight
+    provider = close_after(azure_provider(entra, clock))
+
+    headers = await asyncio.gather(*(provider.auth_headers() for _ in range(50)))
+
+    assert entra.tokens_requested == 1
+    assert entra.tokens_issued == 1
+    assert all(h == {"Authorization": f"Bearer {entra.access_token}"} for h in headers)
+    (request,) = entra.token_requests
+    assert request.form["grant_type"] == "client_credentials"
+    assert request.form["scope"] == "https://cognitiveservices.azure.com/.default"
+
+
+async def test_azure_token_is_cached_until_our_clock_says_it_expired(entra: FakeEntraID, clock: Clock, close_after):
+    provider = close_after(azure_provider(entra, clock))
+    first = await provider.auth_headers()
+    clock.advance(HOUR - 400)
+    assert await provider.auth_headers() == first
+    assert entra.tokens_issued == 1
+
+    # Real time has hardly moved, so azure-identity's own cache would still hand out the first
+    # token: a second request proves that our clock decides.
+    entra.access_token = "second-entra-token"
+    clock.advance(460)  # past expiry, with room for the time the first fetch took
+    assert await provider.auth_headers() == {"Authorization": "Bearer second-entra-token"}
+    assert entra.tokens_issued == 2
+
+
+async def test_azure_refreshes_ahead_of_expiry_without_making_callers_wait(
+    entra: FakeEntraID, clock: Clock, close_after
+):
+    provider = close_after(azure_provider(entra, clock))
+    first = (await provider.token()).get_secret_value()
+    entra.access_token = "refreshed-entra-token"
+    entra.delay = 0.2
+    clock.advance(HOUR - 200)  # inside the 300 s margin, still valid
+
+    assert (await provider.token()).get_secret_value() == first  # served at once
+    await eventually(lambda: entra.tokens_issued == 2)
+    assert (await provider.token()).get_secret_value() == "refreshed-entra-token"
+
+
+async def test_azure_failed_refresh_ahead_keeps_serving_the_valid_token(
+    entra: FakeEntraID, clock: Clock, close_after, caplog: pytest.LogCaptureFixture
+):
+    provider = close_after(azure_provider(entra, clock))
+    first = await provider.auth_headers()
+    entra.fail_with = 503
+    clock.advance(HOUR - 200)
+
+    with caplog.at_level(logging.WARNING, logger="llm_service.credentials"):
+        assert await provider.auth_headers() == first
+        await eventually(lambda: entra.tokens_requested == 2)
+        await eventually(lambda: "serving the cached token" in caplog.text)
+    assert await provider.auth_headers() == first  # within retry_interval: no new attempt
+    assert entra.tokens_requested == 2
+    assert entra.client_secret not in caplog.text
+    assert entra.access_token not in caplog.text
+
+    entra.fail_with = None
+    entra.access_token = "after-the-outage"
+    clock.advance(15)  # past retry_interval, token still valid: a later call tries again
+    assert await provider.auth_headers() == first
+    await eventually(lambda: entra.tokens_issued == 2)
+    assert await provider.auth_headers() == {"Authorization": "Bearer after-the-outage"}
+
+
+async def test_azure_failed_fetch_without_a_token_raises_and_is_not_remembered(
+    entra: FakeEntraID, clock: Clock, close_after
+):
+    provider = close_after(azure_provider(entra, clock))
+    entra.fail_with = 503
+    with pytest.raises(CredentialUnavailableError):
+        await provider.auth_headers()
+    entra.fail_with = None
+    assert await provider.auth_headers() == {"Authorization": f"Bearer {entra.access_token}"}
+    assert entra.tokens_requested == 2
+
+
+async def test_azure_token_endpoint_down_is_unavailable(entra: FakeEntraID, clock: Clock, close_after):
+    entra.fail_with = 503
+    provider = close_after(azure_provider(entra, clock))
+    with pytest.raises(CredentialUnavailableError) as caught:
+        await provider.auth_headers()
+    error = caught.value
+    assert error.retryable and error.status == 503 and error.provider is AZURE
+    assert "azure_openai" in error.message and "Azure AD client secret" in error.message
+    assert entra.tokens_requested == 1  # azure-core's own retries are off: the caller's policy decides
+    assert_safe(error, entra.client_secret)
+
+
+async def test_azure_unreachable_authority_is_unavailable(entra: FakeEntraID, clock: Clock, close_after):
+    provider = close_after(azure_provider(entra, clock, authority_host=f"https://127.0.0.1:{closed_port()}"))
+    with pytest.raises(CredentialUnavailableError) as caught:
+        await provider.auth_headers()
+    error = caught.value
+    assert error.retryable and error.status is None
+    assert "azure_openai" in error.message and "Azure AD client secret" in error.message
+    assert "unreachable" in error.message
+    assert_safe(error, entra.client_secret)
+
+
+async def test_azure_rejected_secret_is_a_credential_error(entra: FakeEntraID, clock: Clock, close_after):
+    wrong = "wrong-secret~abcdefghijklmnop"
+    provider = close_after(azure_provider(entra, clock, secret=wrong))
+    with pytest.raises(CredentialError) as caught:
+        await provider.auth_headers()
+    error = caught.value
+    assert not isinstance(error, CredentialUnavailableError)
+    assert error.status == 401 and not error.retryable
+    assert "azure_openai" in error.message and "Azure AD client secret" in error.message
+    assert "invalid_client" in error.message
+    assert_safe(error, wrong, entra.client_secret)
+    assert entra.tokens_issued == 0
+
+
+async def test_azure_server_certificate_must_be_trusted(entra: FakeEntraID, clock: Clock, close_after):
+    provider = close_after(azure_provider(entra, clock, ca_file=None))  # system trust store only
+    with pytest.raises(CredentialUnavailableError):
+        await provider.auth_headers()
+    assert entra.requests == []
+
+
+async def test_azure_secret_without_tenant_is_not_configured(entra: FakeEntraID, clock: Clock, close_after):
+    provider = close_after(azure_provider(entra, clock, tenant_id=None))
+    with pytest.raises(ProviderNotConfiguredError, match="AZURE_TENANT_ID"):
+        await provider.auth_headers()
+    assert entra.requests == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("tenant_id", "not a tenant!"), ("authority_host", "http://127.0.0.1:1")],
+    ids=["tenant id", "http authority"],
+)
+async def test_azure_invalid_settings_are_not_configured(
+    entra: FakeEntraID, clock: Clock, close_after, setting: str, value: str
+):
+    provider = close_after(azure_provider(entra, clock, **{setting: value}))
+    with pytest.raises(ProviderNotConfiguredError, match="azure_openai: Azure AD client secret: invalid setting"):
+        await provider.auth_headers()
+    assert entra.requests == []
+
+
+async def test_azure_default_credential_uses_the_environment_service_principal(
+    entra: FakeEntraID, clock: Clock, close_after, monkeypatch: pytest.MonkeyPatch
+):
+    """No secret in the settings: DefaultAzureCredential's EnvironmentCredential finds one."""
+    monkeypatch.setenv("AZURE_TENANT_ID", entra.tenant_id)
+    monkeypatch.setenv("AZURE_CLIENT_ID", entra.client_id)
+    monkeypatch.setenv("AZURE_CLIENT_SECRET", entra.client_secret)
+    for name in ("AZURE_TOKEN_CREDENTIALS", "AZURE_CLIENT_CERTIFICATE_PATH", "AZURE_USERNAME", "AZURE_AUTHORITY_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    provider = close_after(azure_provider(entra, clock, tenant_id=None, client_id=None, client_secret=None))
+    assert provider.kind == "Azure AD default credential"
+
+    assert await provider.auth_headers() == {"Authorization": f"Bearer {entra.access_token}"}
+    entra.access_token = "second-default-token"
+    clock.advance(HOUR + 60)
+    assert await provider.auth_headers() == {"Authorization": "Bearer second-default-token"}
+    assert entra.tokens_issued == 2
+
+    entra.client_secret = "rotated-away"
+    clock.advance(HOUR + 60)
+    with pytest.raises(CredentialError) as caught:
+        await provider.auth_headers()
+    assert not isinstance(caught.value, CredentialUnavailableError)
+    assert caught.value.status == 401 and "Azure AD default credential" in caught.value.message
+    assert_safe(caught.value, "rotated-away")
+
+
+# --------------------------------------------------------------------------------------------------
+# GCP (google-auth against FakeGoogleOAuth)
+# --------------------------------------------------------------------------------------------------
+
+
+async def test_gcp_concurrent_cold_callers_share_one_token_request(
+    google: FakeGoogleOAuth, key_file: Path, clock: Clock, close_after
+):
+    google.delay = 0.3
+    provider = close_after(gcp_provider(key_file, clock))
+
+    headers = await asyncio.gather(*(provider.auth_headers() for _ in range(50)))
+
+    assert google.tokens_issued == 1
+    assert len(google.requests) == 1
+    assert all(h == {"Authorization": f"Bearer {google.access_token}"} for h in headers)
+    claims = google.requests[0].jwt_claims
+    assert claims is not None and claims["scope"] == "https://www.googleapis.com/auth/cloud-platform"
+    assert provider.project_id == "demo-proj"
+
+
+async def test_gcp_token_is_fetched_again_after_it_expires(
+    google: FakeGoogleOAuth, key_file: Path, clock: Clock, close_after
+):
+    provider = close_after(gcp_provider(key_file, clock))
+    assert await provider.auth_headers() == {"Authorization": f"Bearer {google.access_token}"}
+    clock.advance(HOUR - 400)
+    await provider.auth_headers()
+    assert google.tokens_issued == 1
+
+    google.access_token = "ya29.second"
+    clock.advance(460)  # past expiry, with room for the time the first fetch took
+    assert await provider.auth_headers() == {"Authorization": "Bearer ya29.second"}
+    assert google.tokens_issued == 2
+
+
+async def test_gcp_string_expires_in_is_understood(google: FakeGoogleOAuth, key_file: Path, close_after):
+    google.expires_in = "120"
+    provider = close_after(gcp_provider(key_file, Clock()))
+    source = provider.source
+    token = await source.fetch_token()
+    assert token.expires_at == pytest.approx(time.time() + 120, abs=5)
+
+
+@pytest.mark.parametrize("down", ["503", "closed port"])
+async def test_gcp_token_endpoint_down_is_unavailable(
+    google: FakeGoogleOAuth, key_file: Path, clock: Clock, close_after, down: str
+):
+    if down == "503":
+        google.fail_with = 503
+    else:
+        await google.close()
+    provider = close_after(gcp_provider(key_file, clock))
+    with pytest.raises(CredentialUnavailableError) as caught:
+        await provider.auth_headers()
+    error = caught.value
+    assert error.retryable and error.provider is VERTEX
+    assert "vertex_ai" in error.message and "GCP service account" in error.message
+    private_key = await asyncio.to_thread(key_file.read_text)
+    assert_safe(error, "PRIVATE KEY", private_key[200:260])
+
+
+async def test_gcp_rejected_assertion_is_a_credential_error(google: FakeGoogleOAuth, tmp_path: Path, close_after):
+    impostor = FakeGoogleOAuth()  # another key, another fake: its signatures do not verify here
+    await impostor.start()
+    try:
+        path = impostor.write_service_account_file(tmp_path / "other.json")
+    finally:
+        await impostor.close()
+    await asyncio.to_thread(retarget, path, impostor.token_url, google.token_url)
+    provider = close_after(gcp_provider(path, Clock()))
+
+    with pytest.raises(CredentialError) as caught:
+        await provider.auth_headers()
+    error = caught.value
+    assert not isinstance(error, CredentialUnavailableError)
+    assert error.status == 400 and "invalid_grant" in error.message
+    assert "Invalid JWT Signature" not in error.message
+    assert google.tokens_issued == 0
+    assert_safe(error, "PRIVATE KEY")
+
+
+async def test_gcp_missing_key_file_is_not_configured(tmp_path: Path, close_after):
+    provider = close_after(gcp_provider(tmp_path / "absent.json", Clock()))
+    with pytest.raises(ProviderNotConfiguredError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+        await provider.auth_headers()
+
+
+async def test_gcp_application_default_credentials_read_the_environment(
+    google: FakeGoogleOAuth, key_file: Path, close_after, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key_file))
+    provider = close_after(GCPCredentialProvider(provider=VERTEX, credentials_file=None, clock=Clock()))
+    assert provider.kind == "GCP application default credentials"
+    assert await provider.auth_headers() == {"Authorization": f"Bearer {google.access_token}"}
+    assert google.tokens_issued == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# OAuth client credentials (the GenAI Platform's token URL, served by FakeGoogleOAuth)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as http:
+        yield http
+
+
+def client_credentials(
+    fake: FakeGoogleOAuth, session: aiohttp.ClientSession, *, secret: str | None = None, url: str | None = None
+) -> OAuthClientCredentialsTokenSource:
+    return OAuthClientCredentialsTokenSource(
+        provider=AZURE,
+        token_url=url or fake.token_url,
+        client_id=fake.client_id,
+        client_secret=SecretStr(secret if secret is not None else fake.client_secret),
+        scope="genai.platform",
+        session=session,
+    )
+
+
+async def test_client_credentials_token_is_shared_and_sent_as_bearer(
+    google: FakeGoogleOAuth, session: aiohttp.ClientSession, clock: Clock, close_after
+):
+    google.delay = 0.2
+    google.expires_in = "3600"  # some servers quote it
+    provider = close_after(TokenCredentialProvider(client_credentials(google, session), clock=clock))
+
+    headers = await asyncio.gather(*(provider.auth_headers() for _ in range(50)))
+
+    assert google.client_credentials_issued == 1 and google.tokens_issued == 0
+    assert all(h == {"Authorization": f"Bearer {google.access_token}"} for h in headers)
+    (request,) = google.requests
+    assert request.form == {
+        "grant_type": "client_credentials",
+        "client_id": google.client_id,
+        "client_secret": google.client_secret,
+        "scope": "genai.platform",
+    }
+    clock.advance(3660)
+    await provider.auth_headers()
+    assert google.client_credentials_issued == 2
+    assert not session.closed  # the shared session belongs to the caller
+
+
+async def test_client_credentials_rejected_secret(google: FakeGoogleOAuth, session: aiohttp.ClientSession):
+    source = client_credentials(google, session, secret="not-the-secret-0123")
+    with pytest.raises(CredentialError) as caught:
+        await source.fetch_token()
+    error = caught.value
+    assert not isinstance(error, CredentialUnavailableError)
+    assert error.status == 401 and "invalid_client" in error.message
+    assert "OAuth client credentials" in error.message and "azure_openai" in error.message
+    assert_safe(error, "not-the-secret-0123", google.client_secret)
+
+
+@pytest.mark.parametrize("status", [502, 503, 429])
+async def test_client_credentials_endpoint_failure_is_unavailable(
+    google: FakeGoogleOAuth, session: aiohttp.ClientSession, status: int
+):
+    google.fail_with = status
+    with pytest.raises(CredentialUnavailableError) as caught:
+        await client_credentials(google, session).fetch_token()
+    assert caught.value.status == status and caught.value.retryable
+    assert_safe(caught.value, google.client_secret)
+
+
+async def test_client_credentials_unreachable_and_unconfigured(google: FakeGoogleOAuth, session: aiohttp.ClientSession):
+    dead = client_credentials(google, session, url=f"http://127.0.0.1:{closed_port()}/token")
+    with pytest.raises(CredentialUnavailableError, match="unreachable"):
+        await dead.fetch_token()
+    empty = client_credentials(google, session, secret="")
+    with pytest.raises(ProviderNotConfiguredError):
+        await empty.fetch_token()
+    assert google.requests == []
+
+
+# --------------------------------------------------------------------------------------------------
+# The provider's own rules, with a scripted source (no network)
+# --------------------------------------------------------------------------------------------------
+
+
+class ScriptedSource:
+    kind = "scripted credential"
+
+    def __init__(self, clock: Clock, lifetime: float = HOUR) -> None:
+        self.clock = clock
+        self.lifetime = lifetime
+        self.calls = 0
+        self.closed = False
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def fetch_token(self) -> AccessToken:
+        self.calls += 1
+        await self.release.wait()
+        return AccessToken(SecretStr(f"token-{self.calls}"), self.clock() + self.lifetime)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_custom_header_and_scheme(clock: Clock):
+    provider = TokenCredentialProvider(ScriptedSource(clock), header="api-key", scheme="Token", clock=clock)
+    assert await provider.auth_headers() == {"api-key": "Token token-1"}
+    await provider.close()
+
+
+async def test_short_lived_tokens_are_refreshed_at_half_life_not_on_every_call(clock: Clock):
+    source = ScriptedSource(clock, lifetime=120)  # shorter than the 300 s margin
+    provider = TokenCredentialProvider(source, clock=clock)
+    await provider.token()
+    clock.advance(59)
+    for _ in range(5):
+        await provider.token()
+    assert source.calls == 1
+    clock.advance(2)
+    await provider.token()
+    await eventually(lambda: source.calls == 2)
+    await provider.close()
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_shared_fetch(clock: Clock):
+    source = ScriptedSource(clock)
+    source.release.clear()
+    provider = TokenCredentialProvider(source, clock=clock)
+    impatient = asyncio.ensure_future(provider.token())
+    patient = asyncio.ensure_future(provider.token())
+    await eventually(lambda: source.calls == 1)
+    impatient.cancel()
+    source.release.set()
+    assert (await patient).get_secret_value() == "token-1"
+    assert impatient.cancelled() and source.calls == 1
+    await provider.close()
+
+
+async def test_close_stops_a_fetch_in_flight_and_closes_the_source(clock: Clock):
+    source = ScriptedSource(clock)
+    source.release.clear()
+    provider = TokenCredentialProvider(source, clock=clock)
+    waiter = asyncio.ensure_future(provider.token())
+    await eventually(lambda: source.calls == 1)
+    await provider.close()
+    assert source.closed
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    with pytest.raises(RuntimeError, match="closed"):
+        await provider.token()
+
+
+# --------------------------------------------------------------------------------------------------
+# The fakes themselves, also from a background thread (as synchronous tests use them)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def entra_thread() -> Iterator[FakeEntraID]:
+    with ServerThread(FakeEntraID()) as running:
+        yield running.server
+
+
+def test_entra_fake_serves_openid_configuration_over_tls(entra_thread: FakeEntraID):
+    fake = entra_thread
+    url = f"{fake.authority}/{fake.tenant_id}/v2.0/.well-known/openid-configuration"
+    with requests.Session() as http:
+        document = http.get(url, verify=fake.ca_file, timeout=5).json()
+        assert document["token_endpoint"] == fake.token_url
+        assert document["authorization_endpoint"].startswith(f"{fake.authority}/{fake.tenant_id}/")
+        assert document["issuer"].startswith("https://127.0.0.1:")
+        with pytest.raises(requests.exceptions.SSLError):
+            http.get(url, timeout=5)  # not trusted without the test CA
+        answer = http.post(
+            fake.token_url,
+            data={"grant_type": "client_credentials", "client_id": fake.client_id, "client_secret": "x", "scope": "a"},
+            verify=fake.ca_file,
+            timeout=5,
+        )
+    assert answer.status_code == 401
+    body = answer.json()
+    assert body["error"] == "invalid_client" and body["error_codes"] == [7000215]
+    assert body["error_description"].startswith("AADSTS7000215:")
+
+
+def test_entra_fake_checks_scope_and_grant(entra_thread: FakeEntraID):
+    fake = entra_thread
+    form = {"grant_type": "client_credentials", "client_id": fake.client_id, "client_secret": fake.client_secret}
+    context = ssl.create_default_context(cafile=fake.ca_file)
+    assert context.verify_mode == ssl.CERT_REQUIRED
+    with requests.Session() as http:
+        no_scope = http.post(fake.token_url, data=form, verify=fake.ca_file, timeout=5)
+        bad_scope = http.post(fake.token_url, data={**form, "scope": "user.read"}, verify=fake.ca_file, timeout=5)
+        password = http.post(fake.token_url, data={**form, "grant_type": "password"}, verify=fake.ca_file, timeout=5)
+    assert (no_scope.status_code, no_scope.json()["error"]) == (400, "invalid_request")
+    assert (bad_scope.status_code, bad_scope.json()["error"]) == (400, "invalid_scope")
+    assert (password.status_code, password.json()["error"]) == (400, "unsupported_grant_type")
+    assert fake.tokens_issued == 0
+
+
+def test_google_fake_rejects_a_tampered_assertion(tmp_path: Path):
+    from google.oauth2 import service_account
+
+    with ServerThread(FakeGoogleOAuth()) as running:
+        fake = running.server
+        key_file = fake.write_service_account_file(tmp_path / "sa.json")
+        creds = service_account.Credentials.from_service_account_file(str(key_file), scopes=["scope-a"])
+        assertion = creds._make_authorization_grant_assertion().decode()
+        header, claims, signature = assertion.split(".")
+        tampered = f"{header}.{claims[:-4]}AAAA.{signature}"
+        with requests.Session() as http:
+            good = http.post(fake.token_url, data={"grant_type": fake_grant(), "assertion": assertion}, timeout=5)
+            bad = http.post(fake.token_url, data={"grant_type": fake_grant(), "assertion": tampered}, timeout=5)
+        assert good.status_code == 200 and good.json()["access_token"] == fake.access_token
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_grant"
+        assert fake.tokens_issued == 1
+
+
+def fake_grant() -> str:
+    return "urn:ietf:params:oauth:grant-type:jwt-bearer"
