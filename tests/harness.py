@@ -5,11 +5,13 @@ Tests talk to it over HTTP exactly as clients do; the fake upstreams run in thei
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI
 
@@ -60,3 +62,20 @@ def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.005)
     return bool(predicate())
+
+
+class ManualClock:
+    """Wall-clock seconds that a test moves forward (`clock.now += 3600`), for `create_app(clock=...)`."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def burst(url: str, body: dict[str, Any], count: int) -> list[int]:
+    """POST `body` to the chat endpoint `count` times at once; the statuses, in order."""
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        responses = await asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(count)))
+    return [r.status_code for r in responses]

@@ -12,12 +12,12 @@ from typing import Any
 
 import httpx
 import pytest
-from llm_service.fakes.token_endpoints import FakeEntraID
 
 from conftest import KEYS, MODELS, QUESTION, fake_settings
-from harness import ServiceThread
+from harness import ManualClock, ServiceThread, burst
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, Fault, ServerThread
+from llm_service.fakes.token_endpoints import FakeEntraID
 from llm_service.main import create_app
 from sse_client import stream_events, streamed_text
 
@@ -102,16 +102,6 @@ def test_missing_endpoint_names_the_setting(start_service) -> None:
 # ------------------------------------------------------------------------------------- Entra ID
 
 
-class Clock:
-    """Wall-clock seconds that a test moves forward."""
-
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def entra() -> Iterator[FakeEntraID]:
     fake = FakeEntraID(tenant_id=TENANT, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, access_token=AAD_TOKEN)
@@ -139,28 +129,17 @@ def ad_group(upstream: FakeUpstream, authority: str, ca_file: str | None, secret
 
 
 def ad_service(
-    upstreams, upstream: FakeUpstream, entra: FakeEntraID, clock: Clock | None = None, secret: str = CLIENT_SECRET
+    upstreams, upstream: FakeUpstream, entra: FakeEntraID, clock: ManualClock | None = None, secret: str = CLIENT_SECRET
 ) -> ServiceThread:
     group = ad_group(upstream, entra.authority, entra.ca_file, secret)
     settings = fake_settings(upstreams, azure_openai=group, dispatcher={"max_retries": 0})
     return ServiceThread(app=create_app(settings, clock=clock or time.time))
 
 
-async def burst(url: str, count: int) -> list[int]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        responses = await asyncio.gather(
-            *(
-                http.post("/v1/chat/completions", json={"model": MODELS[AZURE], "messages": QUESTION})
-                for _ in range(count)
-            )
-        )
-    return [r.status_code for r in responses]
-
-
 def test_fifty_concurrent_requests_on_a_cold_service_fetch_one_token(upstreams, azure_ad_upstream, entra) -> None:
     entra.delay = 0.3  # the token request is still in flight while the others arrive
     with ad_service(upstreams, azure_ad_upstream, entra) as service:
-        statuses = asyncio.run(burst(service.url, 50))
+        statuses = asyncio.run(burst(service.url, {"model": MODELS[AZURE], "messages": QUESTION}, 50))
 
     assert statuses == [200] * 50
     assert entra.tokens_issued == 1
@@ -168,7 +147,7 @@ def test_fifty_concurrent_requests_on_a_cold_service_fetch_one_token(upstreams, 
 
 
 def test_the_token_is_refreshed_after_it_expires(upstreams, azure_ad_upstream, entra) -> None:
-    clock = Clock()
+    clock = ManualClock()
     with ad_service(upstreams, azure_ad_upstream, entra, clock) as service, httpx.Client(base_url=service.url) as http:
         assert chat(http).status_code == 200
         assert chat(http).status_code == 200

@@ -77,17 +77,32 @@ def test_stream_endpoint_streams_without_the_stream_flag(client: httpx.Client, p
     assert streamed_text(events[:-1]) == fixture_text(FLAVORS[provider], "text")
 
 
+WEATHER_QUESTION = {"role": "user", "content": "Weather in Oslo and Paris?"}
+
+
+def ask_for_tools(client: httpx.Client, provider: ProviderID) -> httpx.Response:
+    body = {
+        "model": MODELS[provider],
+        "messages": [WEATHER_QUESTION],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "auto",
+        "parallel_tool_calls": True,
+    }
+    return client.post("/v1/chat/completions", json=body)
+
+
+def answer_tools(client: httpx.Client, provider: ProviderID, calls: list[dict]) -> httpx.Response:
+    conversation = [
+        WEATHER_QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": c["id"], "content": '{"temp_c": 4}'} for c in calls),
+    ]
+    body = {"model": MODELS[provider], "messages": conversation, "tools": [WEATHER_TOOL]}
+    return client.post("/v1/chat/completions", json=body)
+
+
 def test_tool_call_round_trip(client: httpx.Client, provider, fake) -> None:
-    first = client.post(
-        "/v1/chat/completions",
-        json={
-            "model": MODELS[provider],
-            "messages": [{"role": "user", "content": "Weather in Oslo and Paris?"}],
-            "tools": [WEATHER_TOOL],
-            "tool_choice": "auto",
-            "parallel_tool_calls": True,
-        },
-    )
+    first = ask_for_tools(client, provider)
     assert first.status_code == 200, first.text
     choice = first.json()["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
@@ -96,15 +111,7 @@ def test_tool_call_round_trip(client: httpx.Client, provider, fake) -> None:
     assert {json.loads(c["function"]["arguments"])["city"] for c in calls} == {"Oslo", "Paris"}
     assert all(c["id"] and c["type"] == "function" and c["function"]["name"] == "get_weather" for c in calls)
 
-    conversation = [
-        {"role": "user", "content": "Weather in Oslo and Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": calls},
-        *({"role": "tool", "tool_call_id": c["id"], "content": '{"temp_c": 4}'} for c in calls),
-    ]
-    second = client.post(
-        "/v1/chat/completions",
-        json={"model": MODELS[provider], "messages": conversation, "tools": [WEATHER_TOOL]},
-    )
+    second = answer_tools(client, provider, calls)
 
     assert second.status_code == 200, second.text
     assert second.json()["choices"][0]["message"]["content"] == fixture_text(FLAVORS[provider], "tool_result")
@@ -114,27 +121,13 @@ def test_tool_call_round_trip(client: httpx.Client, provider, fake) -> None:
 
 def test_openai_wire_providers_forward_tools_and_calls_unchanged(client: httpx.Client, openai_wire_provider) -> None:
     provider, fake = openai_wire_provider
-    first = client.post(
-        "/v1/chat/completions",
-        json={
-            "model": MODELS[provider],
-            "messages": [{"role": "user", "content": "Weather in Oslo and Paris?"}],
-            "tools": [WEATHER_TOOL],
-            "tool_choice": "auto",
-            "parallel_tool_calls": True,
-        },
-    )
+    first = ask_for_tools(client, provider)
     sent_tools = fake.requests[-1].json
     assert sent_tools["tools"] == [WEATHER_TOOL]
     assert sent_tools["tool_choice"] == "auto"
     assert sent_tools["parallel_tool_calls"] is True
     calls = first.json()["choices"][0]["message"]["tool_calls"]
-    conversation = [
-        {"role": "user", "content": "Weather in Oslo and Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": calls},
-        *({"role": "tool", "tool_call_id": c["id"], "content": '{"temp_c": 4}'} for c in calls),
-    ]
-    client.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": conversation})
+    answer_tools(client, provider, calls)
     forwarded = fake.requests[-1].json["messages"]
     assert [m["tool_call_id"] for m in forwarded if m["role"] == "tool"] == [c["id"] for c in calls]
     assert forwarded[1]["tool_calls"] == calls

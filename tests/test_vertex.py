@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from conftest import MODELS, QUESTION, VERTEX_LOCATION, VERTEX_PROJECT, WEATHER_TOOL, fake_settings
-from harness import ServiceThread
+from harness import ManualClock, ServiceThread, burst
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstreamThread, FakeVertex, Fault, ServerThread
 from llm_service.fakes.token_endpoints import FakeGoogleOAuth
@@ -281,14 +281,6 @@ def test_a_blocked_prompt_is_a_400_content_filter_error(client: httpx.Client, up
 # ------------------------------------------------------------------------------------- GCP credentials
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
 def google() -> Iterator[FakeGoogleOAuth]:
     fake = FakeGoogleOAuth(access_token="ya29.from-the-service-account")
@@ -309,28 +301,20 @@ def sa_service(upstreams, vertex: FakeVertex, key_file: Path, clock: Any = time.
     return ServiceThread(app=create_app(settings, clock=clock))
 
 
-async def burst(url: str, count: int) -> list[int]:
-    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
-        responses = await asyncio.gather(
-            *(http.post("/v1/chat/completions", json={"model": MODEL, "messages": QUESTION}) for _ in range(count))
-        )
-    return [r.status_code for r in responses]
-
-
 def test_fifty_concurrent_requests_on_a_cold_service_fetch_one_gcp_token(
     upstreams, google, sa_vertex, tmp_path
 ) -> None:
     google.delay = 0.3
     key_file = google.write_service_account_file(tmp_path / "sa.json")
     with sa_service(upstreams, sa_vertex, key_file) as service:
-        statuses = asyncio.run(burst(service.url, 50))
+        statuses = asyncio.run(burst(service.url, {"model": MODEL, "messages": QUESTION}, 50))
 
     assert statuses == [200] * 50
     assert google.tokens_issued == 1
 
 
 def test_the_gcp_token_is_refreshed_after_it_expires(upstreams, google, sa_vertex, tmp_path) -> None:
-    clock = Clock()
+    clock = ManualClock()
     key_file = google.write_service_account_file(tmp_path / "sa.json")
     with sa_service(upstreams, sa_vertex, key_file, clock) as service, httpx.Client(base_url=service.url) as http:
         assert post(http, QUESTION).status_code == 200

@@ -28,12 +28,10 @@ import asyncio
 import logging
 import re
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
 import orjson
@@ -46,16 +44,15 @@ from llm_service.core.llm.models import (
     LLMServiceError,
     ProviderNotConfiguredError,
 )
+from llm_service.core.llm.retry import parse_retry_after
 
 if TYPE_CHECKING:
-    import requests
-    from google.auth.credentials import Credentials as GoogleCredentials
+    pass
 
 log = logging.getLogger("llm_service.credentials")
 
-GCP_CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 # RFC 6749 5.1 leaves `expires_in` optional; without it, assume a short life and ask again soon.
-_ASSUMED_LIFETIME = 300.0
+ASSUMED_LIFETIME = 300.0
 # Statuses after which the token endpoint is worth another try: 408 and the shared retryable set.
 _UNAVAILABLE_STATUSES = RetryableStatusCodes | {HTTPStatus.REQUEST_TIMEOUT}
 # An OAuth `error` code is echoed into our messages only when it looks like one (RFC 6749 5.2).
@@ -268,6 +265,13 @@ def credential_not_configured(provider: ProviderID, kind: str, detail: str) -> P
     return ProviderNotConfiguredError(f"{provider.value}: {kind}: {detail}", code="provider_not_configured")
 
 
+def endpoint_failure(status: int | None, exc_name: str) -> str:
+    """What went wrong with the token endpoint, for a message: its status, or that it is unreachable."""
+    if status is not None:
+        return f"the token endpoint answered HTTP {status}"
+    return f"the token endpoint is unreachable ({exc_name})"
+
+
 def is_unavailable_status(status: int) -> bool:
     return status in _UNAVAILABLE_STATUSES or status >= HTTPStatus.INTERNAL_SERVER_ERROR
 
@@ -278,15 +282,12 @@ def oauth_error_code(body: bytes | str | None) -> str | None:
         data = orjson.loads(body) if body else None
     except orjson.JSONDecodeError:
         return None
-    code = data.get("error") if isinstance(data, dict) else None
-    return code if isinstance(code, str) and _OAUTH_ERROR_CODE.fullmatch(code) else None
+    return oauth_code(data.get("error") if isinstance(data, dict) else None)
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None  # an HTTP date: rare on token endpoints, and the next call retries anyway
+def oauth_code(value: object) -> str | None:
+    """An OAuth error code (`invalid_grant`) when `value` looks like one: safe to repeat in messages."""
+    return value if isinstance(value, str) and _OAUTH_ERROR_CODE.fullmatch(value) else None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -332,181 +333,7 @@ class AzureADCredentialProvider(TokenCredentialProvider):
 # GCP
 # --------------------------------------------------------------------------------------------------
 
-
-class _TimedRequest:
-    """A google-auth transport request with our timeout on every call, remembering the last status.
-
-    google-auth's RefreshError carries no HTTP status, so the status is how a 502 (endpoint down) is
-    told apart from a 400 (rejected) — status first, message text never.
-    """
-
-    def __init__(self, session: requests.Session, timeout: float) -> None:
-        import google.auth.transport.requests
-
-        self.session = session  # google-auth's metadata client mounts mTLS adapters on `request.session`
-        self._inner = google.auth.transport.requests.Request(session)
-        self._timeout = timeout
-        self.last_status: int | None = None
-
-    def __call__(
-        self,
-        url: str,
-        method: str = "GET",
-        body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        timeout: float | None = None,
-        **kwargs: Any,
-    ) -> Any:
-        response = self._inner(
-            url, method=method, body=body, headers=headers, timeout=timeout or self._timeout, **kwargs
-        )
-        self.last_status = response.status
-        return response
-
-
-class _CredentialsFileError(Exception):
-    """The credentials file cannot be used; the message is safe to show (no file content)."""
-
-
-class GCPTokenSource:
-    """google-auth credentials from a key file or from application default credentials (ADC).
-
-    Loaded once, refreshed on every `fetch_token`, both in a worker thread (google-auth is sync).
-    `Credentials.refresh()` has no cache of its own: for a service account it always signs a new
-    JWT and posts it to `token_uri` (in self-signed-JWT mode, used outside googleapis.com, it makes
-    no request at all), so our provider alone decides when a token is fetched.
-
-    Service-account and authorized-user files are loaded with their type's own loader (google-auth
-    deprecates the generic `load_credentials_from_file` for configs of unchecked origin); other
-    types (workload identity federation, impersonation) go through the generic loader exactly as
-    google-auth's ADC does for GOOGLE_APPLICATION_CREDENTIALS, which is where this path comes from.
-    """
-
-    def __init__(
-        self,
-        *,
-        provider: ProviderID,
-        credentials_file: str | None,
-        scopes: Sequence[str] = (GCP_CLOUD_PLATFORM_SCOPE,),
-        timeout: float = 10.0,
-    ) -> None:
-        self.provider = provider
-        self.kind = "GCP service account" if credentials_file else "GCP application default credentials"
-        self.project_id: str | None = None
-        self._file = credentials_file
-        self._scopes = list(scopes)
-        self._timeout = timeout
-        self._credentials: GoogleCredentials | None = None
-        self._request: _TimedRequest | None = None
-        self._lock = asyncio.Lock()  # google-auth credentials are not safe to refresh concurrently
-        self._closed = False
-
-    async def fetch_token(self) -> AccessToken:
-        async with self._lock:
-            if self._closed:
-                raise RuntimeError(f"the {self.kind} token source is closed")
-            failure: LLMServiceError
-            try:
-                token, expiry = await asyncio.to_thread(self._refresh_blocking)
-            except Exception as exc:  # google-auth's and the file's errors; classified, the rest re-raised
-                failure = self._classify(exc)
-            else:
-                # google-auth's expiry is a naive UTC datetime.
-                expires_at = expiry.replace(tzinfo=UTC).timestamp() if expiry else time.time() + _ASSUMED_LIFETIME
-                return AccessToken(SecretStr(token), expires_at)
-        # Raised outside the handler: google-auth's error (which may quote the response) is not chained.
-        raise failure
-
-    async def close(self) -> None:
-        async with self._lock:
-            self._closed = True
-            request, self._request = self._request, None
-        if request is not None:
-            await asyncio.to_thread(request.session.close)
-
-    def _refresh_blocking(self) -> tuple[str, datetime | None]:
-        if self._request is None:
-            import requests
-
-            self._request = _TimedRequest(requests.Session(), self._timeout)
-        if self._credentials is None:
-            self._credentials, self.project_id = self._load_file() if self._file else self._load_default()
-        self._request.last_status = None
-        self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
-        token = self._credentials.token
-        if not isinstance(token, str) or not token:
-            raise ValueError("google-auth returned no access token")
-        return token, self._credentials.expiry
-
-    def _load_default(self) -> tuple[GoogleCredentials, str | None]:
-        import google.auth
-
-        return google.auth.default(scopes=self._scopes)
-
-    def _load_file(self) -> tuple[GoogleCredentials, str | None]:
-        import google.auth
-        from google.auth import exceptions as gexc
-        from google.oauth2 import credentials as user_credentials
-        from google.oauth2 import service_account
-
-        assert self._file
-        try:
-            with open(self._file, "rb") as handle:
-                info = orjson.loads(handle.read())
-            if not isinstance(info, dict):
-                raise ValueError("not a JSON object")
-            file_type = info.get("type")
-            project = info.get("project_id") or info.get("quota_project_id")
-            project = project if isinstance(project, str) else None
-            if file_type == "service_account":
-                loaded = service_account.Credentials.from_service_account_info(info, scopes=self._scopes)  # type: ignore[no-untyped-call]
-                return loaded, project
-            if file_type == "authorized_user":
-                user = user_credentials.Credentials.from_authorized_user_info(info, scopes=self._scopes)  # type: ignore[no-untyped-call]
-                return user, project
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                return google.auth.load_credentials_from_file(self._file, scopes=self._scopes)  # type: ignore[no-any-return,no-untyped-call]
-        except FileNotFoundError:
-            raise _CredentialsFileError(f"{self._file} does not exist") from None
-        except (OSError, ValueError, gexc.GoogleAuthError) as exc:
-            # The type only: messages from the JSON parser or a key loader may quote the file.
-            raise _CredentialsFileError(
-                f"{self._file} is not a usable credentials file ({type(exc).__name__})"
-            ) from None
-
-    def _classify(self, exc: Exception) -> LLMServiceError:
-        from google.auth import exceptions as gexc
-
-        status = self._request.last_status if self._request else None
-        env = "GOOGLE_APPLICATION_CREDENTIALS"
-        if isinstance(exc, _CredentialsFileError):
-            return credential_not_configured(self.provider, self.kind, f"{exc} (set {env})")
-        if isinstance(exc, gexc.DefaultCredentialsError):
-            # google-auth's own text: "Your default credentials were not found. To set up ..."
-            first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
-            return credential_not_configured(self.provider, self.kind, f"{first} (or set {env})")
-        if isinstance(exc, gexc.TransportError) or (status is not None and is_unavailable_status(status)):
-            detail = _endpoint_failure(status, type(exc).__name__)
-            return credential_unavailable(self.provider, self.kind, detail, status=status)
-        if isinstance(exc, gexc.RefreshError):
-            code = exc.args[1].get("error") if len(exc.args) > 1 and isinstance(exc.args[1], dict) else None
-            code = code if isinstance(code, str) and _OAUTH_ERROR_CODE.fullmatch(code) else None
-            hint = f"check the key file ({env})" if self._file else "check the application default credentials"
-            return credential_rejected(self.provider, self.kind, status=status, error_code=code, hint=hint)
-        if isinstance(exc, gexc.GoogleAuthError | ValueError):
-            return CredentialError(
-                f"{self.provider.value}: could not get a token with the {self.kind} ({type(exc).__name__})",
-                provider=self.provider,
-                code="credential_error",
-            )
-        raise exc
-
-
-def _endpoint_failure(status: int | None, exc_name: str) -> str:
-    if status is not None:
-        return f"the token endpoint answered HTTP {status}"
-    return f"the token endpoint is unreachable ({exc_name})"
+GCP_CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 
 
 class GCPCredentialProvider(TokenCredentialProvider):
@@ -522,6 +349,9 @@ class GCPCredentialProvider(TokenCredentialProvider):
         clock: Callable[[], float] = time.time,
         refresh_margin: float = 300.0,
     ) -> None:
+        # Imported here: gcp_token.py needs AccessToken and the error helpers above.
+        from llm_service.core.llm.gcp_token import GCPTokenSource
+
         self.source = GCPTokenSource(provider=provider, credentials_file=credentials_file, scopes=scopes)
         super().__init__(self.source, clock=clock, refresh_margin=refresh_margin)
 
@@ -578,16 +408,14 @@ class OAuthClientCredentialsTokenSource:
                 self._token_url, data=form, headers={"Accept": "application/json"}, timeout=self._timeout
             ) as response:
                 status, body = response.status, await response.read()
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                retry_after = parse_retry_after(response.headers)
         except TimeoutError:
             raise credential_unavailable(self.provider, self.kind, "the token endpoint timed out") from None
         except aiohttp.ClientError as exc:
-            raise credential_unavailable(
-                self.provider, self.kind, _endpoint_failure(None, type(exc).__name__)
-            ) from None
+            raise credential_unavailable(self.provider, self.kind, endpoint_failure(None, type(exc).__name__)) from None
         if status != HTTPStatus.OK:
             if is_unavailable_status(status):
-                detail = _endpoint_failure(status, "")
+                detail = endpoint_failure(status, "")
                 raise credential_unavailable(self.provider, self.kind, detail, status=status, retry_after=retry_after)
             raise credential_rejected(self.provider, self.kind, status=status, error_code=oauth_error_code(body))
         return self._parse(body, started)
@@ -615,7 +443,7 @@ class OAuthClientCredentialsTokenSource:
 def _lifetime(expires_in: object) -> float:
     """`expires_in` as seconds: an int, or a numeric string (some servers quote it)."""
     if isinstance(expires_in, bool):
-        return _ASSUMED_LIFETIME
+        return ASSUMED_LIFETIME
     if isinstance(expires_in, int | float):
         return float(expires_in)
     if isinstance(expires_in, str):
@@ -623,4 +451,4 @@ def _lifetime(expires_in: object) -> float:
             return float(expires_in)
         except ValueError:
             pass
-    return _ASSUMED_LIFETIME
+    return ASSUMED_LIFETIME
