@@ -4,6 +4,7 @@ and Entra ID (Azure AD) tokens fetched by the real azure-identity from a TLS fak
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import time
@@ -19,7 +20,7 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, Fault, ServerThread
 from llm_service.fakes.token_endpoints import FakeEntraID
 from llm_service.main import create_app
-from sse_client import stream_events, streamed_text
+from sse_client import fixture_json, stream_events, streamed_text
 
 AZURE = ProviderID.AZURE_OPENAI
 TENANT, CLIENT_ID, CLIENT_SECRET = "11111111-2222-3333-4444-555555555555", "app-client-id", "entra-s3cret-value"
@@ -69,16 +70,32 @@ def test_blocked_prompt_is_a_400_content_filter_error(client: httpx.Client, upst
     assert len(upstreams[AZURE].requests) == 1  # not retried
 
 
-@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
-def test_filtered_completion_keeps_the_content_filter_finish_reason(client: httpx.Client, upstreams, stream) -> None:
+def test_a_completion_blocked_before_any_text_is_a_400_content_filter_error(client: httpx.Client, upstreams) -> None:
     upstreams[AZURE].inject(Fault(fixture="chat_content_filter"))
-    if stream:
-        events = stream_events(client, {"model": MODELS[AZURE], "messages": QUESTION, "stream": True})
-        finishes = [c["choices"][0]["finish_reason"] for c in events[:-1] if c["choices"][0]["finish_reason"]]
-    else:
-        response = chat(client)
-        assert response.status_code == 200, response.text
-        finishes = [response.json()["choices"][0]["finish_reason"]]
+    response = chat(client)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "content_filter"
+    assert "azure_openai" in response.json()["error"]["message"]
+
+
+def test_a_partly_filtered_completion_keeps_its_text_and_finish_reason(client: httpx.Client, upstreams) -> None:
+    body = fixture_json("azure_openai", "chat_content_filter.json")
+    body["choices"][0]["message"]["content"] = "Here is the start of"
+    upstreams[AZURE].inject(Fault(status=200, body=json.dumps(body).encode()))
+    response = chat(client)
+
+    assert response.status_code == 200, response.text
+    choice = response.json()["choices"][0]
+    assert (choice["message"]["content"], choice["finish_reason"]) == ("Here is the start of", "content_filter")
+
+
+def test_a_filtered_stream_ends_with_the_content_filter_finish_reason(client: httpx.Client, upstreams) -> None:
+    upstreams[AZURE].inject(Fault(fixture="chat_content_filter"))
+    events = stream_events(client, {"model": MODELS[AZURE], "messages": QUESTION, "stream": True})
+
+    assert events[-1] == "[DONE]"
+    finishes = [c["choices"][0]["finish_reason"] for c in events[:-1] if c["choices"][0]["finish_reason"]]
     assert finishes == ["content_filter"]
 
 

@@ -33,4 +33,7 @@ def configure_logging(level: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # azure-identity logs each failed token request with the authority's full error text; our own
+    # error (provider, credential kind, status) is what reaches the log and the caller.
+    logging.getLogger("azure").setLevel(max(logging.ERROR, root.level))
     logging.Formatter.converter = time.gmtime

@@ -60,14 +60,14 @@ def supported_providers() -> list[ProviderID]:
 
 @dataclass(slots=True)
 class _Context:
-    """What building the clients of one process shares: transport, clock, stores, token providers."""
+    """What building the clients of one process shares: transport, clock, the tool-call store, and the
+    token providers to close at shutdown."""
 
     settings: Settings
     session: aiohttp.ClientSession
     clock: Clock
     tool_calls: ToolCallStore = field(default_factory=ToolCallStore)
     token_providers: list[TokenCredentialProvider] = field(default_factory=list)
-    platform: GenAIPlatformCredentialProvider | None = None
 
     def token_provider(self, provider: TokenCredentialProvider) -> TokenCredentialProvider:
         self.token_providers.append(provider)  # closed with the clients
@@ -111,25 +111,24 @@ def _own_credentials(cls: type[BaseLLMClient], group: ProviderSettings, ctx: _Co
     return _api_key(group, required=cls.api_key_required)
 
 
-def _platform(settings: GenAIPlatformSettings, ctx: _Context) -> GenAIPlatformCredentialProvider:
-    """One platform credential for every provider it fronts (one OAuth token, refreshed once)."""
-    if ctx.platform is None:
-        token: SecretStr | TokenCredentialProvider
-        if settings.token is not None:
-            token = settings.token
-        else:
-            source = OAuthClientCredentialsTokenSource(
-                provider=ProviderID.AZURE_OPENAI,  # named in errors; the platform serves both
-                token_url=settings.token_url or "",
-                client_id=settings.client_id or "",
-                client_secret=settings.client_secret or SecretStr(""),
-                scope=settings.scope,
-                session=ctx.session,
-                kind="GenAI Platform OAuth client credentials",
-            )
-            token = ctx.token_provider(TokenCredentialProvider(source, clock=ctx.clock))
-        ctx.platform = GenAIPlatformCredentialProvider(settings, token)
-    return ctx.platform
+def _platform(provider: ProviderID, settings: GenAIPlatformSettings, ctx: _Context) -> GenAIPlatformCredentialProvider:
+    """The platform's credentials for `provider`: its static token, or its OAuth client's token (one
+    per fronted provider, so that a token-endpoint failure names the provider the caller asked for)."""
+    token: SecretStr | TokenCredentialProvider
+    if settings.token is not None:
+        token = settings.token
+    else:
+        source = OAuthClientCredentialsTokenSource(
+            provider=provider,
+            token_url=settings.token_url or "",
+            client_id=settings.client_id or "",
+            client_secret=settings.client_secret or SecretStr(""),
+            scope=settings.scope,
+            session=ctx.session,
+            kind="GenAI Platform OAuth client credentials",
+        )
+        token = ctx.token_provider(TokenCredentialProvider(source, clock=ctx.clock))
+    return GenAIPlatformCredentialProvider(settings, token)
 
 
 def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
@@ -142,7 +141,7 @@ def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
     if platform.enabled and provider in PLATFORM_PROVIDERS:
         endpoint = resolve_genai_endpoint(platform.base_url or "", "", provider, prefixes=platform_prefixes(platform))
         group = group.model_copy(update={"base_url": endpoint})
-        gateway = _platform(platform, ctx)
+        gateway = _platform(provider, platform, ctx)
         credentials: CredentialProvider = gateway
         request_headers = gateway.request_headers
     else:
