@@ -11,12 +11,12 @@ from typing import Any
 
 import httpx
 import pytest
-from llm_service.fakes.token_endpoints import FakeGoogleOAuth
 
 from conftest import MODELS, QUESTION, VERTEX_LOCATION, VERTEX_PROJECT
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.genai_platform import build_genai_headers, resolve_genai_endpoint
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, FakeVertex, ServerThread
+from llm_service.fakes.token_endpoints import FakeGoogleOAuth
 
 PLATFORM_TOKEN = "genai-platform-token-0123456789"
 PROJECT, DEFAULT_USER = "agents-team", "svc-agent"
