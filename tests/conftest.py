@@ -167,12 +167,16 @@ def fake_settings(upstreams: dict[ProviderID, Any], **overrides: Any) -> Setting
 
 
 def assert_loopback_only(settings: Settings) -> None:
-    """The guard against accidental real-network calls in mock mode."""
-    for provider in ALL_PROVIDERS:
-        group = settings.provider_settings(provider)
-        host = urlsplit(group.base_url or "").hostname if group else None
+    """The guard against accidental real-network calls in mock mode: every URL the service may call."""
+    platform, azure = settings.genai_platform, settings.azure_openai
+    urls = [group.base_url for p in ALL_PROVIDERS if (group := settings.provider_settings(p))]
+    urls += [platform.base_url, platform.token_url]
+    if not azure.uses_api_key() and azure.is_configured() and not platform.fronts(ProviderID.AZURE_OPENAI):
+        urls.append(azure.authority_host or "https://login.microsoftonline.com")
+    for url in urls:
+        host = urlsplit(url or "").hostname
         if host is not None:
-            assert ip_address(host).is_loopback, f"{provider} points outside loopback: {group.base_url}"
+            assert ip_address(host).is_loopback, f"a test would call outside loopback: {url}"
 
 
 @pytest.fixture(scope="session")

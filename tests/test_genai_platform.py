@@ -144,3 +144,55 @@ def test_build_genai_headers_and_resolve_genai_endpoint() -> None:
         == "https://genai.example/azure-openai/openai/deployments/d"
     )
     assert resolve_genai_endpoint("https://g", "/v1/x", ProviderID.VERTEX_AI) == "https://g/vertex-ai/v1/x"
+
+
+def test_azure_through_the_platform_needs_no_azure_endpoint(start_service, platform) -> None:
+    fake = platform[ProviderID.AZURE_OPENAI]
+    service = start_service(genai_platform=platform_settings(fake), azure_openai={"base_url": None, "api_key": None})
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "azure-gpt-4o-mini", "messages": QUESTION})
+
+    assert response.status_code == 200, response.text
+    assert fake.requests[-1].path == "/azure-openai/openai/deployments/gpt-4o-mini/chat/completions"
+
+
+def test_a_user_with_a_line_break_is_a_400_not_a_forged_header(start_service, platform) -> None:
+    fake = platform[ProviderID.VERTEX_AI]
+    service = start_service(genai_platform=platform_settings(fake))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post(
+            "/v1/chat/completions",
+            json={"model": MODELS[ProviderID.VERTEX_AI], "messages": QUESTION, "user": "eve\r\nX-Admin: 1"},
+        )
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "user"
+    assert fake.requests == []
+
+
+def test_a_dead_platform_token_endpoint_is_a_503_naming_provider_and_credential(start_service, platform) -> None:
+    fake = platform[ProviderID.VERTEX_AI]
+    oauth = FakeGoogleOAuth(client_id="genai-client", client_secret="genai-s3cret")
+    oauth.fail_with = 503
+    with ServerThread(oauth):
+        auth = {"client_id": "genai-client", "client_secret": "genai-s3cret", "token_url": oauth.token_url}
+        service = start_service(genai_platform=platform_settings(fake, **auth), dispatcher={"max_retries": 0})
+        with httpx.Client(base_url=service.url, timeout=20) as http:
+            response = http.post(
+                "/v1/chat/completions", json={"model": MODELS[ProviderID.VERTEX_AI], "messages": QUESTION}
+            )
+
+    assert response.status_code == 503, response.text
+    message = response.json()["error"]["message"]
+    assert "vertex_ai" in message and "GenAI Platform" in message
+    assert "genai-s3cret" not in response.text
+    assert fake.requests == []
+
+
+@pytest.mark.parametrize("prefix", ["", "/", "gateway/azure/"])
+def test_endpoint_joins_without_double_slashes(prefix) -> None:
+    url = resolve_genai_endpoint(
+        "https://g/", "/openai/x", ProviderID.AZURE_OPENAI, prefixes={ProviderID.AZURE_OPENAI: prefix}
+    )
+    assert "//" not in url.removeprefix("https://")
+    assert url.endswith("/openai/x")

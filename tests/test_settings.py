@@ -505,3 +505,13 @@ def test_complete_or_disabled_genai_platform_is_accepted(config_dir):
     assert not make(config_dir).genai_platform.enabled
     platform = {"enabled": True, "base_url": "https://g/", "project_name": "p", "user_id": "u", "token": "t"}
     assert make(config_dir, genai_platform=platform).genai_platform.base_url == "https://g"
+
+
+def test_a_provider_fronted_by_the_platform_needs_no_endpoint_of_its_own(config_dir):
+    platform = {"enabled": True, "base_url": "https://g", "project_name": "p", "user_id": "u", "token": "t"}
+    settings = make(config_dir, genai_platform=platform)
+
+    assert settings.configured_providers() == [ProviderID.AZURE_OPENAI]  # Vertex still needs its project
+    assert not settings.demo_enabled()
+    with_project = make(config_dir, genai_platform=platform, vertex_ai={"project": "proj"})
+    assert set(with_project.configured_providers()) == {ProviderID.AZURE_OPENAI, ProviderID.VERTEX_AI}

@@ -92,6 +92,30 @@ def test_two_parallel_tool_calls_round_trip_as_gemini_function_calls(client: htt
     ]
 
 
+def test_tool_results_sent_out_of_order_go_back_in_call_order(client: httpx.Client, upstreams) -> None:
+    calls = post(client, [ASK], tools=[WEATHER_TOOL]).json()["choices"][0]["message"]["tool_calls"]
+    assistant, *results = tool_turns(calls)
+    response = post(client, [ASK, assistant, *reversed(results)], tools=[WEATHER_TOOL])
+
+    assert response.status_code == 200, response.text
+    _, result_parts = model_and_result_contents(upstreams[VERTEX].requests[-1])
+    assert [p["functionResponse"]["response"] for p in result_parts] == [{"temp_c": 4}, {"temp_c": 18}]
+
+
+def test_a_completion_blocked_before_any_text_is_a_400_content_filter_error(client: httpx.Client, upstreams) -> None:
+    blocked = {
+        "candidates": [{"content": {"role": "model", "parts": []}, "finishReason": "SAFETY", "index": 0}],
+        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+        "modelVersion": "gemini-2.5-flash",
+        "responseId": "blocked-1",
+    }
+    upstreams[VERTEX].inject(Fault(status=200, body=json.dumps(blocked).encode()))
+    response = post(client, QUESTION)
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "content_filter"
+
+
 def test_generated_tool_call_ids_are_the_same_streamed_and_plain(client: httpx.Client) -> None:
     plain = post(client, [ASK], tools=[WEATHER_TOOL]).json()["choices"][0]["message"]["tool_calls"]
     events = stream_events(client, {"model": MODEL, "messages": [ASK], "tools": [WEATHER_TOOL], "stream": True})

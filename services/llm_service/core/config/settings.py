@@ -62,7 +62,8 @@ class ProviderSettings(_Group):
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
 
-    def is_configured(self) -> bool:
+    def is_configured(self, *, behind_gateway: bool = False) -> bool:
+        """Whether the provider can serve; `behind_gateway`: the GenAI Platform supplies its reach."""
         return self.api_key is not None and bool(self.api_key.get_secret_value())
 
 
@@ -86,7 +87,7 @@ class RemoteSettings(ProviderSettings):
     ENV_PREFIX: ClassVar[str] = "REMOTE_LLM_"
 
     @override
-    def is_configured(self) -> bool:
+    def is_configured(self, *, behind_gateway: bool = False) -> bool:
         return bool(self.base_url)
 
 
@@ -128,8 +129,8 @@ class AzureOpenAISettings(ProviderSettings):
     )
 
     @override
-    def is_configured(self) -> bool:
-        return bool(self.base_url)
+    def is_configured(self, *, behind_gateway: bool = False) -> bool:
+        return bool(self.base_url) or behind_gateway  # the gateway's URL replaces the endpoint
 
     def uses_api_key(self) -> bool:
         return self.auth == "api_key" or (self.auth == "auto" and super().is_configured())
@@ -158,8 +159,8 @@ class VertexAISettings(ProviderSettings):
     )
 
     @override
-    def is_configured(self) -> bool:
-        return bool(self.project)
+    def is_configured(self, *, behind_gateway: bool = False) -> bool:
+        return bool(self.project)  # the project is in the path, gateway or not
 
     def api_root(self) -> str:
         """The base URL, or Google's regional (or global) endpoint for `location`."""
@@ -173,6 +174,8 @@ class GenAIPlatformSettings(_Group):
     """The enterprise GenAI Platform gateway that can front Azure OpenAI and Vertex AI."""
 
     ENV_PREFIX: ClassVar[str] = "GENAI_PLATFORM_"
+    #: The providers the platform can front.
+    FRONTS: ClassVar[frozenset[ProviderID]] = frozenset({ProviderID.AZURE_OPENAI, ProviderID.VERTEX_AI})
     enabled: bool = Field(default=False, description="Send Azure OpenAI and Vertex AI requests through the platform")
     base_url: str | None = Field(default=None, description="The platform's base URL")
     project_name: str | None = Field(default=None, description="Project the usage is attributed to")
@@ -191,6 +194,10 @@ class GenAIPlatformSettings(_Group):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    def fronts(self, provider: ProviderID) -> bool:
+        """Whether requests to `provider` go through the platform."""
+        return self.enabled and provider in self.FRONTS
 
 
 class ServerSettings(_Group):
@@ -214,6 +221,12 @@ class DispatcherSettings(_Group):
         default=10.0,
         ge=0,
         description="Longest upstream Retry-After honoured by waiting; longer ones go to the caller",
+    )
+    tool_call_ttl_seconds: float = Field(
+        default=86400.0, gt=0, description="How long provider data of a tool call (Gemini signatures) is kept (s)"
+    )
+    tool_call_max_entries: int = Field(
+        default=20_000, gt=0, description="Most tool calls whose provider data is kept (oldest dropped first)"
     )
 
 
@@ -266,7 +279,12 @@ class Settings(BaseSettings):
         return group if isinstance(group, ProviderSettings) else None
 
     def configured_providers(self) -> list[ProviderID]:
-        return [p for p in ProviderID if (s := self.provider_settings(p)) and s.is_configured()]
+        platform = self.genai_platform
+        return [
+            p
+            for p in ProviderID
+            if (s := self.provider_settings(p)) and s.is_configured(behind_gateway=platform.fronts(p))
+        ]
 
     def demo_enabled(self) -> bool:
         if self.demo_mode == "auto":

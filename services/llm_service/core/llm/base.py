@@ -24,7 +24,9 @@ from llm_service.core.config.constants import ProviderID, RetryableStatusCodes
 from llm_service.core.config.settings import ProviderSettings
 from llm_service.core.llm.credentials import CredentialProvider
 from llm_service.core.llm.models import (
+    Choice,
     ContentFilterError,
+    FinishReason,
     LLMChunk,
     LLMRequest,
     LLMResponse,
@@ -189,11 +191,20 @@ class BaseLLMClient(ABC):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from exc
         try:
-            return self._decode_response(body, request)
+            response = self._decode_response(body, request)
         except ProviderError:
             raise
         except _DECODE_ERRORS as exc:
             raise self.malformed(f"unreadable response: {exc}") from exc
+        if response.choices and all(map(_filtered_before_saying_anything, response.choices)):
+            # An empty 200 would pass for an answer; a partly written completion keeps its text and
+            # `finish_reason: "content_filter"`, as OpenAI reports it.
+            raise ContentFilterError(
+                f"{self.provider.value}'s content filter blocked the completion",
+                provider=self.provider,
+                code="content_filter",
+            )
+        return response
 
     async def generate_stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
         """Chunks as they arrive. Errors before the first chunk raise on the first `__anext__`."""
@@ -339,3 +350,8 @@ class BaseLLMClient(ABC):
         ):
             return UpstreamRequestError(said, code=code, param=detail.param if detail else None, **common)
         return ProviderError(said, code=code or "upstream_error", **common)
+
+
+def _filtered_before_saying_anything(choice: Choice) -> bool:
+    reply = choice.message
+    return choice.finish_reason is FinishReason.CONTENT_FILTER and not (reply.text() or reply.tool_calls)

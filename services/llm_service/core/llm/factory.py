@@ -35,7 +35,6 @@ from llm_service.core.llm.credentials import (
     TokenCredentialProvider,
 )
 from llm_service.core.llm.genai_platform import (
-    PLATFORM_PROVIDERS,
     GenAIPlatformCredentialProvider,
     platform_prefixes,
     resolve_genai_endpoint,
@@ -66,8 +65,12 @@ class _Context:
     settings: Settings
     session: aiohttp.ClientSession
     clock: Clock
-    tool_calls: ToolCallStore = field(default_factory=ToolCallStore)
+    tool_calls: ToolCallStore = field(init=False)
     token_providers: list[TokenCredentialProvider] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        d = self.settings.dispatcher
+        self.tool_calls = ToolCallStore(ttl_seconds=d.tool_call_ttl_seconds, max_entries=d.tool_call_max_entries)
 
     def token_provider(self, provider: TokenCredentialProvider) -> TokenCredentialProvider:
         self.token_providers.append(provider)  # closed with the clients
@@ -138,7 +141,7 @@ def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
         raise ModelNotFoundError(f"provider {provider.value!r} is not available yet", code="provider_not_found")
     platform = ctx.settings.genai_platform
     request_headers: RequestHeaders | None = None
-    if platform.enabled and provider in PLATFORM_PROVIDERS:
+    if platform.fronts(provider):
         endpoint = resolve_genai_endpoint(platform.base_url or "", "", provider, prefixes=platform_prefixes(platform))
         group = group.model_copy(update={"base_url": endpoint})
         gateway = _platform(provider, platform, ctx)

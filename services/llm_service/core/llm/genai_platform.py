@@ -19,14 +19,12 @@ from typing import TYPE_CHECKING
 from pydantic import SecretStr
 
 from llm_service.core.config.constants import ProviderID
-from llm_service.core.llm.models import ConfigurationError, LLMRequest
+from llm_service.core.llm.models import ConfigurationError, InvalidRequestError, LLMRequest
 
 if TYPE_CHECKING:
     from llm_service.core.config.settings import GenAIPlatformSettings
     from llm_service.core.llm.credentials import TokenCredentialProvider
 
-#: The providers the platform can front.
-PLATFORM_PROVIDERS = frozenset({ProviderID.AZURE_OPENAI, ProviderID.VERTEX_AI})
 DEFAULT_USER_HEADER = "X-GenAI-User-Id"
 DEFAULT_PROJECT_HEADER = "X-GenAI-Project-Name"
 DEFAULT_PATHS: Mapping[ProviderID, str] = {
@@ -73,7 +71,8 @@ def resolve_genai_endpoint(
     prefix = prefixes.get(provider)
     if prefix is None:
         raise ConfigurationError(f"the GenAI Platform does not front provider {provider.value!r}")
-    return f"{base_url.rstrip('/')}/{prefix.strip('/')}{path}"
+    segments = [base_url.rstrip("/"), prefix.strip("/"), path.lstrip("/")]
+    return "/".join(segment for segment in segments if segment)
 
 
 async def get_genai_token(credentials: SecretStr | TokenCredentialProvider) -> SecretStr:
@@ -113,4 +112,12 @@ class GenAIPlatformCredentialProvider:
         )
 
     def request_headers(self, request: LLMRequest) -> Mapping[str, str]:
-        return {self._user_header: request.user} if request.user else {}
+        user = request.user
+        if not user:
+            return {}
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in user):
+            # It becomes a header value: a line break there would forge headers.
+            raise InvalidRequestError(
+                "Invalid 'user': control characters are not allowed.", param="user", code="invalid_value"
+            )
+        return {self._user_header: user}
