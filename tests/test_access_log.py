@@ -60,3 +60,20 @@ def test_error_requests_are_logged_with_their_status(client: httpx.Client, caplo
 
     assert wait_until(lambda: len(access_records(caplog, "log-err")) == 1)
     assert access_records(caplog, "log-err")[0].fields["status"] == 400
+
+
+def test_azure_identity_failure_text_stays_out_of_the_log() -> None:
+    """azure-identity logs each failed token request with the authority's error text at WARNING; the
+    service's own error (provider, credential kind, status) is what is logged instead."""
+    from llm_service.logs import configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("azure").level)
+    try:
+        configure_logging("INFO")
+        assert not logging.getLogger("azure.identity.aio._internal.get_token_mixin").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("llm_service.credentials").isEnabledFor(logging.WARNING)
+    finally:
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("azure").setLevel(saved[2])
