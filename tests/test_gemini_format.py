@@ -171,6 +171,49 @@ def test_signature_without_provider_id_sends_no_id():
     assert contents[2]["parts"][1] == {"functionResponse": {"name": "get_time", "response": {"output": "10:42"}}}
 
 
+def _weather_and_time_turn(*results: Message, then: tuple[Message, ...] = ()) -> LLMRequest:
+    calls = [
+        ToolCall(id="a", name="get_weather", arguments='{"city": "Oslo"}'),
+        ToolCall(id="b", name="get_time", arguments='{"tz": "Europe/Paris"}'),
+    ]
+    return request(HI, Message(role=Role.ASSISTANT, tool_calls=calls), *results, *then, tools=[WEATHER, TIME])
+
+
+def test_tool_results_sent_in_completion_order_go_in_the_order_of_the_calls():
+    results = (
+        Message(role=Role.TOOL, content="14:05", tool_call_id="b"),
+        Message(role=Role.TOOL, content='{"temp_c": 4}', tool_call_id="a"),
+    )
+    call_data = {"b": ProviderCallData(provider_id="fc-b")}
+    contents = encode(_weather_and_time_turn(*results, then=(user("Thanks"),)), call_data)["contents"]
+    assert contents[2] == {
+        "role": "user",
+        "parts": [
+            {"functionResponse": {"name": "get_weather", "response": {"temp_c": 4}}},
+            {"functionResponse": {"name": "get_time", "response": {"output": "14:05"}, "id": "fc-b"}},
+            {"text": "Thanks"},
+        ],
+    }
+
+
+def test_tool_result_order_follows_the_latest_model_turn_and_a_system_message_does_not_split_the_run():
+    later_turn = Message(role=Role.ASSISTANT, tool_calls=[ToolCall(id="c", name="get_time", arguments="{}")])
+    req = _weather_and_time_turn(
+        Message(role=Role.TOOL, content="2", tool_call_id="b"),
+        Message(role=Role.SYSTEM, content="Be brief."),
+        Message(role=Role.TOOL, content="1", tool_call_id="a"),
+        then=(
+            Message(role=Role.ASSISTANT, content="More?"),
+            later_turn,
+            Message(role=Role.TOOL, content="late a", tool_call_id="a"),  # answers an earlier turn: goes last
+            Message(role=Role.TOOL, content="3", tool_call_id="c"),
+        ),
+    )
+    contents = encode(req)["contents"]
+    outputs = [[p["functionResponse"]["response"]["output"] for p in c["parts"]] for c in contents[2::2]]
+    assert outputs == [["1", "2"], ["3", "late a"]]
+
+
 def test_tool_call_ids_lists_every_assistant_call_in_order():
     assert tool_call_ids(parallel_call_conversation()) == ["call_A", "call_B"]
     assert tool_call_ids(request(HI)) == []
@@ -458,6 +501,16 @@ SCHEMAS: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
     ("enum values as strings, null makes nullable", {"type": "string", "enum": ["a", None]},
      {"type": "STRING", "enum": ["a"], "nullable": True}),
     ("enum without type is a string enum", {"enum": ["x", 1, True]}, {"type": "STRING", "enum": ["x", "1", "true"]}),
+    ("untyped integer enum is INTEGER", {"enum": [1, 2]}, {"type": "INTEGER", "description": "One of: 1, 2."}),
+    ("untyped number enum is NUMBER", {"enum": [1, 2.5], "description": "Scale"},
+     {"type": "NUMBER", "description": "Scale (One of: 1, 2.5.)"}),
+    ("untyped boolean enum is BOOLEAN", {"enum": [True, False]},
+     {"type": "BOOLEAN", "description": "One of: true, false."}),
+    ("untyped integer enum with null", {"enum": [0, None]},
+     {"type": "INTEGER", "nullable": True, "description": "One of: 0."}),
+    ("untyped integer const is INTEGER", {"const": 3}, {"type": "INTEGER", "description": "One of: 3."}),
+    ("untyped integers and booleans stay STRING", {"enum": [1, True]}, {"type": "STRING", "enum": ["1", "true"]}),
+    ("untyped numbers and strings stay STRING", {"enum": [1.5, "2"]}, {"type": "STRING", "enum": ["1.5", "2"]}),
     ("enum on integer moves to the description", {"type": "integer", "enum": [1, 2], "description": "Level"},
      {"type": "INTEGER", "description": "Level (One of: 1, 2.)"}),
     ("kept keywords", {"type": "string", "description": "d", "title": "t", "minLength": 1, "maxLength": 9,

@@ -13,6 +13,10 @@ Request
 - Consecutive contents of the same role are merged; tool results and a following user message end up
   in one `user` content. Empty text parts are dropped (Vertex rejects "an empty text parameter"), so
   an assistant message with only a refusal or no content contributes nothing.
+- A run of consecutive tool messages is sent in the order of the calls they answer in the preceding
+  model turn, not in the order the client sent them (clients running tools concurrently send results
+  as they complete): models without call ids pair `functionResponse` with `functionCall` parts by
+  position and name. Results for calls of earlier turns keep their relative order, after the others.
 - `functionCall.id` / `functionResponse.id` are sent only when the upstream gave the call an id: older
   models reject the field, models that issue ids want it back. `thoughtSignature` is re-attached the
   same way. Nothing is invented for calls the store does not know (e.g. after a restart).
@@ -25,7 +29,8 @@ Request
   anyOf branch become `nullable`, oneOf becomes anyOf, a one-element allOf is merged, local `$ref`s are
   inlined (recursion is rejected), `const` becomes a one-value enum, unknown keywords are dropped.
   Gemini accepts `enum` only on STRING: an enum on another type is dropped and its values are named in
-  the description, so arguments keep their declared type. `format` is kept only where Gemini accepts
+  the description, so arguments keep their declared type. An enum without a type is INTEGER, NUMBER or
+  BOOLEAN when all its values are, else STRING. `format` is kept only where Gemini accepts
   it (date-time/enum, int32/int64, float/double). Function parameters without properties are left
   out (Vertex rejects an OBJECT with empty properties).
 - Fields in `LLMRequest.extra`: penalties and logprobs map to `generationConfig`; fields that do not
@@ -137,6 +142,7 @@ def encode_gemini_request(request: LLMRequest, call_data: Mapping[str, ProviderC
     conversation = _Conversation(call_data)
     for i, message in enumerate(request.messages):
         conversation.add_message(i, message)
+    conversation.close()
     if not conversation.contents:
         raise invalid(
             "messages", f"{_PROVIDER} needs at least one user, assistant or tool message with content besides "
@@ -165,19 +171,36 @@ class _Conversation:
         self.system: list[dict[str, Any]] = []
         self.contents: list[dict[str, Any]] = []
         self.call_names: dict[str, str] = {}  # tool call id -> function name, from the assistant turns so far
+        self.turn_calls: dict[str, int] = {}  # tool call id -> its position among the last model turn's calls
+        self.results: list[tuple[int, dict[str, Any]]] = []  # the current run of tool results, with that position
 
     def add_message(self, i: int, message: Message) -> None:
         path = f"messages[{i}]"
-        if message.role in (Role.SYSTEM, Role.DEVELOPER):
+        if message.role in (Role.SYSTEM, Role.DEVELOPER):  # not in `contents`: does not end a run of results
             text = _text_only(message.content, f"{path}.content", "system instructions")
             if text:
                 self.system.append({"text": text})
-        elif message.role is Role.USER:
-            self._add("user", _encode_content(message.content, f"{path}.content"))
-        elif message.role is Role.ASSISTANT:
-            self._add("model", self._assistant_parts(message, path))
+        elif message.role is Role.TOOL:
+            part = self._function_response(message, path)
+            position = self.turn_calls.get(message.tool_call_id or "", len(self.turn_calls))
+            self.results.append((position, part))
         else:
-            self._add("user", [self._function_response(message, path)])
+            self.close()
+            if message.role is Role.USER:
+                self._add("user", _encode_content(message.content, f"{path}.content"))
+            else:
+                parts = self._assistant_parts(message, path)
+                if parts and not (self.contents and self.contents[-1]["role"] == "model"):
+                    self.turn_calls = {}  # a new model turn
+                for call in message.tool_calls:
+                    self.turn_calls.setdefault(call.id, len(self.turn_calls))
+                self._add("model", parts)
+
+    def close(self) -> None:
+        """Add the pending run of tool results, ordered like the calls they answer (a stable sort)."""
+        self.results.sort(key=lambda result: result[0])
+        self._add("user", [part for _, part in self.results])
+        self.results = []
 
     def _add(self, role: str, parts: list[dict[str, Any]]) -> None:
         if not parts:

@@ -4,8 +4,9 @@ Types are uppercased, `["x", "null"]` and a `{"type": "null"}` anyOf branch beco
 becomes anyOf, a one-element allOf is merged, local `$ref`s are inlined (recursion is rejected), `const`
 becomes a one-value enum, unknown keywords are dropped. Gemini accepts `enum` only on STRING: an enum on
 another type is dropped and its values are named in the description, so arguments keep their declared
-type. `format` is kept only where Gemini accepts it. What cannot be expressed is an InvalidRequestError
-naming the schema's path.
+type. An enum without a type gets INTEGER, NUMBER or BOOLEAN when all its values are of that kind (else
+STRING), so `{"enum": [1, 2]}` is answered with a number, not "1". `format` is kept only where Gemini
+accepts it. What cannot be expressed is an InvalidRequestError naming the schema's path.
 """
 
 from __future__ import annotations
@@ -153,9 +154,23 @@ class _SchemaConverter:
             raise invalid(f"{path}.enum", "expected an array of values.")
         if None in values:
             out["nullable"] = True
-        texts = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in values if v is not None]
-        if out.setdefault("type", "STRING") == "STRING":
+        values = [v for v in values if v is not None]
+        texts = [v if isinstance(v, str) else orjson.dumps(v).decode() for v in values]
+        if out.setdefault("type", _enum_type(values)) == "STRING":
             out["enum"] = texts
         else:  # Gemini accepts enum only on STRING; keep the type, tell the model the values
             allowed = f"One of: {', '.join(texts)}."
             out["description"] = f"{out['description']} ({allowed})" if out.get("description") else allowed
+
+
+def _enum_type(values: list[Any]) -> str:
+    """The type of an enum without one: INTEGER, NUMBER or BOOLEAN when every value is one, else STRING."""
+    if not values:
+        return "STRING"
+    if all(isinstance(v, bool) for v in values):
+        return "BOOLEAN"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return "INTEGER"
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return "NUMBER"
+    return "STRING"
