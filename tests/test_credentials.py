@@ -9,6 +9,7 @@ these tests prove that our cache, not theirs, decides when a token endpoint is c
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import socket
 import ssl
@@ -29,7 +30,13 @@ from llm_service.core.llm.credentials import (
     OAuthClientCredentialsTokenSource,
     TokenCredentialProvider,
 )
-from llm_service.core.llm.models import CredentialError, CredentialUnavailableError, ProviderNotConfiguredError
+from llm_service.core.llm.gcp_token import GCPTokenSource, _unavailable
+from llm_service.core.llm.models import (
+    ConfigurationError,
+    CredentialError,
+    CredentialUnavailableError,
+    ProviderNotConfiguredError,
+)
 from llm_service.fakes.threaded import ServerThread
 from llm_service.fakes.token_endpoints import FakeEntraID, FakeGoogleOAuth
 
@@ -214,7 +221,7 @@ async def test_azure_failed_refresh_ahead_keeps_serving_the_valid_token(
     assert await provider.auth_headers() == {"Authorization": "Bearer after-the-outage"}
 
 
-async def test_azure_failed_fetch_without_a_token_raises_and_is_not_remembered(
+async def test_azure_failed_fetch_without_a_token_is_remembered_for_the_failure_backoff(
     entra: FakeEntraID, clock: Clock, close_after
 ):
     provider = close_after(azure_provider(entra, clock))
@@ -222,6 +229,10 @@ async def test_azure_failed_fetch_without_a_token_raises_and_is_not_remembered(
     with pytest.raises(CredentialUnavailableError):
         await provider.auth_headers()
     entra.fail_with = None
+    with pytest.raises(CredentialUnavailableError, match="HTTP 503"):
+        await provider.auth_headers()  # within the second: the same error, no request
+    assert entra.tokens_requested == 1
+    clock.advance(1.0)
     assert await provider.auth_headers() == {"Authorization": f"Bearer {entra.access_token}"}
     assert entra.tokens_requested == 2
 
@@ -270,10 +281,25 @@ async def test_azure_server_certificate_must_be_trusted(entra: FakeEntraID, cloc
     assert entra.requests == []
 
 
-async def test_azure_secret_without_tenant_is_not_configured(entra: FakeEntraID, clock: Clock, close_after):
+def assert_misconfigured(error: ConfigurationError) -> None:
+    """A configured credential that cannot be used: a server error (500), not "no such provider" (404)."""
+    assert type(error) is ConfigurationError and not isinstance(error, ProviderNotConfiguredError)
+    assert error.code == "credential_misconfigured"
+
+
+async def test_azure_secret_without_tenant_is_misconfigured(entra: FakeEntraID, clock: Clock, close_after):
     provider = close_after(azure_provider(entra, clock, tenant_id=None))
-    with pytest.raises(ProviderNotConfiguredError, match="AZURE_TENANT_ID"):
+    with pytest.raises(ConfigurationError, match="AZURE_TENANT_ID") as caught:
         await provider.auth_headers()
+    assert_misconfigured(caught.value)
+    assert entra.requests == []
+
+
+async def test_azure_unreadable_ca_file_is_misconfigured(entra: FakeEntraID, clock: Clock, close_after, tmp_path: Path):
+    provider = close_after(azure_provider(entra, clock, ca_file=str(tmp_path / "absent.pem")))
+    with pytest.raises(ConfigurationError, match="AZURE_OPENAI_AUTHORITY_CA_FILE") as caught:
+        await provider.auth_headers()
+    assert_misconfigured(caught.value)
     assert entra.requests == []
 
 
@@ -282,12 +308,14 @@ async def test_azure_secret_without_tenant_is_not_configured(entra: FakeEntraID,
     [("tenant_id", "not a tenant!"), ("authority_host", "http://127.0.0.1:1")],
     ids=["tenant id", "http authority"],
 )
-async def test_azure_invalid_settings_are_not_configured(
+async def test_azure_invalid_settings_are_misconfigured(
     entra: FakeEntraID, clock: Clock, close_after, setting: str, value: str
 ):
     provider = close_after(azure_provider(entra, clock, **{setting: value}))
-    with pytest.raises(ProviderNotConfiguredError, match="azure_openai: Azure AD client secret: invalid setting"):
+    with pytest.raises(ConfigurationError, match="azure_openai: Azure AD client secret: invalid setting") as caught:
         await provider.auth_headers()
+    assert_misconfigured(caught.value)
+    assert "AZURE_TENANT_ID" in caught.value.message and "AZURE_AUTHORITY_HOST" in caught.value.message
     assert entra.requests == []
 
 
@@ -318,6 +346,26 @@ async def test_azure_default_credential_uses_the_environment_service_principal(
     assert_safe(caught.value, "rotated-away")
 
 
+async def test_azure_default_credential_chain_has_no_member_that_blocks_the_event_loop(
+    entra: FakeEntraID, monkeypatch: pytest.MonkeyPatch
+):
+    """SharedTokenCacheCredential loads the MSAL cache, and the async VisualStudioCodeCredential runs
+    its sync twin, on the event loop: neither is in the chain the gateway builds."""
+    from llm_service.core.llm.azure_token import AzureADTokenSource, _LastStatus
+
+    monkeypatch.delenv("AZURE_TOKEN_CREDENTIALS", raising=False)
+    source = AzureADTokenSource(provider=AZURE, tenant_id=None, client_id=None, client_secret=None)
+    try:
+        credential = await source._new_credential(await source._open_session(), _LastStatus())
+        async with credential:
+            members = [type(member).__name__ for member in credential.credentials]  # type: ignore[union-attr]
+    finally:
+        await source.close()
+    assert "EnvironmentCredential" in members and "ManagedIdentityCredential" in members
+    assert "SharedTokenCacheCredential" not in members
+    assert "VisualStudioCodeCredential" not in members
+
+
 # --------------------------------------------------------------------------------------------------
 # GCP (google-auth against FakeGoogleOAuth)
 # --------------------------------------------------------------------------------------------------
@@ -336,7 +384,6 @@ async def test_gcp_concurrent_cold_callers_share_one_token_request(
     assert all(h == {"Authorization": f"Bearer {google.access_token}"} for h in headers)
     claims = google.requests[0].jwt_claims
     assert claims is not None and claims["scope"] == "https://www.googleapis.com/auth/cloud-platform"
-    assert provider.project_id == "demo-proj"
 
 
 async def test_gcp_token_is_fetched_again_after_it_expires(
@@ -354,30 +401,47 @@ async def test_gcp_token_is_fetched_again_after_it_expires(
     assert google.tokens_issued == 2
 
 
-async def test_gcp_string_expires_in_is_understood(google: FakeGoogleOAuth, key_file: Path, close_after):
+async def test_gcp_string_expires_in_is_understood(google: FakeGoogleOAuth, key_file: Path):
     google.expires_in = "120"
-    provider = close_after(gcp_provider(key_file, Clock()))
-    source = provider.source
-    token = await source.fetch_token()
+    source = GCPTokenSource(provider=VERTEX, credentials_file=str(key_file))
+    try:
+        token = await source.fetch_token()
+    finally:
+        await source.close()
     assert token.expires_at == pytest.approx(time.time() + 120, abs=5)
 
 
-@pytest.mark.parametrize("down", ["503", "closed port"])
-async def test_gcp_token_endpoint_down_is_unavailable(
+@pytest.mark.parametrize("down", ["408", "429", "500", "503", "504", "closed port"])
+async def test_gcp_token_endpoint_down_is_unavailable_after_one_request(
     google: FakeGoogleOAuth, key_file: Path, clock: Clock, close_after, down: str
 ):
-    if down == "503":
-        google.fail_with = 503
-    else:
+    """google-auth would try a 408/429/500/503/504 three times, sleeping between tries (~3 s)."""
+    if down == "closed port":
         await google.close()
+    else:
+        google.fail_with = int(down)
     provider = close_after(gcp_provider(key_file, clock))
     with pytest.raises(CredentialUnavailableError) as caught:
         await provider.auth_headers()
     error = caught.value
     assert error.retryable and error.provider is VERTEX
     assert "vertex_ai" in error.message and "GCP service account" in error.message
+    if down != "closed port":
+        assert error.status == int(down) and f"HTTP {down}" in error.message
+        assert len(google.requests) == 1
     private_key = await asyncio.to_thread(key_file.read_text)
     assert_safe(error, "PRIVATE KEY", private_key[200:260])
+
+
+def test_gcp_failures_google_auth_would_retry_are_caught_before_it_does():
+    assert _unavailable(503, b'{"error": "internal_failure"}') == "the token endpoint answered HTTP 503"
+    assert _unavailable(400, b'{"error": "temporarily_unavailable"}') == (
+        "the token endpoint answered HTTP 400 (temporarily_unavailable)"
+    )
+    assert _unavailable(400, b'{"error": "x", "error_description": "server_error"}') is not None
+    assert _unavailable(400, b'{"error": "invalid_grant"}') is None
+    assert _unavailable(401, b"not json") is None
+    assert _unavailable(403, b'{"error": ["temporarily_unavailable"]}') is None
 
 
 async def test_gcp_rejected_assertion_is_a_credential_error(google: FakeGoogleOAuth, tmp_path: Path, close_after):
@@ -400,10 +464,30 @@ async def test_gcp_rejected_assertion_is_a_credential_error(google: FakeGoogleOA
     assert_safe(error, "PRIVATE KEY")
 
 
-async def test_gcp_missing_key_file_is_not_configured(tmp_path: Path, close_after):
-    provider = close_after(gcp_provider(tmp_path / "absent.json", Clock()))
-    with pytest.raises(ProviderNotConfiguredError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+@pytest.mark.parametrize("problem", ["missing", "not json", "not a key"])
+async def test_gcp_unusable_key_file_is_misconfigured(tmp_path: Path, close_after, problem: str):
+    path = tmp_path / "key.json"
+    if problem == "not json":
+        path.write_text("-----BEGIN PRIVATE KEY-----\nMIIEv...")
+    elif problem == "not a key":
+        path.write_text('{"type": "service_account", "private_key": "-----BEGIN PRIVATE KEY-----"}')
+    provider = close_after(gcp_provider(path, Clock()))
+    with pytest.raises(
+        ConfigurationError, match=r"vertex_ai: GCP service account: .*GOOGLE_APPLICATION_CREDENTIALS"
+    ) as caught:
         await provider.auth_headers()
+    assert_misconfigured(caught.value)
+    assert "PRIVATE KEY" not in caught.value.message
+
+
+async def test_gcp_application_default_credentials_not_found_is_misconfigured(
+    tmp_path: Path, close_after, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
+    provider = close_after(GCPCredentialProvider(provider=VERTEX, credentials_file=None, clock=Clock()))
+    with pytest.raises(ConfigurationError, match="GOOGLE_APPLICATION_CREDENTIALS") as caught:
+        await provider.auth_headers()
+    assert_misconfigured(caught.value)
 
 
 async def test_gcp_application_default_credentials_read_the_environment(
@@ -452,16 +536,44 @@ async def test_client_credentials_token_is_shared_and_sent_as_bearer(
     assert google.client_credentials_issued == 1 and google.tokens_issued == 0
     assert all(h == {"Authorization": f"Bearer {google.access_token}"} for h in headers)
     (request,) = google.requests
-    assert request.form == {
-        "grant_type": "client_credentials",
-        "client_id": google.client_id,
-        "client_secret": google.client_secret,
-        "scope": "genai.platform",
-    }
+    assert request.form == {"grant_type": "client_credentials", "scope": "genai.platform"}  # no credentials
+    basic = base64.b64encode(f"{google.client_id}:{google.client_secret}".encode()).decode()
+    assert request.headers["authorization"] == f"Basic {basic}"
     clock.advance(3660)
     await provider.auth_headers()
     assert google.client_credentials_issued == 2
     assert not session.closed  # the shared session belongs to the caller
+
+
+async def test_client_credentials_are_form_urlencoded_inside_basic(session: aiohttp.ClientSession):
+    """RFC 6749 2.3.1: id and secret are form-urlencoded, then joined by ":" and base64-encoded."""
+    fake = FakeGoogleOAuth(client_id="genai client:1", client_secret="s3cr3t+/:=% é~")
+    await fake.start()
+    try:
+        token = await client_credentials(fake, session).fetch_token()
+    finally:
+        await fake.close()
+    assert token.token.get_secret_value() == fake.access_token
+    (request,) = fake.requests
+    raw = base64.b64decode(request.headers["authorization"].removeprefix("Basic ")).decode("ascii")
+    assert raw == "genai+client%3A1:s3cr3t%2B%2F%3A%3D%25+%C3%A9~"  # RFC 3986 unreserved stay as they are
+    assert "client_secret" not in request.form and "client_id" not in request.form
+
+
+def test_google_fake_takes_client_credentials_in_the_form_or_basic_but_not_both():
+    with ServerThread(FakeGoogleOAuth()) as running:
+        fake = running.server
+        grant = {"grant_type": "client_credentials"}
+        body = {**grant, "client_id": fake.client_id, "client_secret": fake.client_secret}
+        with requests.Session() as http:
+            in_form = http.post(fake.token_url, data=body, timeout=5)
+            basic = http.post(fake.token_url, data=grant, auth=(fake.client_id, fake.client_secret), timeout=5)
+            both = http.post(fake.token_url, data=body, auth=(fake.client_id, fake.client_secret), timeout=5)
+            wrong = http.post(fake.token_url, data=grant, auth=(fake.client_id, "nope"), timeout=5)
+    assert in_form.status_code == 200 and basic.status_code == 200
+    assert (both.status_code, both.json()["error"]) == (400, "invalid_request")
+    assert (wrong.status_code, wrong.json()["error"]) == (401, "invalid_client")
+    assert fake.client_credentials_issued == 2
 
 
 async def test_client_credentials_rejected_secret(google: FakeGoogleOAuth, session: aiohttp.ClientSession):
@@ -491,8 +603,9 @@ async def test_client_credentials_unreachable_and_unconfigured(google: FakeGoogl
     with pytest.raises(CredentialUnavailableError, match="unreachable"):
         await dead.fetch_token()
     empty = client_credentials(google, session, secret="")
-    with pytest.raises(ProviderNotConfiguredError):
+    with pytest.raises(ConfigurationError, match="no client secret") as caught:
         await empty.fetch_token()
+    assert_misconfigured(caught.value)
     assert google.requests == []
 
 
@@ -509,12 +622,15 @@ class ScriptedSource:
         self.lifetime = lifetime
         self.calls = 0
         self.closed = False
+        self.fail: Exception | None = None
         self.release = asyncio.Event()
         self.release.set()
 
     async def fetch_token(self) -> AccessToken:
         self.calls += 1
         await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
         return AccessToken(SecretStr(f"token-{self.calls}"), self.clock() + self.lifetime)
 
     async def close(self) -> None:
@@ -538,6 +654,69 @@ async def test_short_lived_tokens_are_refreshed_at_half_life_not_on_every_call(c
     clock.advance(2)
     await provider.token()
     await eventually(lambda: source.calls == 2)
+    await provider.close()
+
+
+def endpoint_down() -> CredentialUnavailableError:
+    return CredentialUnavailableError(
+        "vertex_ai: could not get a token with the scripted credential: the token endpoint answered HTTP 503",
+        provider=VERTEX,
+        status=503,
+        retryable=True,
+        code="credential_unavailable",
+    )
+
+
+async def test_a_failed_fetch_without_a_token_is_raised_again_until_the_failure_backoff_ends(clock: Clock):
+    source = ScriptedSource(clock)
+    source.fail = endpoint_down()
+    provider = TokenCredentialProvider(source, clock=clock, failure_backoff=2.0)
+    errors: list[CredentialUnavailableError] = []
+    for _ in range(3):
+        with pytest.raises(CredentialUnavailableError) as caught:
+            await provider.token()
+        errors.append(caught.value)
+        clock.advance(0.5)
+    assert source.calls == 1  # a dead token endpoint is asked once, not once per call
+    for error in errors:
+        assert (error.message, error.status, error.retryable, error.provider) == (
+            source.fail.message,
+            503,
+            True,
+            VERTEX,
+        )
+        assert error.__context__ is None and error.__cause__ is None
+
+    clock.advance(0.5)  # 2.0 s after the failure: worth another try
+    source.fail = None
+    assert (await provider.token()).get_secret_value() == "token-2"
+    assert source.calls == 2
+
+
+async def test_the_failure_backoff_starts_again_after_each_failed_fetch(clock: Clock):
+    source = ScriptedSource(clock)
+    source.fail = endpoint_down()
+    provider = TokenCredentialProvider(source, clock=clock)  # failure_backoff=1.0
+    for expected_calls in (1, 1, 2, 2, 3):
+        with pytest.raises(CredentialUnavailableError):
+            await provider.token()
+        assert source.calls == expected_calls
+        clock.advance(0.5)
+    await provider.close()
+
+
+async def test_a_failed_refresh_while_the_token_is_valid_is_not_cached_once_it_expires(clock: Clock):
+    source = ScriptedSource(clock, lifetime=600)
+    provider = TokenCredentialProvider(source, clock=clock)
+    await provider.token()
+    source.fail = endpoint_down()
+    clock.advance(400)  # within the margin: a background refresh, which fails
+    assert (await provider.token()).get_secret_value() == "token-1"
+    await eventually(lambda: source.calls == 2)
+    await asyncio.sleep(0)  # the failed refresh's done-callback
+    clock.advance(200.5)  # expired: the earlier failure had a valid token, so this call fetches
+    source.fail = None
+    assert (await provider.token()).get_secret_value() == "token-3"
     await provider.close()
 
 

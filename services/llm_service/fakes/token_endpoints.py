@@ -32,6 +32,7 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_plus
 
 import orjson
 from aiohttp import web
@@ -404,8 +405,10 @@ class FakeGoogleOAuth(_LoopbackTokenFake):
     Grants: the JWT bearer grant of service accounts (the RS256 assertion is verified against this
     fake's key; ``aud`` is not checked, google-auth always sends ``https://oauth2.googleapis.com/token``)
     counted in ``tokens_issued``; and ``client_credentials`` for ``client_id``/``client_secret``
-    (form fields or HTTP Basic) counted in ``client_credentials_issued``. ``expires_in`` may be a
-    string, as some servers send it.
+    counted in ``client_credentials_issued``. The client authenticates with HTTP Basic as RFC 6749
+    2.3.1 has it (id and secret each form-urlencoded, joined by ``:``, base64-encoded), or with
+    ``client_id``/``client_secret`` form fields; both at once is ``invalid_request``, as the RFC
+    forbids more than one method. ``expires_in`` may be a string, as some servers send it.
     """
 
     def __init__(
@@ -522,12 +525,20 @@ class FakeGoogleOAuth(_LoopbackTokenFake):
 
     def _client_credentials(self, received: TokenRequest) -> web.Response:
         client_id, client_secret = received.form.get("client_id", ""), received.form.get("client_secret", "")
-        basic = received.headers.get("authorization", "")
-        if basic.lower().startswith("basic "):
+        scheme, _, credentials = received.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "basic":
+            if "client_secret" in received.form:
+                return _json(
+                    {"error": "invalid_request", "error_description": "More than one client authentication method."},
+                    400,
+                )
             try:
-                client_id, _, client_secret = base64.b64decode(basic[6:]).decode().partition(":")
-            except (ValueError, binascii.Error):
-                return _json({"error": "invalid_request", "error_description": "Bad Basic credentials."}, 400)
+                user, colon, password = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")
+            except (ValueError, binascii.Error):  # UnicodeDecodeError is a ValueError
+                user, colon, password = "", "", ""
+            if not colon:
+                return _json({"error": "invalid_client", "error_description": "Malformed Basic credentials."}, 401)
+            client_id, client_secret = unquote_plus(user), unquote_plus(password)
         if client_id != self.client_id:
             return _json({"error": "invalid_client", "error_description": "The OAuth client was not found."}, 401)
         if not secrets.compare_digest(client_secret.encode(), self.client_secret.encode()):

@@ -1,7 +1,8 @@
 """Azure AD (Entra ID) token acquisition for `AzureADCredentialProvider`, on top of azure-identity.
 
 Tenant + client id + secret -> `azure.identity.aio.ClientSecretCredential`; otherwise
-`DefaultAzureCredential` (environment, workload identity, managed identity, developer tools).
+`DefaultAzureCredential` (environment, workload identity, managed identity, developer tools; not the
+shared token cache nor VS Code, whose async forms do blocking work on the event loop).
 
 Why a new azure-identity credential for every fetch
 ---------------------------------------------------
@@ -53,7 +54,7 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.credentials import (
     AZURE_COGNITIVE_SERVICES_SCOPE,
     AccessToken,
-    credential_not_configured,
+    credential_misconfigured,
     credential_rejected,
     credential_unavailable,
     is_unavailable_status,
@@ -71,6 +72,7 @@ MICROSOFT_AUTHORITY_HOSTS = frozenset(
 )
 SECRET_KIND = "Azure AD client secret"
 DEFAULT_KIND = "Azure AD default credential"
+CA_FILE_ENV = "AZURE_OPENAI_AUTHORITY_CA_FILE"
 
 
 class _LastStatus:
@@ -121,7 +123,7 @@ class AzureADTokenSource:
         try:
             credential = await self._new_credential(session, last)
         except ValueError as exc:  # azure-identity validates the tenant id and the authority's scheme
-            failure = credential_not_configured(self.provider, self.kind, f"invalid setting: {exc}")
+            failure = credential_misconfigured(self.provider, self.kind, f"invalid setting: {exc} ({self._settings()})")
         else:
             from azure.core.exceptions import AzureError
 
@@ -151,7 +153,7 @@ class AzureADTokenSource:
             if not value
         ]
         if missing:
-            raise credential_not_configured(self.provider, self.kind, f"set {' and '.join(missing)} with the secret")
+            raise credential_misconfigured(self.provider, self.kind, f"set {' and '.join(missing)} with the secret")
 
     async def _open_session(self) -> aiohttp.ClientSession:
         async with self._session_lock:
@@ -165,8 +167,10 @@ class AzureADTokenSource:
                     try:
                         tls = await asyncio.to_thread(ssl.create_default_context, cafile=self._ca_file)
                     except (OSError, ssl.SSLError):
-                        raise credential_not_configured(
-                            self.provider, self.kind, f"cannot load the authority CA file {self._ca_file}"
+                        raise credential_misconfigured(
+                            self.provider,
+                            self.kind,
+                            f"cannot load the authority CA file {self._ca_file} (check {CA_FILE_ENV})",
                         ) from None
                 # Like azure-core's own session: proxies from the environment, no cookies.
                 self._session = aiohttp.ClientSession(
@@ -202,6 +206,14 @@ class AzureADTokenSource:
             options["workload_identity_client_id"] = self._client_id
         if self._tenant_id:
             options["workload_identity_tenant_id"] = self._tenant_id
+        # Left out of the chain: members that would block the event loop. SharedTokenCacheCredential
+        # loads the MSAL persistent cache (a file, or the OS keyring over D-Bus) synchronously in its
+        # async get_token_info; the async VisualStudioCodeCredential calls its sync twin, which with
+        # azure-identity-broker installed runs the sync WAM broker flow. Both hold a developer's
+        # sign-in, which a gateway should not run as; the Azure CLI, PowerShell and azd members
+        # stay (async subprocesses).
+        options["exclude_shared_token_cache_credential"] = True
+        options["exclude_visual_studio_code_credential"] = True
         return await asyncio.to_thread(lambda: DefaultAzureCredential(**options))
 
     def _classify(self, exc: AzureError, last_status: int | None) -> LLMServiceError:
@@ -224,6 +236,12 @@ class AzureADTokenSource:
             provider=self.provider,
             code="credential_error",
         )
+
+    def _settings(self) -> str:
+        """The settings azure-identity validates when a credential is built, for its ValueError."""
+        if self._secret is not None:
+            return "check AZURE_TENANT_ID and AZURE_AUTHORITY_HOST"
+        return "check AZURE_TENANT_ID, AZURE_AUTHORITY_HOST and AZURE_TOKEN_CREDENTIALS"
 
     def _hint(self) -> str:
         if self._secret is not None:

@@ -16,22 +16,26 @@ what it can and raises `ConfigurationError` naming the setting to fix. Azure AD 
      └── OAuthClientCredentialsTokenSource a client-credentials POST (the GenAI Platform gateway)
 
 A source raises `CredentialError` when the endpoint refused it, `CredentialUnavailableError` when
-the endpoint is down (5xx, timeout, refused connection) and `ProviderNotConfiguredError` when there
-is nothing to authenticate with. Messages name the provider and the credential kind, never a secret
-nor what the token endpoint said about it. azure-identity and google-auth are imported on first use,
-off the event loop: a process that needs neither does not pay ~1.4 s of imports.
+the endpoint is down (5xx, timeout, refused connection) and `ConfigurationError` when a configured
+credential cannot be used (a missing key file, an invalid tenant id: the operator's to fix, so a 500,
+not the 404 of `ProviderNotConfiguredError`, which means the provider has no settings at all).
+Messages name the provider and the credential kind, never a secret nor what the token endpoint said
+about it. azure-identity and google-auth are imported on first use, off the event loop: a process
+that needs neither does not pay ~1.4 s of imports.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
+from urllib.parse import quote_plus
 
 import aiohttp
 import orjson
@@ -39,15 +43,13 @@ from pydantic import SecretStr
 
 from llm_service.core.config.constants import ProviderID, RetryableStatusCodes
 from llm_service.core.llm.models import (
+    ConfigurationError,
     CredentialError,
     CredentialUnavailableError,
     LLMServiceError,
     ProviderNotConfiguredError,
 )
 from llm_service.core.llm.retry import parse_retry_after
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("llm_service.credentials")
 
@@ -128,8 +130,10 @@ class TokenCredentialProvider:
     - Ahead of expiry the refresh runs in the background and callers keep the still-valid token
       without waiting for the token endpoint. If that refresh fails, the cached token is served
       (with a warning) and the refresh is tried again on a call `retry_interval` seconds later.
-    - Without a valid token callers wait for the fetch; a failed fetch raises to every waiter and is
-      not remembered: the next call tries again.
+    - Without a valid token callers wait for the fetch; a failed fetch raises to every waiter. Its
+      error is then remembered for `failure_backoff` seconds: callers in that window get it again
+      (a fresh copy) without a fetch, so a dead token endpoint is not asked once per request; the
+      first call after the window tries again.
 
     `clock` must tell epoch seconds (tokens carry epoch expiry times); tests pass a movable one.
     """
@@ -143,6 +147,7 @@ class TokenCredentialProvider:
         clock: Callable[[], float] = time.time,
         refresh_margin: float = 300.0,
         retry_interval: float = 10.0,
+        failure_backoff: float = 1.0,
     ) -> None:
         self._source = source
         self._header = header
@@ -150,10 +155,13 @@ class TokenCredentialProvider:
         self._clock = clock
         self._margin = refresh_margin
         self._retry_interval = retry_interval
+        self._failure_backoff = failure_backoff
         self._token: AccessToken | None = None
         self._headers: dict[str, str] = {}
         self._refresh_at = 0.0
         self._retry_at = 0.0  # a failed refresh ahead of expiry is not retried before this time
+        self._failure: Exception | None = None  # the last fetch's error when it left us without a token
+        self._failed_until = 0.0  # ... raised again, without a fetch, until this time
         self._fetch: asyncio.Task[AccessToken] | None = None
         self._closed = False
 
@@ -186,6 +194,8 @@ class TokenCredentialProvider:
             return token
         if self._closed:
             raise RuntimeError(f"the {self._source.kind} token provider is closed")
+        if self._failure is not None and now < self._failed_until:
+            raise _again(self._failure)
         # shield: a caller that is cancelled (client gone) does not cancel the fetch the others share.
         return await asyncio.shield(self._start_fetch())
 
@@ -204,6 +214,7 @@ class TokenCredentialProvider:
         self._headers = {self._header: f"{self._scheme} {token.token.get_secret_value()}"}
         self._refresh_at = token.expires_at - min(self._margin, lifetime / 2)
         self._retry_at = 0.0
+        self._failure = None
         return token
 
     def _fetch_done(self, task: asyncio.Task[AccessToken]) -> None:
@@ -217,7 +228,10 @@ class TokenCredentialProvider:
         now = self._clock()
         self._retry_at = now + self._retry_interval
         token = self._token
-        if token is not None and now < token.expires_at:
+        if token is None or now >= token.expires_at:
+            if isinstance(error, Exception):
+                self._failure, self._failed_until = error, now + self._failure_backoff
+        else:
             log.warning(
                 "token refresh failed; serving the cached token until it expires",
                 extra={
@@ -229,6 +243,14 @@ class TokenCredentialProvider:
                     }
                 },
             )
+
+
+def _again(error: Exception) -> Exception:
+    """A fresh copy of `error` (class, args, attributes), to raise once more. Raising the one object
+    again from many tasks would grow its traceback and chain whatever each caller was handling."""
+    fresh = type(error).__new__(type(error), *error.args)
+    fresh.__dict__.update(error.__dict__)
+    return fresh
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,8 +283,10 @@ def credential_unavailable(
     )
 
 
-def credential_not_configured(provider: ProviderID, kind: str, detail: str) -> ProviderNotConfiguredError:
-    return ProviderNotConfiguredError(f"{provider.value}: {kind}: {detail}", code="provider_not_configured")
+def credential_misconfigured(provider: ProviderID, kind: str, detail: str) -> ConfigurationError:
+    """A credential is configured but cannot be used (a missing key file, an invalid tenant id): the
+    operator's to fix, a server error. `detail` names the setting."""
+    return ConfigurationError(f"{provider.value}: {kind}: {detail}", code="credential_misconfigured")
 
 
 def endpoint_failure(status: int | None, exc_name: str) -> str:
@@ -313,6 +337,7 @@ class AzureADCredentialProvider(TokenCredentialProvider):
         ca_file: str | None = None,
         clock: Callable[[], float] = time.time,
         refresh_margin: float = 300.0,
+        failure_backoff: float = 1.0,
     ) -> None:
         # Imported here: azure_token.py needs AccessToken and the error helpers above.
         from llm_service.core.llm.azure_token import AzureADTokenSource
@@ -326,7 +351,7 @@ class AzureADCredentialProvider(TokenCredentialProvider):
             scope=scope,
             ca_file=ca_file,
         )
-        super().__init__(source, clock=clock, refresh_margin=refresh_margin)
+        super().__init__(source, clock=clock, refresh_margin=refresh_margin, failure_backoff=failure_backoff)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -348,17 +373,13 @@ class GCPCredentialProvider(TokenCredentialProvider):
         scopes: Sequence[str] = (GCP_CLOUD_PLATFORM_SCOPE,),
         clock: Callable[[], float] = time.time,
         refresh_margin: float = 300.0,
+        failure_backoff: float = 1.0,
     ) -> None:
         # Imported here: gcp_token.py needs AccessToken and the error helpers above.
         from llm_service.core.llm.gcp_token import GCPTokenSource
 
-        self.source = GCPTokenSource(provider=provider, credentials_file=credentials_file, scopes=scopes)
-        super().__init__(self.source, clock=clock, refresh_margin=refresh_margin)
-
-    @property
-    def project_id(self) -> str | None:
-        """The project named by the credentials (known after the first token), if any."""
-        return self.source.project_id
+        source = GCPTokenSource(provider=provider, credentials_file=credentials_file, scopes=scopes)
+        super().__init__(source, clock=clock, refresh_margin=refresh_margin, failure_backoff=failure_backoff)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -367,7 +388,12 @@ class GCPCredentialProvider(TokenCredentialProvider):
 
 
 class OAuthClientCredentialsTokenSource:
-    """RFC 6749 4.4: POST `grant_type=client_credentials` with the client id and secret in the form."""
+    """RFC 6749 4.4: POST `grant_type=client_credentials`, the client authenticated with HTTP Basic.
+
+    RFC 6749 2.3.1: servers MUST support HTTP Basic for clients with a secret, and sending the
+    credentials in the form is NOT RECOMMENDED; so they go in `Authorization: Basic` only, the id and
+    the secret each form-urlencoded (Appendix B) before they are joined with ":" and base64-encoded.
+    """
 
     def __init__(
         self,
@@ -391,21 +417,26 @@ class OAuthClientCredentialsTokenSource:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
 
     async def fetch_token(self) -> AccessToken:
-        if not (self._token_url and self._client_id and self._client_secret.get_secret_value()):
-            raise credential_not_configured(
-                self.provider, self.kind, "a token URL, client id and client secret are needed"
-            )
-        form = {
-            "grant_type": "client_credentials",
-            "client_id": self._client_id,
-            "client_secret": self._client_secret.get_secret_value(),
+        given = {
+            "token URL": self._token_url,
+            "client id": self._client_id,
+            "client secret": self._client_secret.get_secret_value(),
         }
+        missing = [name for name, value in given.items() if not value]
+        if missing:
+            raise credential_misconfigured(
+                self.provider,
+                self.kind,
+                f"a token URL, client id and client secret are needed: no {', '.join(missing)}",
+            )
+        form = {"grant_type": "client_credentials"}
         if self._scope:
             form["scope"] = self._scope
+        headers = {"Accept": "application/json", "Authorization": self._basic_authorization()}
         started = time.time()
         try:
             async with self._session.post(
-                self._token_url, data=form, headers={"Accept": "application/json"}, timeout=self._timeout
+                self._token_url, data=form, headers=headers, timeout=self._timeout
             ) as response:
                 status, body = response.status, await response.read()
                 retry_after = parse_retry_after(response.headers)
@@ -419,6 +450,11 @@ class OAuthClientCredentialsTokenSource:
                 raise credential_unavailable(self.provider, self.kind, detail, status=status, retry_after=retry_after)
             raise credential_rejected(self.provider, self.kind, status=status, error_code=oauth_error_code(body))
         return self._parse(body, started)
+
+    def _basic_authorization(self) -> str:
+        user = quote_plus(self._client_id, safe="")
+        password = quote_plus(self._client_secret.get_secret_value(), safe="")
+        return "Basic " + base64.b64encode(f"{user}:{password}".encode("ascii")).decode("ascii")
 
     def _parse(self, body: bytes, started: float) -> AccessToken:
         try:

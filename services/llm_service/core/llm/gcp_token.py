@@ -5,6 +5,12 @@ default credentials; every `fetch_token` refreshes in a worker thread. Errors ar
 token endpoint's HTTP status (recorded by a small transport wrapper, since google-auth's RefreshError
 carries none), never by message text, and never chain google-auth's exception (which may quote the
 response).
+
+One HTTP request per attempt: google-auth 2.63 retries a failed token request itself, with sleeps in
+our worker thread (`oauth2/_client.py`: 3 attempts on 408/429/500/503/504 or an `error` of
+`internal_failure`, `server_error`, `temporarily_unavailable`; the metadata server client: 5 attempts,
+also on a TransportError). The transport wrapper stops that by raising on such a response; whether
+to try again is the provider's and the caller's retry policy's decision.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import time
 import warnings
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -24,7 +31,7 @@ from llm_service.core.llm.credentials import (
     ASSUMED_LIFETIME,
     GCP_CLOUD_PLATFORM_SCOPE,
     AccessToken,
-    credential_not_configured,
+    credential_misconfigured,
     credential_rejected,
     credential_unavailable,
     endpoint_failure,
@@ -32,17 +39,38 @@ from llm_service.core.llm.credentials import (
     oauth_code,
 )
 from llm_service.core.llm.models import CredentialError, LLMServiceError
+from llm_service.core.llm.retry import parse_retry_after
 
 if TYPE_CHECKING:
     import requests
     from google.auth.credentials import Credentials as GoogleCredentials
 
 
+# OAuth error codes after which google-auth's token client tries again (`_client._can_retry`).
+_RETRIED_ERROR_CODES = frozenset({"internal_failure", "server_error", "temporarily_unavailable"})
+
+
+class _EndpointUnavailable(Exception):
+    """The token endpoint answered with a failure worth another attempt later (not now).
+
+    Deliberately not a google-auth TransportError: the metadata-server client catches those and
+    tries again (5 attempts, with sleeps), while nothing in google-auth catches other exceptions
+    around a request, so this one ends the refresh after its one request.
+    """
+
+    def __init__(self, status: int, detail: str, retry_after: float | None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.detail = detail
+        self.retry_after = retry_after
+
+
 class _TimedRequest:
     """A google-auth transport request with our timeout on every call, remembering the last status.
 
     google-auth's RefreshError carries no HTTP status, so the status is how a 502 (endpoint down) is
-    told apart from a 400 (rejected) — status first, message text never.
+    told apart from a 400 (rejected) — status first, message text never. A failure that google-auth
+    would retry raises `_EndpointUnavailable` instead of reaching google-auth's retry loops.
     """
 
     def __init__(self, session: requests.Session, timeout: float) -> None:
@@ -65,8 +93,30 @@ class _TimedRequest:
         response = self._inner(
             url, method=method, body=body, headers=headers, timeout=timeout or self._timeout, **kwargs
         )
-        self.last_status = response.status
+        status = int(response.status)
+        self.last_status = status
+        if status != HTTPStatus.OK:
+            detail = _unavailable(status, response.data)
+            if detail is not None:
+                raise _EndpointUnavailable(status, detail, parse_retry_after(response.headers))
         return response
+
+
+def _unavailable(status: int, body: object) -> str | None:
+    """What makes this failed response one that google-auth would retry, or None if it would not."""
+    if is_unavailable_status(status):
+        return endpoint_failure(status, "")
+    try:
+        data = orjson.loads(body) if isinstance(body, bytes | str) and body else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    for key in ("error", "error_description"):
+        value = data.get(key)
+        if isinstance(value, str) and value in _RETRIED_ERROR_CODES:
+            return f"{endpoint_failure(status, '')} ({value})"
+    return None
 
 
 class _CredentialsFileError(Exception):
@@ -97,7 +147,6 @@ class GCPTokenSource:
     ) -> None:
         self.provider = provider
         self.kind = "GCP service account" if credentials_file else "GCP application default credentials"
-        self.project_id: str | None = None
         self._file = credentials_file
         self._scopes = list(scopes)
         self._timeout = timeout
@@ -135,7 +184,7 @@ class GCPTokenSource:
 
             self._request = _TimedRequest(requests.Session(), self._timeout)
         if self._credentials is None:
-            self._credentials, self.project_id = self._load_file() if self._file else self._load_default()
+            self._credentials = self._load_file() if self._file else self._load_default()
         self._request.last_status = None
         self._credentials.refresh(self._request)  # type: ignore[no-untyped-call]
         token = self._credentials.token
@@ -143,12 +192,13 @@ class GCPTokenSource:
             raise ValueError("google-auth returned no access token")
         return token, self._credentials.expiry
 
-    def _load_default(self) -> tuple[GoogleCredentials, str | None]:
+    def _load_default(self) -> GoogleCredentials:
         import google.auth
 
-        return google.auth.default(scopes=self._scopes)
+        credentials, _project = google.auth.default(scopes=self._scopes)
+        return credentials
 
-    def _load_file(self) -> tuple[GoogleCredentials, str | None]:
+    def _load_file(self) -> GoogleCredentials:
         import google.auth
         from google.auth import exceptions as gexc
         from google.oauth2 import credentials as user_credentials
@@ -161,17 +211,14 @@ class GCPTokenSource:
             if not isinstance(info, dict):
                 raise ValueError("not a JSON object")
             file_type = info.get("type")
-            project = info.get("project_id") or info.get("quota_project_id")
-            project = project if isinstance(project, str) else None
             if file_type == "service_account":
-                loaded = service_account.Credentials.from_service_account_info(info, scopes=self._scopes)  # type: ignore[no-untyped-call]
-                return loaded, project
+                return service_account.Credentials.from_service_account_info(info, scopes=self._scopes)  # type: ignore[no-any-return,no-untyped-call]
             if file_type == "authorized_user":
-                user = user_credentials.Credentials.from_authorized_user_info(info, scopes=self._scopes)  # type: ignore[no-untyped-call]
-                return user, project
+                return user_credentials.Credentials.from_authorized_user_info(info, scopes=self._scopes)  # type: ignore[no-any-return,no-untyped-call]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                return google.auth.load_credentials_from_file(self._file, scopes=self._scopes)  # type: ignore[no-any-return,no-untyped-call]
+                credentials, _project = google.auth.load_credentials_from_file(self._file, scopes=self._scopes)  # type: ignore[no-untyped-call]
+                return credentials  # type: ignore[no-any-return]
         except FileNotFoundError:
             raise _CredentialsFileError(f"{self._file} does not exist") from None
         except (OSError, ValueError, gexc.GoogleAuthError) as exc:
@@ -186,11 +233,15 @@ class GCPTokenSource:
         status = self._request.last_status if self._request else None
         env = "GOOGLE_APPLICATION_CREDENTIALS"
         if isinstance(exc, _CredentialsFileError):
-            return credential_not_configured(self.provider, self.kind, f"{exc} (set {env})")
+            return credential_misconfigured(self.provider, self.kind, f"{exc} (set {env})")
         if isinstance(exc, gexc.DefaultCredentialsError):
             # google-auth's own text: "Your default credentials were not found. To set up ..."
             first = exc.args[0] if exc.args and isinstance(exc.args[0], str) else type(exc).__name__
-            return credential_not_configured(self.provider, self.kind, f"{first} (or set {env})")
+            return credential_misconfigured(self.provider, self.kind, f"{first} (or set {env})")
+        if isinstance(exc, _EndpointUnavailable):
+            return credential_unavailable(
+                self.provider, self.kind, exc.detail, status=exc.status, retry_after=exc.retry_after
+            )
         if isinstance(exc, gexc.TransportError) or (status is not None and is_unavailable_status(status)):
             detail = endpoint_failure(status, type(exc).__name__)
             return credential_unavailable(self.provider, self.kind, detail, status=status)
