@@ -149,7 +149,7 @@ def ad_service(
     upstreams, upstream: FakeUpstream, entra: FakeEntraID, clock: ManualClock | None = None, secret: str = CLIENT_SECRET
 ) -> ServiceThread:
     group = ad_group(upstream, entra.authority, entra.ca_file, secret)
-    settings = fake_settings(upstreams, azure_openai=group, dispatcher={"max_retries": 0})
+    settings = fake_settings(upstreams, azure_openai=group)
     return ServiceThread(app=create_app(settings, clock=clock or time.time))
 
 
@@ -181,7 +181,7 @@ def test_a_dead_token_endpoint_is_a_clear_503_that_leaks_nothing(upstreams, azur
         probe.bind(("127.0.0.1", 0))
         dead = f"https://127.0.0.1:{probe.getsockname()[1]}"
     group = ad_group(azure_ad_upstream, dead, None)
-    settings = fake_settings(upstreams, azure_openai=group, dispatcher={"max_retries": 0})
+    settings = fake_settings(upstreams, azure_openai=group)
     with ServiceThread(settings) as service, httpx.Client(base_url=service.url, timeout=30) as http:
         response = chat(http)
 
@@ -199,6 +199,7 @@ def test_a_failing_token_endpoint_is_503_and_a_rejected_secret_502(upstreams, az
     wrong = "not-the-right-secret"
     with ad_service(upstreams, azure_ad_upstream, entra) as service, httpx.Client(base_url=service.url) as http:
         unavailable = chat(http)
+    requested_while_down = entra.tokens_requested
     entra.fail_with = None
     with (
         ad_service(upstreams, azure_ad_upstream, entra, secret=wrong) as service,
@@ -207,6 +208,8 @@ def test_a_failing_token_endpoint_is_503_and_a_rejected_secret_502(upstreams, az
         rejected = chat(http)
 
     assert unavailable.status_code == 503
+    # The dispatcher's retries meet the remembered failure instead of the token endpoint again.
+    assert requested_while_down == 1
     assert rejected.status_code == 502, rejected.text
     for response in (unavailable, rejected):
         assert "Azure AD" in response.json()["error"]["message"]

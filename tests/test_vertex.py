@@ -321,7 +321,7 @@ def sa_vertex() -> Iterator[FakeVertex]:
 
 def sa_service(upstreams, vertex: FakeVertex, key_file: Path, clock: Any = time.time) -> ServiceThread:
     group = {"base_url": vertex.url, "api_key": None, "project": VERTEX_PROJECT, "credentials_file": str(key_file)}
-    settings = fake_settings(upstreams, vertex_ai=group, dispatcher={"max_retries": 0})
+    settings = fake_settings(upstreams, vertex_ai=group)
     return ServiceThread(app=create_app(settings, clock=clock))
 
 
