@@ -20,7 +20,7 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, Fault, ServerThread
 from llm_service.fakes.token_endpoints import FakeEntraID
 from llm_service.main import create_app
-from sse_client import fixture_json, stream_events, streamed_text
+from sse_client import FIXTURES, fixture_json, stream_events, streamed_text
 
 AZURE = ProviderID.AZURE_OPENAI
 TENANT, CLIENT_ID, CLIENT_SECRET = "11111111-2222-3333-4444-555555555555", "app-client-id", "entra-s3cret-value"
@@ -56,6 +56,33 @@ def test_stream_skips_the_annotation_only_first_chunk(client: httpx.Client) -> N
     assert all(e["id"] and e["choices"] for e in events[:-1])
     assert events[0]["choices"][0]["delta"]["role"] == "assistant"
     assert streamed_text(events[:-1]) == "The capital of France is Paris — famous for its cafés."
+
+
+def test_asynchronous_filter_annotations_mid_stream_are_skipped(client: httpx.Client, upstreams) -> None:
+    """With asynchronous filtering, Azure interleaves choices that carry only content_filter_results and
+    content_filter_offsets, with no delta (protocol reference 2.3, quirk 2)."""
+    raw = (FIXTURES / "azure_openai" / "chat_text.sse").read_bytes()
+    events = raw.split(b"\n\n")
+    annotation = {
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": None,
+                "content_filter_results": {"hate": {"filtered": False, "severity": "safe"}},
+                "content_filter_offsets": {"check_offset": 0, "start_offset": 0, "end_offset": 14},
+            }
+        ],
+        "created": 1750000000,
+        "id": "chatcmpl-BkU9bMs4oXq2UjN6rYa0vEd5fLk3I",
+        "model": "gpt-4o-mini-2024-07-18",
+        "object": "chat.completion.chunk",
+    }
+    events[3:3] = [b"data: " + json.dumps(annotation).encode()]
+    upstreams[AZURE].inject(Fault(status=200, body=b"\n\n".join(events)))
+    received = stream_events(client, {"model": MODELS[AZURE], "messages": QUESTION, "stream": True})
+
+    assert streamed_text(received[:-1]) == "The capital of France is Paris — famous for its cafés."
+    assert all(c["choices"][0]["delta"] or c["choices"][0]["finish_reason"] for c in received[:-1])
 
 
 def test_blocked_prompt_is_a_400_content_filter_error(client: httpx.Client, upstreams) -> None:
