@@ -117,6 +117,16 @@ def test_a_partly_filtered_completion_keeps_its_text_and_finish_reason(client: h
     assert (choice["message"]["content"], choice["finish_reason"]) == ("Here is the start of", "content_filter")
 
 
+def test_a_stream_blocked_before_any_text_is_a_400_content_filter_error(client: httpx.Client, upstreams) -> None:
+    events = (FIXTURES / "azure_openai" / "chat_content_filter.sse").read_bytes().split(b"\n\n")
+    without_text = [e for e in events if b'"content":"' not in e or b'"content":""' in e]
+    upstreams[AZURE].inject(Fault(status=200, body=b"\n\n".join(without_text)))
+    response = client.post("/v1/chat/completions", json={"model": MODELS[AZURE], "messages": QUESTION, "stream": True})
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "content_filter"
+
+
 def test_a_filtered_stream_ends_with_the_content_filter_finish_reason(client: httpx.Client, upstreams) -> None:
     upstreams[AZURE].inject(Fault(fixture="chat_content_filter"))
     events = stream_events(client, {"model": MODELS[AZURE], "messages": QUESTION, "stream": True})

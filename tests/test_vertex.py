@@ -116,6 +116,20 @@ def test_a_completion_blocked_before_any_text_is_a_400_content_filter_error(clie
     assert response.json()["error"]["code"] == "content_filter"
 
 
+def test_a_stream_blocked_before_any_text_is_a_400_content_filter_error(client: httpx.Client, upstreams) -> None:
+    blocked = {
+        "candidates": [{"content": {"role": "model", "parts": [{"text": ""}]}, "finishReason": "PROHIBITED_CONTENT"}],
+        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+        "modelVersion": "gemini-2.5-flash",
+        "responseId": "blocked-2",
+    }
+    upstreams[VERTEX].inject(Fault(status=200, body=b"data: " + json.dumps(blocked).encode() + b"\r\n\r\n"))
+    response = client.post("/v1/chat/completions", json={"model": MODEL, "messages": QUESTION, "stream": True})
+
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["code"] == "content_filter"
+
+
 def test_generated_tool_call_ids_are_the_same_streamed_and_plain(client: httpx.Client) -> None:
     plain = post(client, [ASK], tools=[WEATHER_TOOL]).json()["choices"][0]["message"]["tool_calls"]
     events = stream_events(client, {"model": MODEL, "messages": [ASK], "tools": [WEATHER_TOOL], "stream": True})

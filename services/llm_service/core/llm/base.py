@@ -25,6 +25,7 @@ from llm_service.core.config.settings import ProviderSettings
 from llm_service.core.llm.credentials import CredentialProvider
 from llm_service.core.llm.models import (
     Choice,
+    ChunkChoice,
     ContentFilterError,
     FinishReason,
     LLMChunk,
@@ -79,6 +80,8 @@ class StreamState:
     request: LLMRequest
     done: bool = False
     scratch: dict[str, Any] = field(default_factory=dict)
+    #: Leading chunks that said nothing yet; None once one has (see `_hold_until_said`).
+    held: list[LLMChunk] | None = field(default_factory=list)
 
 
 #: Headers that depend on the request (e.g. the caller's `user` for a gateway's attribution), injected
@@ -199,11 +202,7 @@ class BaseLLMClient(ABC):
         if response.choices and all(map(_filtered_before_saying_anything, response.choices)):
             # An empty 200 would pass for an answer; a partly written completion keeps its text and
             # `finish_reason: "content_filter"`, as OpenAI reports it.
-            raise ContentFilterError(
-                f"{self.provider.value}'s content filter blocked the completion",
-                provider=self.provider,
-                code="content_filter",
-            )
+            raise self._filtered_completion()
         return response
 
     async def generate_stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
@@ -227,12 +226,9 @@ class BaseLLMClient(ABC):
                     for chunk in self._decode_event(event, state):
                         yield chunk
                 if state.done and not read_to_eof:
-                    return
-            for event in decoder.flush():
-                for chunk in self._decode_event(event, state):
-                    yield chunk
-            if not state.done:
-                raise self.malformed("stream ended before its terminator", retryable=True)
+                    break
+            for chunk in self._end_of_stream(decoder, state):
+                yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from exc
         finally:
@@ -253,7 +249,42 @@ class BaseLLMClient(ABC):
             raise self.malformed(f"unreadable stream event: {exc}", retryable=True) from exc
         if decoded is None:
             return ()
-        return (decoded,) if isinstance(decoded, LLMChunk) else decoded
+        chunks = (decoded,) if isinstance(decoded, LLMChunk) else decoded
+        return chunks if state.held is None else self._hold_until_said(chunks, state)
+
+    def _end_of_stream(self, decoder: SSEDecoder, state: StreamState) -> list[LLMChunk]:
+        """What is left when the stream stopped: the undispatched tail at EOF, held chunks of a stream
+        that never said anything; a stream that stopped before its terminator is an error."""
+        chunks: list[LLMChunk] = []
+        if not state.done or self.stream_ends_at_eof:  # at EOF, not stopped at the terminator
+            for event in decoder.flush():
+                chunks += self._decode_event(event, state)
+        if not state.done:
+            raise self.malformed("stream ended before its terminator", retryable=True)
+        return chunks + (state.held or [])
+
+    def _hold_until_said(self, chunks: Sequence[LLMChunk], state: StreamState) -> Sequence[LLMChunk]:
+        """Leading chunks that say nothing (a role, empty text) are held back until one says something,
+        so that a completion the content filter blocks before its first word is the same clear error
+        as in `generate()`, raised before the first byte goes out, instead of an empty stream."""
+        held = state.held
+        assert held is not None
+        for i, chunk in enumerate(chunks):
+            if chunk.usage is None and not any(map(_says_something, chunk.choices)):
+                held.append(chunk)
+                continue
+            if chunk.choices and all(c.finish_reason is FinishReason.CONTENT_FILTER for c in chunk.choices):
+                raise self._filtered_completion()
+            state.held = None
+            return [*held, *chunks[i:]]
+        return ()
+
+    def _filtered_completion(self) -> ContentFilterError:
+        return ContentFilterError(
+            f"{self.provider.value}'s content filter blocked the completion",
+            provider=self.provider,
+            code="content_filter",
+        )
 
     async def _headers(self, client: UpstreamClient, request: LLMRequest) -> dict[str, str]:
         headers = dict(client.headers)
@@ -355,3 +386,7 @@ class BaseLLMClient(ABC):
 def _filtered_before_saying_anything(choice: Choice) -> bool:
     reply = choice.message
     return choice.finish_reason is FinishReason.CONTENT_FILTER and not (reply.text() or reply.tool_calls)
+
+
+def _says_something(choice: ChunkChoice) -> bool:
+    return bool(choice.content or choice.tool_calls or choice.refusal or choice.finish_reason)
