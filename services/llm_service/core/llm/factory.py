@@ -158,13 +158,6 @@ def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
     )
 
 
-def create_client(
-    provider: ProviderID, settings: Settings, session: aiohttp.ClientSession, *, clock: Clock = time.time
-) -> BaseLLMClient:
-    """One client on its own (tests); `provider_clients()` is what the service uses."""
-    return _create(provider, _Context(settings, session, clock))
-
-
 @asynccontextmanager
 async def provider_clients(
     settings: Settings, session: aiohttp.ClientSession, *, clock: Clock = time.time
