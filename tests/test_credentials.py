@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import errno
+import ipaddress
 import logging
 import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -24,6 +27,7 @@ from pydantic import SecretStr
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.credentials import (
+    AZURE_COGNITIVE_SERVICES_SCOPE,
     AccessToken,
     AzureADCredentialProvider,
     GCPCredentialProvider,
@@ -344,6 +348,160 @@ async def test_azure_default_credential_uses_the_environment_service_principal(
     assert not isinstance(caught.value, CredentialUnavailableError)
     assert caught.value.status == 401 and "Azure AD default credential" in caught.value.message
     assert_safe(caught.value, "rotated-away")
+
+
+# A Kubernetes service-account token as the AKS workload identity webhook projects it into the pod.
+FEDERATED_TOKEN = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImZha2Uta2V5In0.fake-kubernetes-service-account-token.fake-signature"
+
+# What else could make DefaultAzureCredential pick an identity: a service principal for its
+# EnvironmentCredential, AZURE_TOKEN_CREDENTIALS, and the managed identity endpoints (App Service,
+# Service Fabric, Azure Arc, Azure ML, Cloud Shell, pod identity).
+NOT_WORKLOAD_IDENTITY_VARS = (
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_USERNAME",
+    "AZURE_PASSWORD",
+    "AZURE_TOKEN_CREDENTIALS",
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "IDENTITY_SERVER_THUMBPRINT",
+    "IMDS_ENDPOINT",
+    "MSI_ENDPOINT",
+    "MSI_SECRET",
+    "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+)
+
+
+@pytest.fixture
+def token_file(entra: FakeEntraID, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A pod's workload identity environment, pointed at the fake: the webhook's four variables and
+    the token file, with the app trusting that token; no client secret, no managed identity endpoint."""
+    entra.federated_token = FEDERATED_TOKEN
+    path = tmp_path / "azure-identity-token"
+    path.write_text(FEDERATED_TOKEN)
+    monkeypatch.setenv("AZURE_FEDERATED_TOKEN_FILE", str(path))
+    monkeypatch.setenv("AZURE_TENANT_ID", entra.tenant_id)
+    monkeypatch.setenv("AZURE_CLIENT_ID", entra.client_id)
+    monkeypatch.setenv("AZURE_AUTHORITY_HOST", entra.authority)
+    for name in NOT_WORKLOAD_IDENTITY_VARS:
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+@pytest.fixture
+def members_after_workload_identity(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Stands in for the chain members after WorkloadIdentityCredential (managed identity, which
+    would call IMDS at 169.254.169.254, and the Azure CLI, PowerShell and azd subprocesses): each
+    records its name and declines, so a test sees whether the chain went past workload identity."""
+    from azure.identity import CredentialUnavailableError as Unavailable
+    from azure.identity import aio
+
+    reached: list[str] = []
+    for cls in (
+        aio.ManagedIdentityCredential,
+        aio.AzureCliCredential,
+        aio.AzurePowerShellCredential,
+        aio.AzureDeveloperCliCredential,
+    ):
+
+        async def decline(self: object, *scopes: str, **kwargs: Any) -> Any:
+            reached.append(type(self).__name__)
+            raise Unavailable("stubbed out by the test")
+
+        monkeypatch.setattr(cls, "get_token_info", decline)
+        monkeypatch.setattr(cls, "get_token", decline)
+    return reached
+
+
+@pytest.fixture
+def off_loopback(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Refuses, and records, every socket connection to anything but a loopback address."""
+    attempts: list[object] = []
+    real_connect = socket.socket.connect
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        if isinstance(address, tuple) and not _is_loopback(str(address[0])):
+            attempts.append(address)
+            raise OSError(errno.ENETUNREACH, "the test allows loopback connections only")
+        real_connect(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    return attempts
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def workload_identity_provider(fake: FakeEntraID, clock: Clock) -> AzureADCredentialProvider:
+    """As the settings layer builds it in the pod: ids and authority from the webhook's variables."""
+    return azure_provider(fake, clock, client_secret=None)
+
+
+async def test_azure_default_credential_uses_the_workload_identity(
+    entra: FakeEntraID,
+    clock: Clock,
+    close_after,
+    token_file: Path,
+    members_after_workload_identity: list[str],
+    off_loopback: list[object],
+):
+    """No client secret: DefaultAzureCredential's WorkloadIdentityCredential trades the federated
+    token file's content for an Entra ID token, and the chain stops there."""
+    provider = close_after(workload_identity_provider(entra, clock))
+    assert provider.kind == "Azure AD default credential"
+
+    assert await provider.auth_headers() == {"Authorization": f"Bearer {entra.access_token}"}
+    assert entra.tokens_issued == 1
+    (request,) = entra.token_requests
+    assert request.path == f"/{entra.tenant_id}/oauth2/v2.0/token"
+    assert request.form == {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": FEDERATED_TOKEN,
+        "client_id": entra.client_id,
+        "scope": AZURE_COGNITIVE_SERVICES_SCOPE,
+    }
+
+    # Kubernetes rotates the projected token; the credential built for the next fetch reads it again.
+    entra.federated_token = rotated = FEDERATED_TOKEN.replace("fake-signature", "rotated-signature")
+    await asyncio.to_thread(token_file.write_text, rotated)
+    entra.access_token = "second-workload-identity-token"
+    clock.advance(HOUR + 60)
+    assert await provider.auth_headers() == {"Authorization": "Bearer second-workload-identity-token"}
+    assert [r.form["client_assertion"] for r in entra.token_requests] == [FEDERATED_TOKEN, rotated]
+    assert entra.tokens_issued == 2
+    assert members_after_workload_identity == [] and off_loopback == []
+
+
+async def test_azure_rejected_federated_token_is_a_credential_error(
+    entra: FakeEntraID,
+    clock: Clock,
+    close_after,
+    token_file: Path,
+    members_after_workload_identity: list[str],
+    off_loopback: list[object],
+    caplog: pytest.LogCaptureFixture,
+):
+    """A token the app's federated credential does not match is refused (401 invalid_client): not
+    retryable, not passed on to managed identity, and not quoted."""
+    wrong = FEDERATED_TOKEN.replace("fake-signature", "someone-elses-signature")
+    await asyncio.to_thread(token_file.write_text, wrong)
+    provider = close_after(workload_identity_provider(entra, clock))
+
+    with caplog.at_level(logging.DEBUG), pytest.raises(CredentialError) as caught:
+        await provider.auth_headers()
+    error = caught.value
+    assert not isinstance(error, CredentialUnavailableError)
+    assert error.status == 401 and not error.retryable
+    assert "azure_openai" in error.message and "Azure AD default credential" in error.message
+    assert_safe(error, wrong, FEDERATED_TOKEN)
+    assert wrong not in caplog.text
+    assert entra.tokens_requested == 1 and entra.tokens_issued == 0
+    assert members_after_workload_identity == [] and off_loopback == []
 
 
 async def test_azure_default_credential_chain_has_no_member_that_blocks_the_event_loop(
@@ -794,6 +952,41 @@ def test_entra_fake_checks_scope_and_grant(entra_thread: FakeEntraID):
     assert (bad_scope.status_code, bad_scope.json()["error"]) == (400, "invalid_scope")
     assert (password.status_code, password.json()["error"]) == (400, "unsupported_grant_type")
     assert fake.tokens_issued == 0
+
+
+def test_entra_fake_takes_a_federated_token_as_client_assertion():
+    jwt_bearer = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    with ServerThread(FakeEntraID(federated_token=FEDERATED_TOKEN)) as running:
+        fake = running.server
+        form = {
+            "grant_type": "client_credentials",
+            "client_id": fake.client_id,
+            "client_assertion_type": jwt_bearer,
+            "client_assertion": FEDERATED_TOKEN,
+            "scope": AZURE_COGNITIVE_SERVICES_SCOPE,
+        }
+
+        def post(**changes: str | None) -> requests.Response:
+            data = {key: value for key, value in {**form, **changes}.items() if value is not None}
+            return http.post(fake.token_url, data=data, verify=fake.ca_file, timeout=5)
+
+        with requests.Session() as http:
+            good = post()
+            wrong = post(client_assertion="not-the-federated-token")
+            bad_type = post(client_assertion_type="urn:ietf:params:oauth:client-assertion-type:saml2-bearer")
+            both = post(client_secret=fake.client_secret)
+            neither = post(client_assertion=None, client_assertion_type=None)
+            fake.federated_token = None  # the app trusts no federated credential
+            untrusted = post()
+        assert good.status_code == 200 and good.json()["access_token"] == fake.access_token
+        assert wrong.status_code == 401
+        assert (wrong.json()["error"], wrong.json()["error_codes"]) == ("invalid_client", [700211])
+        assert "not-the-federated-token" not in wrong.text
+        assert (bad_type.status_code, bad_type.json()["error"]) == (400, "invalid_request")
+        assert (both.status_code, both.json()["error"]) == (400, "invalid_request")
+        assert (neither.status_code, neither.json()["error_codes"]) == (401, [7000216])
+        assert (untrusted.status_code, untrusted.json()["error_codes"]) == (401, [700211])
+        assert fake.tokens_issued == 1
 
 
 def test_google_fake_rejects_a_tampered_assertion(tmp_path: Path):

@@ -45,6 +45,7 @@ from typing_extensions import override
 
 JWT_BEARER_GRANT = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 CLIENT_CREDENTIALS_GRANT = "client_credentials"
+JWT_BEARER_CLIENT_ASSERTION = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 @dataclass
@@ -159,6 +160,15 @@ class FakeEntraID(_LoopbackTokenFake):
     Routes: ``GET /{tenant}/v2.0/.well-known/openid-configuration`` and
     ``POST /{tenant}/oauth2/v2.0/token``. Point azure-identity at :attr:`authority` and trust
     :attr:`ca_file`. ``access_token`` may be changed between issues to tell tokens apart.
+
+    The client authenticates with ``client_secret``, or with a client assertion
+    (``client_assertion_type=urn:ietf:params:oauth:client-assertion-type:jwt-bearer``,
+    ``client_assertion=...``) as azure-identity's ``WorkloadIdentityCredential`` sends the
+    Kubernetes service-account token it reads from ``AZURE_FEDERATED_TOKEN_FILE``. The assertion is
+    accepted when it equals ``federated_token`` (the federated identity credential the app trusts;
+    ``None``: the app trusts none), and is otherwise refused as Entra ID refuses an assertion no
+    federated credential matches (401 ``invalid_client``, AADSTS700211). Both grants count in
+    ``tokens_issued``.
     """
 
     def __init__(
@@ -171,11 +181,13 @@ class FakeEntraID(_LoopbackTokenFake):
         expires_in: int = 3599,
         delay: float = 0.0,
         fail_with: int | None = None,
+        federated_token: str | None = None,
     ) -> None:
         super().__init__(expires_in=expires_in, delay=delay, fail_with=fail_with)
         self.tenant_id = tenant_id
         self.client_id = client_id
         self.client_secret = client_secret
+        self.federated_token = federated_token
         self.access_token = access_token
         self.tokens_issued = 0
         self._tls_dir: Path | None = None
@@ -283,18 +295,9 @@ class FakeEntraID(_LoopbackTokenFake):
                 700016,
                 f"Application with identifier '{form.get('client_id', '')}' was not found in the directory.",
             )
-        if not form.get("client_secret"):
-            return self._error(
-                401, "invalid_client", 7000216, "'client_assertion' or 'client_secret' is required for this grant."
-            )
-        if not secrets.compare_digest(form["client_secret"].encode(), self.client_secret.encode()):
-            return self._error(
-                401,
-                "invalid_client",
-                7000215,
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
-                f"value, not the client secret ID, for a secret added to app '{self.client_id}'.",
-            )
+        rejection = self._check_client_authentication(form)
+        if rejection is not None:
+            return rejection
         scope = form.get("scope", "")
         if not scope:
             return self._error(400, "invalid_request", 900144, "The request body must contain the parameter: 'scope'.")
@@ -305,6 +308,47 @@ class FakeEntraID(_LoopbackTokenFake):
                 1002012,
                 f"The provided value for scope {scope} is not valid. Client credential flows must have a scope "
                 "value with /.default suffixed to the resource identifier (application ID URI).",
+            )
+        return None
+
+    def _check_client_authentication(self, form: dict[str, str]) -> web.Response | None:
+        """The client secret, or else the client assertion (a federated token), checked."""
+        assertion, assertion_type = form.get("client_assertion"), form.get("client_assertion_type")
+        if form.get("client_secret") and (assertion or assertion_type):
+            return self._error(
+                400, "invalid_request", 90023, "Only one client authentication method may be used in a request."
+            )
+        if form.get("client_secret"):
+            if secrets.compare_digest(form["client_secret"].encode(), self.client_secret.encode()):
+                return None
+            return self._error(
+                401,
+                "invalid_client",
+                7000215,
+                "Invalid client secret provided. Ensure the secret being sent in the request is the client secret "
+                f"value, not the client secret ID, for a secret added to app '{self.client_id}'.",
+            )
+        if not assertion:
+            return self._error(
+                401, "invalid_client", 7000216, "'client_assertion' or 'client_secret' is required for this grant."
+            )
+        if assertion_type != JWT_BEARER_CLIENT_ASSERTION:
+            return self._error(
+                400,
+                "invalid_request",
+                90014,
+                f"The required field 'client_assertion_type' is missing or is not '{JWT_BEARER_CLIENT_ASSERTION}'.",
+            )
+        if self.federated_token is None or not secrets.compare_digest(
+            assertion.encode(), self.federated_token.encode()
+        ):
+            # Never echoes the assertion, so tests can check that no error message quotes it.
+            return self._error(
+                401,
+                "invalid_client",
+                700211,
+                "No matching federated identity record found for presented assertion issuer. Please check your "
+                f"federated identity credential configuration on app '{self.client_id}'.",
             )
         return None
 
