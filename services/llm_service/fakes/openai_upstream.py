@@ -17,6 +17,7 @@ import random
 import secrets
 import threading
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ class StreamPiece:
     kind: Literal["event", "end", "extra"] = "event"
 
 
-class LoopbackChatFake:
+class LoopbackChatFake(ABC):
     """What every chat fake shares: start/stop on a loopback port, the request log, the fault
     queue, client hang-up bookkeeping and a fault-aware stream writer.
 
@@ -115,16 +116,17 @@ class LoopbackChatFake:
 
     # ------------------------------------------------------------------ subclass hooks
 
+    @abstractmethod
     def _add_routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+        """Register the fake\'s routes on `app`."""
 
     def _url_path(self) -> str:
         """Path appended to ``http://host:port`` to form :attr:`url`."""
         return ""
 
+    @abstractmethod
     def _generic_error(self, status: int) -> bytes:
         """The error body for a faulted status that has no ``error_<status>.json`` fixture."""
-        raise NotImplementedError
 
     def _check_fault(self, fault: Fault) -> None:
         """Reject, at :meth:`inject` time, a fault naming a fixture this fake does not have."""

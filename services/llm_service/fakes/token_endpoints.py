@@ -27,6 +27,7 @@ import tempfile
 import time
 import uuid
 import weakref
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import ip_address
@@ -59,7 +60,7 @@ class TokenRequest:
     jwt_claims: dict[str, Any] | None = field(default=None)  # a verified JWT-bearer assertion's claims
 
 
-class _LoopbackTokenFake:
+class _LoopbackTokenFake(ABC):
     """Lifecycle, request log and the common knobs of the token fakes."""
 
     def __init__(self, *, expires_in: int | str, delay: float, fail_with: int | None) -> None:
@@ -113,8 +114,9 @@ class _LoopbackTokenFake:
         self.delay = 0.0
 
     # Hooks
+    @abstractmethod
     def _add_routes(self, app: web.Application) -> None:
-        raise NotImplementedError
+        """Register the fake\'s routes on `app`."""
 
     async def _server_tls(self) -> ssl.SSLContext | None:
         return None
