@@ -118,7 +118,7 @@ class LoopbackChatFake(ABC):
 
     @abstractmethod
     def _add_routes(self, app: web.Application) -> None:
-        """Register the fake\'s routes on `app`."""
+        """Register the fake's routes on `app`."""
 
     def _url_path(self) -> str:
         """Path appended to ``http://host:port`` to form :attr:`url`."""

@@ -116,7 +116,7 @@ class _LoopbackTokenFake(ABC):
     # Hooks
     @abstractmethod
     def _add_routes(self, app: web.Application) -> None:
-        """Register the fake\'s routes on `app`."""
+        """Register the fake's routes on `app`."""
 
     async def _server_tls(self) -> ssl.SSLContext | None:
         return None
