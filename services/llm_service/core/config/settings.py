@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import override
@@ -231,10 +231,45 @@ class DispatcherSettings(_Group):
 
 
 class Deployment(BaseModel):
-    """One place a model is served: a provider and the model name it knows."""
+    """One place a model is served: a provider and the model name it knows, and where this deployment's
+    reach differs from its provider's settings (another server, Azure resource or region, key).
 
-    provider: ProviderID
-    model: str
+    Limits and weight describe the deployment's capacity for the dispatcher's routing and admission.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: ProviderID = Field(description="The provider: openai, openrouter, azure_openai, vertex_ai, remote")
+    model: str = Field(min_length=1, description="The model the provider knows (Azure: the deployment name)")
+    base_url: str | None = Field(
+        default=None, description="This deployment's own base URL (Azure: resource endpoint); default: the provider's"
+    )
+    api_version: str | None = Field(default=None, description="Azure OpenAI api-version for this deployment")
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of the env var holding this deployment's API key (keys never go in the YAML)",
+    )
+    rpm: int | None = Field(default=None, gt=0, description="Requests per minute this deployment accepts")
+    tpm: int | None = Field(default=None, gt=0, description="Tokens per minute this deployment accepts")
+    max_concurrency: int | None = Field(default=None, gt=0, description="Requests in flight at most")
+    weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of equal priority")
+
+    @field_validator("base_url")
+    @classmethod
+    def _strip_slash(cls, value: str | None) -> str | None:
+        return value.rstrip("/") if value else value
+
+    def own_reach(self) -> dict[str, Any]:
+        """The settings-group fields this deployment overrides (empty: the provider's own reach)."""
+        reach: dict[str, Any] = {}
+        if self.base_url is not None:
+            reach["base_url"] = self.base_url
+        if self.api_version is not None:
+            reach["api_version"] = self.api_version
+        if self.api_key_env is not None:
+            reach["api_key_env"] = self.api_key_env
+        return reach
 
 
 class Settings(BaseSettings):
@@ -268,15 +303,46 @@ class Settings(BaseSettings):
         default_factory=dict, description="Model aliases from the profile: alias -> ordered deployments"
     )
 
+    _deployment_keys: dict[str, SecretStr] = PrivateAttr(default_factory=dict)
+
     @model_validator(mode="after")
     def _validate_genai_platform(self) -> Settings:
         validate_genai_config(self.genai_platform)
         return self
 
+    @model_validator(mode="after")
+    def _read_deployment_keys(self) -> Settings:
+        """The keys deployments name by env var (`api_key_env`), read here: nothing below settings reads
+        the environment. A name that is not set is left out; its client then says which to set."""
+        env = _environ()
+        names = {d.api_key_env for deployments in self.aliases.values() for d in deployments if d.api_key_env}
+        self._deployment_keys = {name: SecretStr(env[name]) for name in sorted(names) if env.get(name)}
+        return self
+
+    def deployment_key(self, env_name: str) -> SecretStr | None:
+        """The API key a deployment names by its env var, if that variable is set."""
+        return self._deployment_keys.get(env_name)
+
     def provider_settings(self, provider: ProviderID) -> ProviderSettings | None:
         """The settings group of `provider`: the field named after it (None while it has none)."""
         group = getattr(self, provider.value, None)
         return group if isinstance(group, ProviderSettings) else None
+
+    def deployment_settings(self, deployment: Deployment) -> ProviderSettings | None:
+        """The provider's settings group as `deployment` reaches it: its own base URL, API version and key."""
+        group = self.provider_settings(deployment.provider)
+        reach = deployment.own_reach()
+        if group is None or not reach:
+            return group
+        update = {k: v for k, v in reach.items() if k in type(group).model_fields}
+        if deployment.api_key_env:
+            update["api_key"] = self.deployment_key(deployment.api_key_env)
+        return group.model_copy(update=update)
+
+    def deployment_configured(self, deployment: Deployment) -> bool:
+        group = self.deployment_settings(deployment)
+        fronted = self.genai_platform.fronts(deployment.provider)
+        return group is not None and group.is_configured(behind_gateway=fronted)
 
     def configured_providers(self) -> list[ProviderID]:
         platform = self.genai_platform

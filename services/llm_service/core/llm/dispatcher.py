@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
@@ -20,6 +21,15 @@ from llm_service.core.llm.models import LLMChunk, LLMRequest, LLMResponse, Model
 from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_async
 
 _PROVIDERS = {p.value: p for p in ProviderID}
+
+
+class DeploymentClients(Protocol):
+    """The clients the dispatcher routes to (`factory.ClientRegistry`): by provider, and by deployment
+    when a deployment brings its own reach."""
+
+    def __contains__(self, provider: object) -> bool: ...
+
+    def for_deployment(self, deployment: Deployment) -> BaseLLMClient: ...
 
 
 @dataclass(slots=True)
@@ -34,15 +44,19 @@ class LLMDispatcher:
     def __init__(
         self,
         settings: Settings,
-        clients: Mapping[ProviderID, BaseLLMClient],
+        clients: DeploymentClients,
         *,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
     ) -> None:
         self._aliases = settings.aliases
         self._clients = clients
-        #: Providers with their settings in place: the only ones aliases resolve to and /v1/models lists.
-        self._configured = frozenset(p for p in settings.configured_providers() if p in clients)
+        #: Aliases whose first deployment has its settings in place: the only ones that resolve and are listed.
+        self._servable = frozenset(
+            alias
+            for alias, deployments in self._aliases.items()
+            if deployments and settings.deployment_configured(deployments[0])
+        )
         d = settings.dispatcher
         self._policy = RetryPolicy(
             max_retries=d.max_retries,
@@ -57,7 +71,7 @@ class LLMDispatcher:
         """An alias -> its first deployment; `<provider>/<model>` -> that deployment."""
         deployments = self._aliases.get(model)
         if deployments:
-            if deployments[0].provider not in self._configured:
+            if model not in self._servable:
                 raise self._unavailable(deployments[0], model)
             return deployments[0]
         prefix, _, upstream_model = model.partition("/")
@@ -88,15 +102,14 @@ class LLMDispatcher:
         )
 
     def servable(self, alias: str) -> bool:
-        """Whether an alias's first deployment is a configured provider (for listing models)."""
-        deployments = self._aliases.get(alias) or []
-        return bool(deployments) and deployments[0].provider in self._configured
+        """Whether an alias's first deployment has its settings in place (for listing models)."""
+        return alias in self._servable
 
     def _route(self, request: LLMRequest) -> tuple[Deployment, BaseLLMClient, LLMRequest]:
         deployment = self.resolve(request.model)
         return (
             deployment,
-            self._clients[deployment.provider],
+            self._clients.for_deployment(deployment),
             dataclasses.replace(request, model=deployment.model),
         )
 

@@ -9,16 +9,18 @@ endpoint, token and attribution headers instead of their own.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import aiohttp
 from pydantic import SecretStr
+from typing_extensions import override
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import (
     AzureOpenAISettings,
+    Deployment,
     GenAIPlatformSettings,
     ProviderSettings,
     Settings,
@@ -77,13 +79,13 @@ class _Context:
         return provider
 
 
-def _api_key(group: ProviderSettings, *, required: bool = True) -> APIKeyCredentialProvider:
-    return APIKeyCredentialProvider(group.api_key, env_var=group.env_name("api_key"), required=required)
+def _api_key(group: ProviderSettings, key_env: str, *, required: bool = True) -> APIKeyCredentialProvider:
+    return APIKeyCredentialProvider(group.api_key, env_var=key_env, required=required)
 
 
-def _azure_credentials(group: AzureOpenAISettings, ctx: _Context) -> CredentialProvider:
+def _azure_credentials(group: AzureOpenAISettings, ctx: _Context, key_env: str) -> CredentialProvider:
     if group.uses_api_key() or not group.is_configured():
-        return APIKeyCredentialProvider(group.api_key, env_var=group.env_name("api_key"), header="api-key", scheme=None)
+        return APIKeyCredentialProvider(group.api_key, env_var=key_env, header="api-key", scheme=None)
     return ctx.token_provider(
         AzureADCredentialProvider(
             provider=ProviderID.AZURE_OPENAI,
@@ -98,20 +100,23 @@ def _azure_credentials(group: AzureOpenAISettings, ctx: _Context) -> CredentialP
     )
 
 
-def _vertex_credentials(group: VertexAISettings, ctx: _Context) -> CredentialProvider:
+def _vertex_credentials(group: VertexAISettings, ctx: _Context, key_env: str) -> CredentialProvider:
     if group.api_key is not None or not group.is_configured():
-        return _api_key(group)  # a static access token, sent as a bearer token
+        return _api_key(group, key_env)  # a static access token, sent as a bearer token
     return ctx.token_provider(
         GCPCredentialProvider(provider=ProviderID.VERTEX_AI, credentials_file=group.credentials_file, clock=ctx.clock)
     )
 
 
-def _own_credentials(cls: type[BaseLLMClient], group: ProviderSettings, ctx: _Context) -> CredentialProvider:
+def _own_credentials(
+    cls: type[BaseLLMClient], group: ProviderSettings, ctx: _Context, key_env: str
+) -> CredentialProvider:
+    """`key_env` names the variable to set when the key is missing: the provider's, or a deployment's own."""
     if isinstance(group, AzureOpenAISettings):
-        return _azure_credentials(group, ctx)
+        return _azure_credentials(group, ctx, key_env)
     if isinstance(group, VertexAISettings):
-        return _vertex_credentials(group, ctx)
-    return _api_key(group, required=cls.api_key_required)
+        return _vertex_credentials(group, ctx, key_env)
+    return _api_key(group, key_env, required=cls.api_key_required)
 
 
 def _platform(provider: ProviderID, settings: GenAIPlatformSettings, ctx: _Context) -> GenAIPlatformCredentialProvider:
@@ -134,11 +139,15 @@ def _platform(provider: ProviderID, settings: GenAIPlatformSettings, ctx: _Conte
     return GenAIPlatformCredentialProvider(settings, token)
 
 
-def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
+def _create(provider: ProviderID, ctx: _Context, deployment: Deployment | None = None) -> BaseLLMClient:
+    """The client of `provider`, or of one `deployment` that brings its own reach (server, key)."""
     cls = _CLIENT_CLASSES.get(provider)
-    group = ctx.settings.provider_settings(provider)
+    settings = ctx.settings
+    group = settings.provider_settings(provider) if deployment is None else settings.deployment_settings(deployment)
     if cls is None or group is None:
         raise ModelNotFoundError(f"provider {provider.value!r} is not available yet", code="provider_not_found")
+    # The variable to set when the key is missing: the provider's, or the deployment's own.
+    key_env = (deployment.api_key_env if deployment else None) or group.env_name("api_key")
     platform = ctx.settings.genai_platform
     request_headers: RequestHeaders | None = None
     if platform.fronts(provider):
@@ -148,7 +157,7 @@ def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
         credentials: CredentialProvider = gateway
         request_headers = gateway.request_headers
     else:
-        credentials = _own_credentials(cls, group, ctx)
+        credentials = _own_credentials(cls, group, ctx, key_env)
     return cls(
         settings=group,
         credentials=credentials,
@@ -158,15 +167,43 @@ def _create(provider: ProviderID, ctx: _Context) -> BaseLLMClient:
     )
 
 
+class ClientRegistry(Mapping[ProviderID, BaseLLMClient]):
+    """The clients of one process: one per provider, and one per deployment that brings its own reach
+    (its own server, Azure resource or key), all built at start-up."""
+
+    def __init__(self, ctx: _Context) -> None:
+        self._clients = {provider: _create(provider, ctx) for provider in _CLIENT_CLASSES}
+        self._own: dict[Deployment, BaseLLMClient] = {}
+        for deployments in ctx.settings.aliases.values():
+            for deployment in deployments:
+                if deployment.own_reach() and deployment not in self._own:
+                    self._own[deployment] = _create(deployment.provider, ctx, deployment)
+
+    def for_deployment(self, deployment: Deployment) -> BaseLLMClient:
+        return self._own.get(deployment) or self._clients[deployment.provider]
+
+    @override
+    def __getitem__(self, provider: ProviderID) -> BaseLLMClient:
+        return self._clients[provider]
+
+    @override
+    def __iter__(self) -> Iterator[ProviderID]:
+        return iter(self._clients)
+
+    @override
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
 @asynccontextmanager
 async def provider_clients(
     settings: Settings, session: aiohttp.ClientSession, *, clock: Clock = time.time
-) -> AsyncIterator[Mapping[ProviderID, BaseLLMClient]]:
-    """One client per supported provider (unconfigured ones fail on use, naming the setting); the
+) -> AsyncIterator[ClientRegistry]:
+    """Every client the profile needs (unconfigured providers fail on use, naming the setting); the
     token providers they hold are closed on exit."""
     ctx = _Context(settings, session, clock)
     try:
-        yield {provider: _create(provider, ctx) for provider in _CLIENT_CLASSES}
+        yield ClientRegistry(ctx)
     finally:
         for token_provider in ctx.token_providers:
             await token_provider.close()
