@@ -132,3 +132,27 @@ def test_a_malformed_deployment_is_refused(entry) -> None:
         Settings(demo_mode="off", aliases={"a": [entry]})
     with pytest.raises(ValueError):  # noqa: PT011 - pydantic's ValidationError is a ValueError
         Deployment.model_validate(entry)
+
+
+@pytest.mark.parametrize("profile_name", ["default", "demo", "production.example"])
+def test_the_shipped_profiles_load(profile_name, monkeypatch) -> None:
+    monkeypatch.delenv("LLM_DEMO_MODE", raising=False)
+    settings = Settings(config_profile=profile_name)
+
+    assert settings.aliases
+    assert all(deployments for deployments in settings.aliases.values())
+
+
+def test_the_demo_profile_serves_every_provider_from_the_fixtures() -> None:
+    from harness import ServiceThread
+
+    settings = Settings(config_profile="demo")
+    assert settings.demo_enabled()
+    with ServiceThread(settings) as service:
+        for alias in ("fast", "claude-sonnet", "azure-gpt-4o-mini", "gemini-flash", "local"):
+            assert ask(service, alias).status_code == 200, alias
+
+
+def test_an_unquoted_yaml_date_is_an_api_version(tmp_path) -> None:
+    (tmp_path / "p.yaml").write_text("providers:\n  azure_openai:\n    api_version: 2025-04-01\n")
+    assert Settings(config_dir=tmp_path, config_profile="p").azure_openai.api_version == "2025-04-01"

@@ -15,12 +15,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import override
@@ -106,7 +116,7 @@ class AzureOpenAISettings(ProviderSettings):
     base_url: str | None = Field(
         default=None, description="Resource endpoint, e.g. https://my-resource.openai.azure.com"
     )
-    api_version: str = Field(default="2024-10-21", description="The api-version query parameter")
+    api_version: ApiVersion = Field(default="2024-10-21", description="The api-version query parameter")
     auth: Literal["auto", "api_key", "azure_ad"] = Field(
         default="auto",
         description="api_key, azure_ad (Entra ID token), or auto: the API key when one is set, else Azure AD",
@@ -230,6 +240,14 @@ class DispatcherSettings(_Group):
     )
 
 
+def _api_version_text(value: Any) -> Any:
+    """YAML reads an unquoted `2024-10-21` as a date; an api-version is that date as text."""
+    return value.isoformat() if isinstance(value, date) else value
+
+
+ApiVersion = Annotated[str, BeforeValidator(_api_version_text)]
+
+
 class Deployment(BaseModel):
     """One place a model is served: a provider and the model name it knows, and where this deployment's
     reach differs from its provider's settings (another server, Azure resource or region, key).
@@ -244,7 +262,7 @@ class Deployment(BaseModel):
     base_url: str | None = Field(
         default=None, description="This deployment's own base URL (Azure: resource endpoint); default: the provider's"
     )
-    api_version: str | None = Field(default=None, description="Azure OpenAI api-version for this deployment")
+    api_version: ApiVersion | None = Field(default=None, description="Azure OpenAI api-version for this deployment")
     api_key_env: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -405,8 +423,14 @@ class FlatEnvSource(PydanticBaseSettingsSource):
         return None, field_name, False
 
 
+#: Top-level keys of a profile besides `aliases` and `providers`: settings that are not per provider.
+PROFILE_SETTINGS = frozenset({"debug", "log_level", "demo_mode", "server", "telemetry", "dispatcher", "genai_platform"})
+PROFILE_KEYS = frozenset({"aliases", "providers"}) | PROFILE_SETTINGS
+
+
 class ProfileYamlSource(PydanticBaseSettingsSource):
-    """Loads `<config_dir>/<config_profile>.yaml`: `aliases` and per-provider `providers` overrides."""
+    """Loads `<config_dir>/<config_profile>.yaml`: `aliases`, per-provider `providers` overrides, and the
+    other settings groups and top-level settings by their field names (`PROFILE_SETTINGS`)."""
 
     def __init__(self, settings_cls: type[BaseSettings], init_kwargs: Mapping[str, Any]) -> None:
         super().__init__(settings_cls)
@@ -425,8 +449,7 @@ class ProfileYamlSource(PydanticBaseSettingsSource):
         if not isinstance(data, dict):
             raise ValueError(f"{self.path}: expected a mapping at the top level")
         found: dict[str, Any] = dict(data.get("providers") or {})
-        if "aliases" in data:
-            found["aliases"] = data["aliases"]
+        found.update({key: data[key] for key in PROFILE_SETTINGS | {"aliases"} if key in data})
         return found
 
     @override
