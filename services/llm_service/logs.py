@@ -1,4 +1,5 @@
-"""JSON log lines: one object per line, structured fields merged in at the top level."""
+"""Log lines: JSON (one object per line, structured fields merged in at the top level) or text
+(`time level logger event key=value ...`, for a human at a terminal)."""
 
 from __future__ import annotations
 
@@ -27,9 +28,22 @@ class JSONFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str).decode()
 
 
-def configure_logging(level: str) -> None:
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    @override
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict) and fields:
+            line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
+        return line
+
+
+def configure_logging(level: str, log_format: str = "json") -> None:
     handler = logging.StreamHandler()
-    handler.setFormatter(JSONFormatter())
+    handler.setFormatter(TextFormatter() if log_format == "text" else JSONFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

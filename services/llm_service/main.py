@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from llm_service import __version__
 from llm_service.api import catalog, chat
@@ -67,4 +68,13 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
     app.include_router(chat.router)
     app.include_router(catalog.router)
     app.add_middleware(AccessLogMiddleware)
+    origins = base_settings.server.cors_origins()
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "x-llm-provider", "x-llm-model", "retry-after", "x-should-retry"],
+        )
     return app

@@ -215,11 +215,21 @@ class ServerSettings(_Group):
     host: str = Field(default="127.0.0.1", description="Interface to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on")
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest request body accepted")
+    cors_allow_origins: str | None = Field(
+        default=None,
+        description="Browser origins allowed to call the API, comma-separated, or * for any (unset: no CORS)",
+    )
+
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in (self.cors_allow_origins or "").split(",") if o.strip()]
 
 
 class TelemetrySettings(_Group):
     ENV_PREFIX: ClassVar[str] = "LLM_"
     log_prompts: bool = Field(default=False, description="Log prompt and completion text (off: never)")
+    log_format: Literal["json", "text"] = Field(
+        default="json", description="json: one JSON object per line; text: human-readable lines"
+    )
 
 
 class DispatcherSettings(_Group):
