@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test lint typecheck unit clean
+.PHONY: install run test lint typecheck unit docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,14 +21,19 @@ run: $(STAMP)
 	$(BIN)/llm-service serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests
-	$(BIN)/ruff format --check services tests
+	$(BIN)/ruff check services tests scripts
+	$(BIN)/ruff format --check services tests scripts
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy scripts/generate_env_docs.py
 
 unit: $(STAMP)
 	$(BIN)/pytest --mock-providers $(PYTEST_ARGS)
+
+## Regenerate docs/configuration.md and .env.example from the settings classes.
+docs: $(STAMP)
+	$(BIN)/python scripts/generate_env_docs.py
 
 ## Every test: lint, types, then the suite against the fixture-backed fakes.
 test: lint typecheck unit
