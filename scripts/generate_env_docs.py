@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings
 
 try:
     import llm_service
-    from llm_service.core.config.settings import Settings, _Group
+    from llm_service.core.config.settings import PROFILE_SETTINGS, Settings, _Group
 except ImportError as exc:  # pragma: no cover - only outside the project's venv
     raise SystemExit(f"{exc}: run with the project's venv (.venv/bin/python) or `make docs`") from exc
 
@@ -314,7 +314,8 @@ def _names_line(section: Section) -> str:
         return f"Env vars: {code(str(section.flat_pattern))} (no nested form)."
     names = [f"flat {code(section.flat_pattern)}" if section.flat_pattern else "flat names as listed"]
     names += [f"nested {code(str(section.nested_pattern))}", f"whole group as JSON {code(str(section.json_env))}"]
-    names.append(f"profile YAML {code(f'providers.{section.key}.<field>')}")
+    path = f"{section.key}.<field>" if section.key in PROFILE_SETTINGS else f"providers.{section.key}.<field>"
+    names.append(f"profile YAML {code(path)}")
     return "Env vars: " + "; ".join(names) + "."
 
 

@@ -156,3 +156,15 @@ def test_the_demo_profile_serves_every_provider_from_the_fixtures() -> None:
 def test_an_unquoted_yaml_date_is_an_api_version(tmp_path) -> None:
     (tmp_path / "p.yaml").write_text("providers:\n  azure_openai:\n    api_version: 2025-04-01\n")
     assert Settings(config_dir=tmp_path, config_profile="p").azure_openai.api_version == "2025-04-01"
+
+
+def test_a_profile_sets_other_groups_and_top_level_settings_and_env_still_wins(tmp_path, monkeypatch) -> None:
+    (tmp_path / "p.yaml").write_text(
+        "log_level: DEBUG\nserver:\n  cors_allow_origins: https://app.example\ndispatcher:\n  max_retries: 5\n"
+    )
+    monkeypatch.setenv("LLM_MAX_RETRIES", "1")
+    settings = Settings(config_dir=tmp_path, config_profile="p")
+
+    assert settings.log_level == "DEBUG"
+    assert settings.server.cors_origins() == ["https://app.example"]
+    assert settings.dispatcher.max_retries == 1

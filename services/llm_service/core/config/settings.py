@@ -46,6 +46,14 @@ _REPO_CONFIG_DIR = (
 _TIMEOUTS = DefaultTimeouts()
 
 
+def _api_version_text(value: Any) -> Any:
+    """YAML reads an unquoted `2024-10-21` as a date; an api-version is that date as text."""
+    return value.isoformat() if isinstance(value, date) else value
+
+
+ApiVersion = Annotated[str, BeforeValidator(_api_version_text)]
+
+
 class _Group(BaseModel):
     """A settings group; `ENV_PREFIX` + FIELD_NAME is each field's flat env var unless `ENV_NAMES` says."""
 
@@ -248,14 +256,6 @@ class DispatcherSettings(_Group):
     tool_call_max_entries: int = Field(
         default=20_000, gt=0, description="Most tool calls whose provider data is kept (oldest dropped first)"
     )
-
-
-def _api_version_text(value: Any) -> Any:
-    """YAML reads an unquoted `2024-10-21` as a date; an api-version is that date as text."""
-    return value.isoformat() if isinstance(value, date) else value
-
-
-ApiVersion = Annotated[str, BeforeValidator(_api_version_text)]
 
 
 class Deployment(BaseModel):
