@@ -4,7 +4,7 @@
     python scripts/generate_env_docs.py --check    # exit 1 with a diff summary when they are stale
 
 Everything in the tables is read from the classes: the root `Settings`, every nested group (a field
-whose type is a `_Group`), and the models the profile YAML holds (found from the types of the
+whose type is a `SettingsGroup`), and the models the profile YAML holds (found from the types of the
 top-level fields that are not groups, e.g. `Deployment`). Hand-written prose lives in
 docs/configuration.md.in, whose `<!-- generate: NAME -->` lines are replaced by the generated parts.
 The settings are never instantiated, so the output does not depend on the environment or a `.env`.
@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings
 
 try:
     import llm_service
-    from llm_service.core.config.settings import PROFILE_SETTINGS, Settings, _Group
+    from llm_service.core.config.settings import PROFILE_SETTINGS, Settings, SettingsGroup
 except ImportError as exc:  # pragma: no cover - only outside the project's venv
     raise SystemExit(f"{exc}: run with the project's venv (.venv/bin/python) or `make docs`") from exc
 
@@ -102,9 +102,9 @@ class Section:
 # --- reading the classes ---------------------------------------------------------------------------
 
 
-def is_group(annotation: object) -> TypeGuard[type[_Group]]:
+def is_group(annotation: object) -> TypeGuard[type[SettingsGroup]]:
     """A nested settings group: the same test the flat-env source applies."""
-    return isinstance(annotation, type) and issubclass(annotation, _Group)
+    return isinstance(annotation, type) and issubclass(annotation, SettingsGroup)
 
 
 def _members(annotation: object) -> tuple[object, ...]:
@@ -243,7 +243,7 @@ def profile_models(settings_cls: type[BaseSettings] = Settings) -> list[type[Bas
     pending = [info.annotation for info in settings_cls.model_fields.values() if not is_group(info.annotation)]
     while pending:
         for model in _models_in(pending.pop(0)):
-            if model not in found and not issubclass(model, (_Group, BaseSettings)):
+            if model not in found and not issubclass(model, (SettingsGroup, BaseSettings)):
                 found.append(model)
                 pending.extend(info.annotation for info in model.model_fields.values())
     return found

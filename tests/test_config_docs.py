@@ -13,7 +13,7 @@ from typing import get_args
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from llm_service.core.config.settings import Settings, _Group
+from llm_service.core.config.settings import Settings, SettingsGroup
 
 REPO = Path(__file__).resolve().parents[1]
 MARKDOWN = REPO / "docs" / "configuration.md"
@@ -45,7 +45,7 @@ def _env_vars() -> dict[str, list[str]]:
     found: dict[str, list[str]] = {"flat": [], "nested": [], "group": []}
     for name, info in Settings.model_fields.items():
         group = info.annotation
-        if isinstance(group, type) and issubclass(group, _Group):
+        if isinstance(group, type) and issubclass(group, SettingsGroup):
             found["group"].append(f"{prefix}{name}".upper())
             for field in group.model_fields:
                 found["flat"].append(group.env_name(field))
@@ -60,7 +60,7 @@ def _secret_env_vars() -> list[str]:
     names = [f"{prefix}{n}".upper() for n, i in Settings.model_fields.items() if _has_secret(i.annotation)]
     for info in Settings.model_fields.values():
         group = info.annotation
-        if isinstance(group, type) and issubclass(group, _Group):
+        if isinstance(group, type) and issubclass(group, SettingsGroup):
             names += [group.env_name(f) for f, fi in group.model_fields.items() if _has_secret(fi.annotation)]
     return names
 
@@ -139,7 +139,7 @@ def test_secrets_are_marked_and_left_empty() -> None:
         assert "secret" in example[index - 1], example[index - 1]
 
 
-class _Vault(_Group):
+class _Vault(SettingsGroup):
     ENV_PREFIX = "VAULT_"
     token: SecretStr = Field(default=SecretStr("hunter2-group"), description="A token")
     spare: SecretStr | None = Field(default_factory=lambda: SecretStr("hunter2-factory"), description="Another")

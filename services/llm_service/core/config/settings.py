@@ -54,7 +54,7 @@ def _api_version_text(value: Any) -> Any:
 ApiVersion = Annotated[str, BeforeValidator(_api_version_text)]
 
 
-class _Group(BaseModel):
+class SettingsGroup(BaseModel):
     """A settings group; `ENV_PREFIX` + FIELD_NAME is each field's flat env var unless `ENV_NAMES` says."""
 
     ENV_PREFIX: ClassVar[str] = ""
@@ -66,7 +66,7 @@ class _Group(BaseModel):
         return cls.ENV_NAMES.get(field_name) or f"{cls.ENV_PREFIX}{field_name.upper()}"
 
 
-class ProviderSettings(_Group):
+class ProviderSettings(SettingsGroup):
     """What every provider group has: where it is, the key, and its timeouts."""
 
     api_key: SecretStr | None = Field(default=None, description="API key sent to the provider")
@@ -188,7 +188,7 @@ class VertexAISettings(ProviderSettings):
         return f"https://{region}aiplatform.googleapis.com"
 
 
-class GenAIPlatformSettings(_Group):
+class GenAIPlatformSettings(SettingsGroup):
     """The enterprise GenAI Platform gateway that can front Azure OpenAI and Vertex AI."""
 
     ENV_PREFIX: ClassVar[str] = "GENAI_PLATFORM_"
@@ -218,7 +218,7 @@ class GenAIPlatformSettings(_Group):
         return self.enabled and provider in self.FRONTS
 
 
-class ServerSettings(_Group):
+class ServerSettings(SettingsGroup):
     ENV_PREFIX: ClassVar[str] = "LLM_"
     host: str = Field(default="127.0.0.1", description="Interface to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on")
@@ -232,7 +232,7 @@ class ServerSettings(_Group):
         return [o.strip() for o in (self.cors_allow_origins or "").split(",") if o.strip()]
 
 
-class TelemetrySettings(_Group):
+class TelemetrySettings(SettingsGroup):
     ENV_PREFIX: ClassVar[str] = "LLM_"
     log_prompts: bool = Field(default=False, description="Log prompt and completion text (off: never)")
     log_format: Literal["json", "text"] = Field(
@@ -240,7 +240,7 @@ class TelemetrySettings(_Group):
     )
 
 
-class DispatcherSettings(_Group):
+class DispatcherSettings(SettingsGroup):
     ENV_PREFIX: ClassVar[str] = "LLM_"
     max_retries: int = Field(default=2, ge=0, description="Extra attempts after a retryable upstream failure")
     retry_backoff_base: float = Field(default=0.5, ge=0, description="First retry wait (s), doubling each time")
@@ -342,7 +342,7 @@ class Settings(BaseSettings):
     def _read_deployment_keys(self) -> Settings:
         """The keys deployments name by env var (`api_key_env`), read here: nothing below settings reads
         the environment. A name that is not set is left out; its client then says which to set."""
-        env = _environ()
+        env = read_environment()
         names = {d.api_key_env for deployments in self.aliases.values() for d in deployments if d.api_key_env}
         self._deployment_keys = {name: SecretStr(env[name]) for name in sorted(names) if env.get(name)}
         return self
@@ -405,7 +405,7 @@ class Settings(BaseSettings):
         )
 
 
-def _environ() -> dict[str, str]:
+def read_environment() -> dict[str, str]:
     """The process environment over `.env` (the process wins, as pydantic-settings does)."""
     values = {k: v for k, v in dotenv_values(".env").items() if v is not None}
     values.update(os.environ)
@@ -417,11 +417,11 @@ class FlatEnvSource(PydanticBaseSettingsSource):
 
     @override
     def __call__(self) -> dict[str, Any]:
-        env = _environ()
+        env = read_environment()
         found: dict[str, Any] = {}
         for name, info in self.settings_cls.model_fields.items():
             group = info.annotation
-            if not (isinstance(group, type) and issubclass(group, _Group)):
+            if not (isinstance(group, type) and issubclass(group, SettingsGroup)):
                 continue
             values = {f: env[group.env_name(f)] for f in group.model_fields if group.env_name(f) in env}
             if values:
@@ -444,7 +444,7 @@ class ProfileYamlSource(PydanticBaseSettingsSource):
 
     def __init__(self, settings_cls: type[BaseSettings], init_kwargs: Mapping[str, Any]) -> None:
         super().__init__(settings_cls)
-        env = _environ()
+        env = read_environment()
         self.profile = str(init_kwargs.get("config_profile") or env.get("LLM_CONFIG_PROFILE") or "default")
         config_dir = init_kwargs.get("config_dir") or env.get("LLM_CONFIG_DIR") or _REPO_CONFIG_DIR
         self.path = Path(config_dir) / f"{self.profile}.yaml"
