@@ -22,6 +22,7 @@ from llm_service.core.config.settings import Settings
 from llm_service.core.llm.dispatcher import LLMDispatcher
 from llm_service.core.llm.factory import provider_clients
 from llm_service.demo import demo_upstreams
+from llm_service.metrics import Metrics
 
 log = logging.getLogger("llm_service")
 
@@ -43,11 +44,13 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             )
             stack.push_async_callback(session.close)
             clients = await stack.enter_async_context(provider_clients(active, session, clock=clock))
+            metrics = Metrics()
             app.state.services = Services(
                 settings=active,
-                dispatcher=LLMDispatcher(active, clients),
+                dispatcher=LLMDispatcher(active, clients, observer=metrics),
                 providers=tuple(active.configured_providers()),
                 demo=demo,
+                metrics=metrics,
             )
             log.info(
                 "started",

@@ -11,13 +11,14 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_service.api.errors import internal_error_response
 from llm_service.core.llm.models import Usage
+from llm_service.metrics import Metrics
 
 log = logging.getLogger("llm_service.access")
 REQUEST_ID_HEADER = "x-request-id"
@@ -33,6 +34,7 @@ class AccessRecord:
     latency_ms: float = 0.0
     model: str | None = None
     provider: str | None = None
+    deployment: str | None = None
     upstream_model: str | None = None
     stream: bool | None = None
     prompt_tokens: int | None = None
@@ -41,6 +43,11 @@ class AccessRecord:
     error_code: str | None = None
     stream_error: str | None = None
     prompt: str | None = None  # only when LLM_LOG_PROMPTS is on
+    ttft_ms: float | None = None  # streams: until the first chunk was ready to go out
+    started: float = field(default_factory=time.perf_counter, repr=False)
+
+    def first_token(self) -> None:
+        self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 2)
 
     def record_usage(self, usage: Usage | None) -> None:
         if usage is not None:
@@ -60,7 +67,7 @@ class AccessLogMiddleware:
         request_id = _incoming_id(scope) or f"req_{uuid.uuid4().hex}"
         record = AccessRecord(request_id=request_id, method=scope["method"], path=scope["path"])
         scope.setdefault("state", {})["access"] = record
-        started = time.perf_counter()
+        started = record.started
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -77,8 +84,28 @@ class AccessLogMiddleware:
                 await internal_error_response()(scope, receive, send_with_id)
         finally:
             record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-            fields: dict[str, Any] = {k: v for k, v in asdict(record).items() if v is not None}
+            fields: dict[str, Any] = {k: v for k, v in asdict(record).items() if v is not None and k not in _NOT_LOGGED}
             log.info("request", extra={"fields": fields})
+            services = getattr(scope["app"].state, "services", None) if "app" in scope else None
+            if services is not None and record.model is not None:
+                record_request_metrics(services.metrics, record)
+
+
+_NOT_LOGGED = frozenset({"started"})
+
+
+def record_request_metrics(metrics: Metrics, record: AccessRecord) -> None:
+    """One chat request's outcome, duration, time to first token and tokens."""
+    provider, deployment = record.provider or "", record.deployment or ""
+    status = str(record.status) if not record.stream_error else "stream_error"
+    metrics.requests.labels(provider, deployment, status).inc()
+    metrics.duration.labels(provider, deployment, str(bool(record.stream)).lower()).observe(record.latency_ms / 1000)
+    if record.ttft_ms is not None:
+        metrics.ttft.labels(provider, deployment).observe(record.ttft_ms / 1000)
+    if record.prompt_tokens is not None:
+        metrics.tokens.labels(provider, deployment, "input").inc(record.prompt_tokens)
+    if record.completion_tokens is not None:
+        metrics.tokens.labels(provider, deployment, "output").inc(record.completion_tokens)
 
 
 def _incoming_id(scope: Scope) -> str | None:

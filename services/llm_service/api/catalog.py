@@ -1,4 +1,4 @@
-"""GET /v1/models and GET /health."""
+"""GET /v1/models, GET /health and GET /metrics."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from starlette.responses import Response
 
 from llm_service.api.errors import json_response
 from llm_service.api.services import Services
+from llm_service.metrics import CONTENT_TYPE
 
 router = APIRouter()
 
@@ -33,3 +34,10 @@ async def health(request: Request) -> Response:
         200,
         {"status": "ok", "demo": services.demo, "providers": [p.value for p in services.providers]},
     )
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition format (see `llm_service.metrics` for the names)."""
+    services: Services = request.app.state.services
+    return Response(services.metrics.render(), media_type=CONTENT_TYPE)

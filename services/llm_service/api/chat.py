@@ -82,6 +82,7 @@ async def _sse_events(
 ) -> AsyncIterator[bytes]:
     try:
         async with contextlib.aclosing(chunks):
+            access.first_token()
             async for chunk in chunks:
                 if chunk.usage is not None:
                     access.record_usage(chunk.usage)
@@ -101,10 +102,15 @@ async def _sse_events(
 
 def _note_deployment(access: AccessRecord, deployment: Deployment) -> None:
     access.provider, access.upstream_model = deployment.provider.value, deployment.model
+    access.deployment = deployment.label
 
 
 def _deployment_headers(deployment: Deployment) -> dict[str, str]:
-    return {"x-llm-provider": deployment.provider.value, "x-llm-model": deployment.model}
+    return {
+        "x-llm-provider": deployment.provider.value,
+        "x-llm-model": deployment.model,
+        "x-llm-deployment": deployment.label,
+    }
 
 
 async def read_json_body(request: Request, limit: int) -> object:

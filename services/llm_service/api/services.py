@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
 from llm_service.core.llm.dispatcher import LLMDispatcher
+from llm_service.metrics import Metrics
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,3 +16,4 @@ class Services:
     dispatcher: LLMDispatcher
     providers: tuple[ProviderID, ...]
     demo: bool
+    metrics: Metrics

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from dotenv import dotenv_values
@@ -287,6 +288,12 @@ class Deployment(BaseModel):
     @classmethod
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
+
+    @property
+    def label(self) -> str:
+        """How logs, metrics and the `x-llm-deployment` header name it: provider/model[@host]."""
+        host = urlsplit(self.base_url).netloc if self.base_url else ""
+        return f"{self.provider.value}/{self.model}" + (f"@{host}" if host else "")
 
     def own_reach(self) -> dict[str, Any]:
         """The settings-group fields this deployment overrides (empty: the provider's own reach)."""

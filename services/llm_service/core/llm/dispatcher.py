@@ -1,8 +1,11 @@
 """LLMDispatcher: every chat request passes here between the API edge and a provider client.
 
-Today it resolves the model (an alias from the profile, or `<provider>/<model>`) to a deployment and
-retries retryable failures that happen before the first streamed chunk. Rate limits, the bounded
-queue, circuit breakers and failover across deployments compose here next, behind the same methods.
+It resolves the model (an alias from the profile, or `<provider>/<model>`) to its ordered usable
+deployments and tries them in order: a retryable failure before the first streamed chunk fails over
+to the next deployment at once, and comes back round (after the backoff, or the upstream's
+Retry-After) while attempts remain (`retry.retry_across`). Failovers are counted through the injected
+`DispatchObserver`. Rate limits, the bounded queue and circuit breakers compose here next, behind
+the same methods.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import random
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
 from llm_service.core.llm.base import BaseLLMClient
-from llm_service.core.llm.models import LLMChunk, LLMRequest, LLMResponse, ModelNotFoundError
-from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_async
+from llm_service.core.llm.models import LLMChunk, LLMRequest, LLMResponse, ModelNotFoundError, ProviderError
+from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_across
 
 _PROVIDERS = {p.value: p for p in ProviderID}
+T = TypeVar("T")
 
 
 class DeploymentClients(Protocol):
@@ -30,6 +34,12 @@ class DeploymentClients(Protocol):
     def __contains__(self, provider: object) -> bool: ...
 
     def for_deployment(self, deployment: Deployment) -> BaseLLMClient: ...
+
+
+class DispatchObserver(Protocol):
+    """What the dispatcher reports (metrics implement it)."""
+
+    def failover(self, from_deployment: Deployment, to_deployment: Deployment, error: ProviderError) -> None: ...
 
 
 @dataclass(slots=True)
@@ -48,15 +58,18 @@ class LLMDispatcher:
         *,
         sleep: Sleep = asyncio.sleep,
         rand: Callable[[], float] = random.random,
+        observer: DispatchObserver | None = None,
     ) -> None:
         self._aliases = settings.aliases
         self._clients = clients
-        #: Aliases whose first deployment has its settings in place: the only ones that resolve and are listed.
-        self._servable = frozenset(
-            alias
+        #: Each alias's deployments that have their settings in place, in order; an alias with none is
+        #: neither resolved nor listed.
+        self._usable = {
+            alias: usable
             for alias, deployments in self._aliases.items()
-            if deployments and settings.deployment_configured(deployments[0])
-        )
+            if (usable := tuple(d for d in deployments if settings.deployment_configured(d)))
+        }
+        self._observer = observer
         d = settings.dispatcher
         self._policy = RetryPolicy(
             max_retries=d.max_retries,
@@ -67,13 +80,14 @@ class LLMDispatcher:
         self._sleep = sleep
         self._rand = rand
 
-    def resolve(self, model: str) -> Deployment:
-        """An alias -> its first deployment; `<provider>/<model>` -> that deployment."""
+    def resolve(self, model: str) -> tuple[Deployment, ...]:
+        """An alias -> its usable deployments in order; `<provider>/<model>` -> that one deployment."""
         deployments = self._aliases.get(model)
         if deployments:
-            if model not in self._servable:
+            usable = self._usable.get(model)
+            if not usable:
                 raise self._unavailable(deployments[0], model)
-            return deployments[0]
+            return usable
         prefix, _, upstream_model = model.partition("/")
         provider = _PROVIDERS.get(prefix)
         if provider is None or not upstream_model:
@@ -84,7 +98,7 @@ class LLMDispatcher:
                 code="model_not_found",
                 param="model",
             )
-        return self._available(Deployment(provider=provider, model=upstream_model), model)
+        return (self._available(Deployment(provider=provider, model=upstream_model), model),)
 
     def _available(self, deployment: Deployment, model: str) -> Deployment:
         """A directly addressed deployment: it needs a client (an unconfigured one names its setting)."""
@@ -102,40 +116,45 @@ class LLMDispatcher:
         )
 
     def servable(self, alias: str) -> bool:
-        """Whether an alias's first deployment has its settings in place (for listing models)."""
-        return alias in self._servable
+        """Whether an alias has a deployment with its settings in place (for listing models)."""
+        return alias in self._usable
 
-    def _route(self, request: LLMRequest) -> tuple[Deployment, BaseLLMClient, LLMRequest]:
-        deployment = self.resolve(request.model)
-        return (
-            deployment,
-            self._clients.for_deployment(deployment),
-            dataclasses.replace(request, model=deployment.model),
+    async def _across(
+        self, model: str, call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]], request: LLMRequest
+    ) -> tuple[Deployment, T]:
+        def attempt(deployment: Deployment) -> Awaitable[T]:
+            upstream_request = dataclasses.replace(request, model=deployment.model)
+            return call(self._clients.for_deployment(deployment), upstream_request)
+
+        return await retry_across(
+            self.resolve(model),
+            attempt,
+            self._policy,
+            sleep=self._sleep,
+            rand=self._rand,
+            on_failover=self._observer.failover if self._observer is not None else None,
         )
 
     async def generate(self, request: LLMRequest) -> tuple[Deployment, LLMResponse]:
-        deployment, client, upstream_request = self._route(request)
-        response = await retry_async(
-            lambda: client.generate(upstream_request), self._policy, sleep=self._sleep, rand=self._rand
-        )
-        return deployment, response
+        return await self._across(request.model, lambda client, upstream: client.generate(upstream), request)
 
     async def open_stream(self, request: LLMRequest) -> RoutedStream:
-        """Open a stream and wait for its first chunk, retrying failures that come before it.
+        """Open a stream and wait for its first chunk, failing over or retrying failures before it.
 
         Errors up to the first chunk raise here, so the API edge can still answer with an HTTP
         status; later errors raise from the returned iterator.
         """
-        deployment, client, upstream_request = self._route(request)
 
-        async def first_chunk() -> tuple[AsyncIterator[LLMChunk], LLMChunk | None]:
-            stream = client.generate_stream(upstream_request)
+        async def first_chunk(
+            client: BaseLLMClient, upstream: LLMRequest
+        ) -> tuple[AsyncIterator[LLMChunk], LLMChunk | None]:
+            stream = client.generate_stream(upstream)
             try:
                 return stream, await anext(stream)
             except StopAsyncIteration:
                 return stream, None
 
-        stream, first = await retry_async(first_chunk, self._policy, sleep=self._sleep, rand=self._rand)
+        deployment, (stream, first) = await self._across(request.model, first_chunk, request)
         return RoutedStream(deployment, _prepend(first, stream))
 
 

@@ -1,0 +1,68 @@
+"""Prometheus metrics of one service instance, served at `GET /metrics`.
+
+Names follow Prometheus conventions (`_total` counters, `_seconds` histograms) and the OpenTelemetry
+GenAI semantic conventions where one exists (`gen_ai_server_time_to_first_token_seconds`). Labels are
+bounded: the provider, the deployment label from the profile (`provider/model[@host]`) and the status
+class; a caller's free-form model name never becomes a label.
+
+| metric | type | labels |
+|---|---|---|
+| `llm_gateway_requests_total` | counter | provider, deployment, status |
+| `llm_gateway_request_duration_seconds` | histogram | provider, deployment, stream |
+| `gen_ai_server_time_to_first_token_seconds` | histogram | provider, deployment |
+| `llm_gateway_tokens_total` | counter | provider, deployment, type (input, output) |
+| `llm_gateway_failovers_total` | counter | from_deployment, to_deployment, reason |
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from llm_service.core.config.settings import Deployment
+from llm_service.core.llm.models import ProviderError
+
+#: Seconds: LLM calls run from tens of milliseconds (a cached short answer) to minutes.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The instruments, on a registry of their own (several instances may live in one process)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "llm_gateway_requests", "Chat requests by outcome", ["provider", "deployment", "status"], registry=r
+        )
+        self.duration = Histogram(
+            "llm_gateway_request_duration_seconds",
+            "Time from request to last byte",
+            ["provider", "deployment", "stream"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from request to the first streamed chunk",
+            ["provider", "deployment"],
+            buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "llm_gateway_tokens", "Tokens the providers reported", ["provider", "deployment", "type"], registry=r
+        )
+        self.failovers = Counter(
+            "llm_gateway_failovers",
+            "Requests moved to the next deployment after a retryable failure",
+            ["from_deployment", "to_deployment", "reason"],
+            registry=r,
+        )
+
+    def failover(self, from_deployment: Deployment, to_deployment: Deployment, error: ProviderError) -> None:
+        reason = error.code or type(error).__name__
+        self.failovers.labels(from_deployment.label, to_deployment.label, reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,114 @@
+"""Failover across an alias's deployments, and what /metrics and the response headers say about it."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+
+from conftest import QUESTION
+from llm_service.core.config.constants import ProviderID
+from llm_service.fakes import Fault
+from sse_client import read_events, streamed_text
+
+OPENAI, OPENROUTER = ProviderID.OPENAI, ProviderID.OPENROUTER
+ALIASES = {
+    "resilient": [
+        {"provider": "openai", "model": "gpt-4o-mini"},
+        {"provider": "openrouter", "model": "openai/gpt-4o-mini"},
+    ]
+}
+
+
+@pytest.fixture
+def service(start_service):
+    return start_service(aliases=ALIASES)
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The value of one sample of the exposition text (0 when absent)."""
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.index("}") + 1]))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+def test_a_failing_first_deployment_fails_over_to_the_second(service, upstreams, stream) -> None:
+    upstreams[OPENAI].inject(Fault(status=503))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        with http.stream(
+            "POST", "/v1/chat/completions", json={"model": "resilient", "messages": QUESTION, "stream": stream}
+        ) as response:
+            assert response.status_code == 200, response.read()
+            headers = response.headers
+            text = streamed_text(read_events(response)[:-1]) if stream else response.read().decode()
+        exposition = http.get("/metrics").text
+
+    assert "Paris" in text
+    assert headers["x-llm-provider"] == "openrouter"
+    assert headers["x-llm-deployment"] == "openrouter/openai/gpt-4o-mini"
+    assert len(upstreams[OPENAI].requests) == 1
+    assert len(upstreams[OPENROUTER].requests) == 1
+    failovers = metric(
+        exposition,
+        "llm_gateway_failovers_total",
+        from_deployment="openai/gpt-4o-mini",
+        to_deployment="openrouter/openai/gpt-4o-mini",
+    )
+    assert failovers == 1
+
+
+def test_a_request_error_is_attempted_once_and_not_failed_over(service, upstreams) -> None:
+    upstreams[OPENAI].inject(Fault(status=400, fixture="error_400_context_length"))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "resilient", "messages": QUESTION})
+
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert len(upstreams[OPENAI].requests) == 1
+    assert upstreams[OPENROUTER].requests == []
+
+
+def test_when_every_deployment_fails_the_last_error_is_returned_after_bounded_attempts(service, upstreams) -> None:
+    upstreams[OPENAI].inject(Fault(status=500, times=5))
+    upstreams[OPENROUTER].inject(Fault(status=500, times=5))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "resilient", "messages": QUESTION})
+
+    assert response.status_code == 502
+    # max_retries 2 -> 3 attempts: openai, openrouter, then openai again after the backoff.
+    assert (len(upstreams[OPENAI].requests), len(upstreams[OPENROUTER].requests)) == (2, 1)
+
+
+def test_a_long_retry_after_moves_on_to_the_next_deployment_at_once(service, upstreams) -> None:
+    upstreams[OPENAI].inject(Fault(status=429, headers={"retry-after": "120"}))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "resilient", "messages": QUESTION})
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-provider"] == "openrouter"
+
+
+def test_metrics_count_requests_tokens_and_time_to_first_token(service) -> None:
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        http.post("/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION})
+        with http.stream(
+            "POST", "/v1/chat/completions", json={"model": "openai/gpt-4o-mini", "messages": QUESTION, "stream": True}
+        ) as response:
+            read_events(response)
+        http.post("/v1/chat/completions", json={"model": "nosuch/model", "messages": QUESTION})
+        metrics = http.get("/metrics")
+
+    assert metrics.headers["content-type"].startswith("text/plain")
+    text = metrics.text
+    served = {"provider": "openai", "deployment": "openai/gpt-4o-mini"}
+    assert metric(text, "llm_gateway_requests_total", status="200", **served) == 2
+    assert metric(text, "llm_gateway_requests_total", status="404") == 1
+    assert metric(text, "llm_gateway_tokens_total", type="input", **served) == 48  # 24 per fixture answer
+    assert metric(text, "gen_ai_server_time_to_first_token_seconds_count", **served) == 1
+    assert metric(text, "llm_gateway_request_duration_seconds_count", stream="true", **served) == 1
