@@ -179,8 +179,9 @@ def assert_loopback_only(settings: Settings) -> None:
             assert ip_address(host).is_loopback, f"a test would call outside loopback: {url}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def service(upstreams: dict[ProviderID, Any]) -> Iterator[ServiceThread]:
+    """A fresh service per test: what the dispatcher learns (breakers, 429 pauses) stays with its test."""
     with ServiceThread(fake_settings(upstreams)) as running:
         yield running
 

@@ -29,6 +29,8 @@ def service(start_service):
 def metric(text: str, name: str, **labels: str) -> float:
     """The value of one sample of the exposition text (0 when absent)."""
     for line in text.splitlines():
+        if line.startswith(name + " ") and not labels:
+            return float(line.rsplit(" ", 1)[1])
         if not line.startswith(name + "{"):
             continue
         found = dict(re.findall(r'(\w+)="([^"]*)"', line[len(name) : line.index("}") + 1]))

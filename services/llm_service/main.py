@@ -27,8 +27,14 @@ from llm_service.metrics import Metrics
 log = logging.getLogger("llm_service")
 
 
-def create_app(settings: Settings | None = None, *, clock: Callable[[], float] = time.time) -> FastAPI:
-    """The service; `clock` (wall-clock seconds) decides credential expiry, injected by tests."""
+def create_app(
+    settings: Settings | None = None,
+    *,
+    clock: Callable[[], float] = time.time,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> FastAPI:
+    """The service; tests inject `clock` (wall-clock seconds: credential expiry) and `monotonic` (the
+    dispatcher's breakers and limits)."""
     base_settings = settings if settings is not None else Settings()
 
     @asynccontextmanager
@@ -45,9 +51,11 @@ def create_app(settings: Settings | None = None, *, clock: Callable[[], float] =
             stack.push_async_callback(session.close)
             clients = await stack.enter_async_context(provider_clients(active, session, clock=clock))
             metrics = Metrics()
+            dispatcher = LLMDispatcher(active, clients, observer=metrics, clock=monotonic)
+            metrics.watch(dispatcher)
             app.state.services = Services(
                 settings=active,
-                dispatcher=LLMDispatcher(active, clients, observer=metrics),
+                dispatcher=dispatcher,
                 providers=tuple(active.configured_providers()),
                 demo=demo,
                 metrics=metrics,

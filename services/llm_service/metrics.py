@@ -12,19 +12,38 @@ class; a caller's free-form model name never becomes a label.
 | `gen_ai_server_time_to_first_token_seconds` | histogram | provider, deployment |
 | `llm_gateway_tokens_total` | counter | provider, deployment, type (input, output) |
 | `llm_gateway_failovers_total` | counter | from_deployment, to_deployment, reason |
+| `llm_gateway_rejections_total` | counter | reason: queue_full_or_timeout, rate_limited, deployments_unavailable, ... |
+| `llm_gateway_breaker_state` | gauge | deployment (0 closed, 1 half-open, 2 open) |
+| `llm_gateway_breaker_transitions_total` | counter | deployment, to |
+| `llm_gateway_queue_depth` | gauge | |
+| `llm_gateway_in_flight` | gauge | |
 """
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from typing import Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from llm_service.core.config.settings import Deployment
+from llm_service.core.llm.dispatch.breaker import BreakerState, Transition
 from llm_service.core.llm.models import ProviderError
 
 #: Seconds: LLM calls run from tens of milliseconds (a cached short answer) to minutes.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+_BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+class Watched(Protocol):
+    """What the gauges read at scrape time (the dispatcher)."""
+
+    @property
+    def in_flight(self) -> int: ...
+
+    @property
+    def queue_depth(self) -> int: ...
 
 
 class Metrics:
@@ -59,6 +78,30 @@ class Metrics:
             ["from_deployment", "to_deployment", "reason"],
             registry=r,
         )
+
+        self.rejections = Counter(
+            "llm_gateway_rejections", "Requests refused for capacity or health", ["reason"], registry=r
+        )
+        self.breaker_state = Gauge(
+            "llm_gateway_breaker_state", "Circuit breaker: 0 closed, 1 half-open, 2 open", ["deployment"], registry=r
+        )
+        self.breaker_transitions = Counter(
+            "llm_gateway_breaker_transitions", "Circuit breaker state changes", ["deployment", "to"], registry=r
+        )
+        self.queue_depth = Gauge("llm_gateway_queue_depth", "Requests waiting for capacity", registry=r)
+        self.in_flight = Gauge("llm_gateway_in_flight", "Requests holding a deployment slot", registry=r)
+
+    def watch(self, dispatcher: Watched) -> None:
+        """Read queue depth and in-flight from `dispatcher` at every scrape."""
+        self.queue_depth.set_function(lambda: dispatcher.queue_depth)
+        self.in_flight.set_function(lambda: dispatcher.in_flight)
+
+    def breaker_transition(self, transition: Transition) -> None:
+        self.breaker_state.labels(transition.name).set(_BREAKER_VALUE[transition.to_state])
+        self.breaker_transitions.labels(transition.name, transition.to_state.value).inc()
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.labels(reason).inc()
 
     def failover(self, from_deployment: Deployment, to_deployment: Deployment, error: ProviderError) -> None:
         reason = error.code or type(error).__name__

@@ -29,11 +29,32 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> Response:
+    """Overall status, the dispatcher (in flight, queues) and every deployment's breaker and limits."""
     services: Services = request.app.state.services
-    return json_response(
-        200,
-        {"status": "ok", "demo": services.demo, "providers": [p.value for p in services.providers]},
-    )
+    dispatcher = services.dispatcher
+    ready = dispatcher.ready()
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "demo": services.demo,
+        "providers": [p.value for p in services.providers],
+        "dispatcher": dispatcher.snapshot(),
+    }
+    return json_response(200, body)
+
+
+@router.get("/health/live")
+async def live(request: Request) -> Response:
+    """The process answers (for an orchestrator's liveness probe)."""
+    return json_response(200, {"status": "alive"})
+
+
+@router.get("/health/ready")
+async def ready(request: Request) -> Response:
+    """Some deployment can take traffic now (for a readiness probe): 200, else 503."""
+    services: Services = request.app.state.services
+    if services.dispatcher.ready():
+        return json_response(200, {"status": "ready"})
+    return json_response(503, {"status": "not_ready"})
 
 
 @router.get("/metrics")

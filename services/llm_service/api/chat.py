@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 
 import orjson
 from fastapi import APIRouter, Request
@@ -20,9 +20,9 @@ from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, json_response
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
+from llm_service.core.llm.dispatcher import HeldStream
 from llm_service.core.llm.models import (
     InvalidRequestError,
-    LLMChunk,
     LLMRequest,
     LLMServiceError,
     RequestTooLargeError,
@@ -74,12 +74,10 @@ async def _respond(request: Request, services: Services, llm_request: LLMRequest
     routed = await unless_disconnected(request.receive, services.dispatcher.open_stream(llm_request))
     _note_deployment(access, routed.deployment)
     events = _sse_events(routed.chunks, include_usage=llm_request.include_usage, access=access)
-    return SSEResponse(events, _deployment_headers(routed.deployment))
+    return SSEResponse(events, _deployment_headers(routed.deployment), on_close=routed.chunks.aclose)
 
 
-async def _sse_events(
-    chunks: AsyncGenerator[LLMChunk, None], *, include_usage: bool, access: AccessRecord
-) -> AsyncIterator[bytes]:
+async def _sse_events(chunks: HeldStream, *, include_usage: bool, access: AccessRecord) -> AsyncIterator[bytes]:
     try:
         async with contextlib.aclosing(chunks):
             access.first_token()

@@ -23,9 +23,11 @@ from llm_service.core.llm.models import (
     ContentFilterError,
     CredentialError,
     CredentialUnavailableError,
+    DeploymentsUnavailableError,
     InvalidRequestError,
     LLMServiceError,
     ModelNotFoundError,
+    OverloadedError,
     ProviderError,
     ProviderNotConfiguredError,
     ProviderTimeoutError,
@@ -45,6 +47,8 @@ _STATUS_AND_TYPE: tuple[tuple[type[LLMServiceError], HTTPStatus, str], ...] = (
     (ProviderNotConfiguredError, HTTPStatus.NOT_FOUND, "invalid_request_error"),
     (RequestTooLargeError, HTTPStatus.REQUEST_ENTITY_TOO_LARGE, "invalid_request_error"),
     (ConfigurationError, HTTPStatus.INTERNAL_SERVER_ERROR, "server_error"),
+    (OverloadedError, HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+    (DeploymentsUnavailableError, HTTPStatus.SERVICE_UNAVAILABLE, "service_unavailable"),
     (RateLimitError, HTTPStatus.TOO_MANY_REQUESTS, "rate_limit_error"),
     (ContentFilterError, HTTPStatus.BAD_REQUEST, "invalid_request_error"),
     (ProviderTimeoutError, HTTPStatus.GATEWAY_TIMEOUT, "timeout_error"),
@@ -53,6 +57,10 @@ _STATUS_AND_TYPE: tuple[tuple[type[LLMServiceError], HTTPStatus, str], ...] = (
     (CredentialError, HTTPStatus.BAD_GATEWAY, "upstream_error"),
     (ProviderError, HTTPStatus.BAD_GATEWAY, "upstream_error"),
 )
+
+
+#: The service's own "not now" answers: they always say when to come back.
+_COME_BACK_LATER = (OverloadedError, DeploymentsUnavailableError)
 
 
 def error_body(message: str, type_: str, *, code: str | None = None, param: str | None = None) -> dict[str, Any]:
@@ -70,9 +78,9 @@ def describe(exc: LLMServiceError) -> tuple[int, dict[str, Any], dict[str, str]]
     if isinstance(exc, UpstreamRequestError) and exc.status is not None and 400 <= exc.status < 500:
         status = exc.status  # not always in HTTPStatus (499, 460, ...)
     # Tells clients (the openai SDK, another instance of this service) whether retrying can help.
-    retryable = isinstance(exc, ProviderError) and exc.retryable
+    retryable = (isinstance(exc, ProviderError) and exc.retryable) or isinstance(exc, _COME_BACK_LATER)
     headers = {"x-should-retry": "true" if retryable else "false"}
-    if isinstance(exc, ProviderError):
+    if isinstance(exc, (ProviderError, *_COME_BACK_LATER)):
         wait = exc.retry_after
         if wait is not None and math.isfinite(wait):
             headers["Retry-After"] = str(max(1, math.ceil(wait)))

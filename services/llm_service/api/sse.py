@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
 from starlette.responses import Response
@@ -54,9 +54,16 @@ SSE_HEADERS: Mapping[str, str] = {
 class SSEResponse(Response):
     """A Response (so FastAPI passes it through untouched) whose body is an async iterator of events."""
 
-    def __init__(self, body: AsyncIterator[bytes], headers: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        headers: Mapping[str, str],
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         # Response.__init__ is not called: it would render a body and set a content-length.
         self._body = body
+        # Runs once the response is over, however it ended, even if the body was never started.
+        self._on_close = on_close
         self.status_code = 200
         self.background = None
         raw = {**SSE_HEADERS, **headers}
@@ -65,8 +72,12 @@ class SSEResponse(Response):
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A disconnect cancels the stream (and so the upstream); a write to a gone client ends it quietly.
-        with contextlib.suppress(ClientGone, OSError):
-            await unless_disconnected(receive, self._stream(send))
+        try:
+            with contextlib.suppress(ClientGone, OSError):
+                await unless_disconnected(receive, self._stream(send))
+        finally:
+            if self._on_close is not None:
+                await self._on_close()
 
     async def _stream(self, send: Send) -> None:
         try:

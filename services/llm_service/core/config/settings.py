@@ -251,6 +251,21 @@ class DispatcherSettings(SettingsGroup):
         ge=0,
         description="Longest upstream Retry-After honoured by waiting; longer ones go to the caller",
     )
+    max_queue_size: int = Field(
+        default=100, ge=0, description="Requests that may wait for capacity per model; beyond, 429 at once"
+    )
+    queue_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait for capacity before a 429 with Retry-After"
+    )
+    breaker_failure_ratio: float = Field(
+        default=0.5, gt=0, le=1, description="Failure ratio over the window that opens a deployment's breaker"
+    )
+    breaker_min_calls: int = Field(default=10, ge=1, description="Calls in the window before the ratio counts")
+    breaker_window_seconds: float = Field(default=60.0, gt=0, description="Sliding window of recorded outcomes (s)")
+    breaker_cooldown_seconds: float = Field(
+        default=30.0, gt=0, description="How long an open breaker refuses traffic before letting probes through (s)"
+    )
+    breaker_half_open_probes: int = Field(default=1, ge=1, description="Probe requests let through while half-open")
     tool_call_ttl_seconds: float = Field(
         default=86400.0, gt=0, description="How long provider data of a tool call (Gemini signatures) is kept (s)"
     )

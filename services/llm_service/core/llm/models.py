@@ -12,6 +12,8 @@ Errors::
      ├── RequestTooLargeError         body over the configured limit
      ├── ConfigurationError           the service is missing a setting (names the env var)
      │    └── ProviderNotConfiguredError   a provider without its key or URL
+     ├── OverloadedError              no capacity now and the wait queue is full or timed out (429)
+     ├── DeploymentsUnavailableError  every deployment of the model is open-circuited (503)
      └── ProviderError                an upstream failed (provider, status, retryable, retry_after)
           ├── RateLimitError          upstream 429 (retry_after from its headers)
           ├── ProviderTimeoutError    connect/read/total timeout, upstream 408
@@ -274,6 +276,22 @@ class ConfigurationError(LLMServiceError):
 
 class ProviderNotConfiguredError(ConfigurationError):
     """A known provider this deployment has no credentials or URL for: unavailable to callers."""
+
+
+class OverloadedError(LLMServiceError):
+    """The service has no capacity for the request now; come back after `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float, code: str = "rate_limit_exceeded") -> None:
+        super().__init__(message, code=code)
+        self.retry_after = retry_after
+
+
+class DeploymentsUnavailableError(LLMServiceError):
+    """Every deployment that could serve the model is open-circuited for `retry_after` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, code="deployments_unavailable")
+        self.retry_after = retry_after
 
 
 class ProviderError(LLMServiceError):

@@ -1,0 +1,229 @@
+"""Admission queue: a bounded, first-come-first-served wait for capacity, with backpressure hints.
+
+A caller asks `AdmissionQueue.admit()` for something only the caller knows how to obtain (a
+deployment slot, say) through a `try_admit` callable that returns it or None. When nobody is waiting
+and `try_admit` succeeds, the value comes back at once. Otherwise the caller waits in FIFO order;
+whoever frees capacity calls `notify()`, which retries the head of the queue and keeps draining while
+heads are served. A wait ends in exactly one way: served, `QueueFullError` (no room to wait),
+`QueueTimeoutError` (waited `timeout` seconds), an error from `try_admit`, or cancellation.
+
+Errors::
+
+    AdmissionError (retry_after: whole seconds to suggest to the caller)
+     ├── QueueFullError      max_size waiters were already queued
+     └── QueueTimeoutError   the wait passed the timeout
+
+Time comes from the injected `clock` (service rate) and `sleep` (the wait timer), so tests never wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+#: The longest Retry-After ever suggested: beyond this an estimate says little and callers give up.
+DEFAULT_MAX_RETRY_AFTER = 60.0
+#: How far back admissions count towards the recent service rate.
+DEFAULT_RATE_WINDOW = 10.0
+_RATE_BUCKETS = 10
+
+
+class AdmissionError(Exception):
+    """The request was not admitted; `retry_after` is whole seconds (>= 1) to suggest to the caller."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class QueueFullError(AdmissionError):
+    """Raised at once when `max_size` waiters are already queued."""
+
+
+class QueueTimeoutError(AdmissionError):
+    """The wait for capacity passed the queue timeout."""
+
+
+class _RateWindow:
+    """Events per second over a sliding window, in a fixed number of buckets (bounded memory at any rate)."""
+
+    def __init__(self, window: float, clock: Callable[[], float]) -> None:
+        self.window = window
+        self._width = window / _RATE_BUCKETS
+        self._clock = clock
+        self._buckets: deque[list[int]] = deque()  # [bucket index, count], oldest first
+
+    def record(self) -> None:
+        index = self._prune()
+        if self._buckets and self._buckets[-1][0] == index:
+            self._buckets[-1][1] += 1
+        else:
+            self._buckets.append([index, 1])
+
+    def count(self) -> int:
+        self._prune()
+        return sum(count for _, count in self._buckets)
+
+    def per_second(self) -> float:
+        return self.count() / self.window
+
+    def _prune(self) -> int:
+        index = math.floor(self._clock() / self._width)
+        while self._buckets and self._buckets[0][0] <= index - _RATE_BUCKETS:
+            self._buckets.popleft()
+        return index
+
+
+@dataclass(eq=False)
+class _Waiter(Generic[T]):
+    try_admit: Callable[[], T | None]
+    future: asyncio.Future[T]
+
+
+class AdmissionQueue(Generic[T]):
+    """A bounded FIFO of callers waiting for capacity; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        max_size: int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rate_window: float = DEFAULT_RATE_WINDOW,
+        max_retry_after: float = DEFAULT_MAX_RETRY_AFTER,
+    ) -> None:
+        if max_size < 0:
+            raise ValueError(f"max_size must be >= 0, got {max_size}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0, got {timeout}")
+        if not rate_window > 0:
+            raise ValueError(f"rate_window must be > 0, got {rate_window}")
+        if not max_retry_after >= 1:
+            raise ValueError(f"max_retry_after must be >= 1, got {max_retry_after}")
+        self._max_size = max_size
+        self._timeout = timeout
+        self._sleep = sleep
+        self._max_retry_after = float(math.ceil(max_retry_after))
+        self._rate = _RateWindow(rate_window, clock)
+        self._waiters: deque[_Waiter[T]] = deque()
+
+    @property
+    def depth(self) -> int:
+        """Callers waiting now."""
+        return len(self._waiters)
+
+    async def admit(
+        self,
+        try_admit: Callable[[], T | None],
+        *,
+        on_abandoned: Callable[[T], None] | None = None,
+    ) -> T:
+        """Return what `try_admit` yields, waiting in line for it if needed.
+
+        `on_abandoned` receives a value obtained for this caller after it was cancelled (it can no
+        longer use it): pass it whenever the value holds capacity, so that capacity is not lost.
+        """
+        if not self._waiters:
+            value = try_admit()
+            if value is not None:
+                self._rate.record()
+                return value
+        if len(self._waiters) >= self._max_size:
+            raise QueueFullError(f"admission queue is full ({self._max_size} waiting)", retry_after=self.retry_after())
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        waiter = _Waiter(try_admit, future)
+        self._waiters.append(waiter)
+        timer = asyncio.ensure_future(self._expire(waiter))
+        try:
+            return await waiter.future
+        except asyncio.CancelledError:
+            self._abandon(waiter, on_abandoned)
+            raise
+        finally:
+            timer.cancel()
+
+    def notify(self) -> None:
+        """Capacity may have been freed: retry waiters from the head while they are served."""
+        while self._waiters:
+            head = self._waiters[0]
+            if head.future.done():  # cancelled; its task has not yet run to take itself out
+                self._waiters.popleft()
+                continue
+            try:
+                value = head.try_admit()
+            except Exception as exc:  # the error is this waiter's answer, not the notifier's problem
+                self._waiters.popleft()
+                head.future.set_exception(exc)
+                continue
+            if value is None:
+                return
+            self._waiters.popleft()
+            self._rate.record()
+            head.future.set_result(value)
+
+    def admission_rate(self) -> float:
+        """Admissions per second over the recent window."""
+        return self._rate.per_second()
+
+    def retry_after(self) -> float:
+        """Whole seconds (>= 1, capped) a rejected caller should wait: the time to serve everyone ahead.
+
+        With no recent admissions the rate is taken as one per window, so the hint still grows with
+        the depth instead of collapsing to a constant.
+        """
+        rate = max(self._rate.count(), 1) / self._rate.window
+        seconds = math.ceil(round((self.depth + 1) / rate, 6))
+        return float(min(max(seconds, 1), self._max_retry_after))
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "depth": self.depth,
+            "max_size": self._max_size,
+            "timeout": self._timeout,
+            "admissions_per_second": self.admission_rate(),
+        }
+
+    async def _expire(self, waiter: _Waiter[T]) -> None:
+        await self._sleep(self._timeout)
+        if waiter.future.done():
+            return
+        was_head = self._leave(waiter)
+        waiter.future.set_exception(
+            QueueTimeoutError(f"no capacity within {self._timeout:g}s", retry_after=self.retry_after())
+        )
+        if was_head:
+            self.notify()
+
+    def _abandon(self, waiter: _Waiter[T], on_abandoned: Callable[[T], None] | None) -> None:
+        """The waiting task was cancelled: leave the line, and hand back anything obtained for it."""
+        was_head = self._leave(waiter)
+        future = waiter.future
+        if not future.done():
+            future.cancel()
+        # exception() also marks a stored error as retrieved, so it is not reported as lost.
+        if future.cancelled() or future.exception() is not None:
+            if was_head:
+                self.notify()
+            return
+        if on_abandoned is not None:
+            on_abandoned(future.result())
+        self.notify()
+
+    def _leave(self, waiter: _Waiter[T]) -> bool:
+        """Take `waiter` out of the line if it is still there; True when it was the head."""
+        if not self._waiters:
+            return False
+        was_head = self._waiters[0] is waiter
+        try:
+            self._waiters.remove(waiter)
+        except ValueError:
+            return False
+        return was_head

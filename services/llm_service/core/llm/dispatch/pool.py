@@ -1,0 +1,179 @@
+"""The deployments' admission state: a circuit breaker and a limiter each, and the slot an attempt holds.
+
+`DeploymentPool.try_take()` hands out a `Slot` on the first deployment (in the order asked, from a
+given start) whose breaker admits traffic and whose limits have room; it never blocks (the dispatcher
+queues when it gets None). A slot ends exactly once, which records the outcome in the breaker and
+frees the limiter's permit:
+
+- `succeeded(usage)`: the deployment answered (a request error such as a context-length 400 is an
+  answer too); the TPM window is corrected from the reported usage;
+- `failed(error)`: an upstream failure. Failures of the deployment (5xx, connection, timeout, rejected
+  credentials) count against its breaker; a 429 does not, it pauses the deployment for the upstream's
+  Retry-After instead;
+- `abandoned()`: the caller went away; nothing is recorded, the half-open probe slot is freed.
+
+Deployments addressed directly (`<provider>/<model>`) get their state on first use, kept for the most
+recently used `max_ad_hoc` of them so that callers cannot grow it without bound.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from llm_service.core.config.settings import Deployment
+from llm_service.core.llm.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Transition
+from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits, Permit, tokens_used
+from llm_service.core.llm.models import ProviderAuthError, ProviderError, RateLimitError, Usage
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class DeploymentState:
+    deployment: Deployment
+    breaker: CircuitBreaker
+    limiter: DeploymentLimiter
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"deployment": self.deployment.label, "breaker": self.breaker.snapshot(), **self.limiter.snapshot()}
+
+
+@dataclass(slots=True)
+class Slot:
+    """One admitted attempt on one deployment; ends once (later calls do nothing)."""
+
+    state: DeploymentState
+    permit: Permit
+    on_end: Callable[[], None]
+    ended: bool = field(default=False)
+
+    @property
+    def deployment(self) -> Deployment:
+        return self.state.deployment
+
+    def succeeded(self, usage: Usage | None = None) -> None:
+        if self._end():
+            self.state.breaker.record_success()
+            self._release(tokens_used(usage))
+
+    def failed(self, error: BaseException) -> None:
+        if not self._end():
+            return
+        breaker = self.state.breaker
+        if isinstance(error, RateLimitError):
+            breaker.record_cancelled()  # the deployment is busy, not broken
+            if error.retry_after:
+                self.state.limiter.pause(error.retry_after)
+        elif isinstance(error, ProviderError) and (error.retryable or isinstance(error, ProviderAuthError)):
+            breaker.record_failure()
+        else:
+            breaker.record_success()  # it answered; the request was wrong
+        self._release(None)
+
+    def abandoned(self) -> None:
+        if self._end():
+            self.state.breaker.record_cancelled()
+            self._release(None)
+
+    def _end(self) -> bool:
+        if self.ended:
+            return False
+        self.ended = True
+        return True
+
+    def _release(self, used_tokens: int | None) -> None:
+        self.permit.release(used_tokens)
+        self.on_end()
+
+
+class DeploymentPool:
+    def __init__(
+        self,
+        policy: BreakerPolicy,
+        *,
+        clock: Clock = time.monotonic,
+        on_transition: Callable[[Transition], None] | None = None,
+        on_release: Callable[[], None] = lambda: None,
+        max_ad_hoc: int = 1024,
+    ) -> None:
+        self._policy = policy
+        self._clock = clock
+        self._on_transition = on_transition
+        self._on_release = on_release
+        self._max_ad_hoc = max_ad_hoc
+        self._known: dict[Deployment, DeploymentState] = {}
+        self._ad_hoc: OrderedDict[Deployment, DeploymentState] = OrderedDict()
+
+    def register(self, deployment: Deployment) -> DeploymentState:
+        """A deployment from the profile: its state lives as long as the pool."""
+        state = self._known.get(deployment)
+        if state is None:
+            state = self._known[deployment] = self._new(deployment)
+        return state
+
+    def state(self, deployment: Deployment) -> DeploymentState:
+        known = self._known.get(deployment)
+        if known is not None:
+            return known
+        state = self._ad_hoc.get(deployment)
+        if state is None:
+            state = self._ad_hoc[deployment] = self._new(deployment)
+            if len(self._ad_hoc) > self._max_ad_hoc:
+                self._evict_one()
+        else:
+            self._ad_hoc.move_to_end(deployment)
+        return state
+
+    def try_take(self, deployments: Sequence[Deployment], start: int, tokens: int) -> Slot | None:
+        """A slot on the first deployment, from `start` round, that admits traffic and has room."""
+        count = len(deployments)
+        for offset in range(count):
+            state = self.state(deployments[(start + offset) % count])
+            if state.limiter.room_in(tokens) > 0 or not state.breaker.allow():
+                continue
+            permit = state.limiter.try_acquire(tokens)
+            if permit is None:  # room_in said yes: cannot happen, but a probe slot must not leak
+                state.breaker.record_cancelled()
+                continue
+            return Slot(state, permit, self._on_release)
+        return None
+
+    def all_open(self, deployments: Sequence[Deployment]) -> float | None:
+        """Seconds until the first of `deployments` half-opens, when every one's breaker is open."""
+        waits = []
+        for deployment in deployments:
+            breaker = self.state(deployment).breaker
+            if breaker.state is not BreakerState.OPEN:
+                return None
+            waits.append(breaker.open_for())
+        return min(waits) if waits else None
+
+    def too_large(self, deployments: Sequence[Deployment], tokens: int) -> bool:
+        """Whether no deployment's tokens-per-minute limit could ever take `tokens`."""
+        return not any(self.state(d).limiter.fits(tokens) for d in deployments)
+
+    def room_in(self, deployments: Sequence[Deployment], tokens: int) -> float:
+        """Seconds until a time-based limit of some deployment has room (inf: only a release helps)."""
+        return min((self.state(d).limiter.room_in(tokens) for d in deployments), default=float("inf"))
+
+    @property
+    def in_flight(self) -> int:
+        return sum(s.limiter.in_flight for s in (*self._known.values(), *self._ad_hoc.values()))
+
+    def states(self) -> list[DeploymentState]:
+        return [*self._known.values(), *self._ad_hoc.values()]
+
+    def _new(self, deployment: Deployment) -> DeploymentState:
+        breaker = CircuitBreaker(deployment.label, self._policy, clock=self._clock, on_transition=self._on_transition)
+        return DeploymentState(deployment, breaker, DeploymentLimiter(Limits.of(deployment), clock=self._clock))
+
+    def _evict_one(self) -> None:
+        """Forget the least recently used ad-hoc deployment that has nothing in flight."""
+        for deployment, state in self._ad_hoc.items():
+            if state.limiter.in_flight == 0:
+                del self._ad_hoc[deployment]
+                return

@@ -1,0 +1,195 @@
+"""The dispatcher under load and failure, through the service: limits and the queue answer 429 with
+Retry-After instead of failing, breakers take a failing deployment out and bring it back, and /health
+and /metrics show it. Time that matters comes from an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import QUESTION, fake_settings
+from harness import ServiceThread
+from llm_service.core.config.constants import ProviderID
+from llm_service.fakes import Fault
+from llm_service.main import create_app
+from test_failover import metric
+
+OPENAI, OPENROUTER = ProviderID.OPENAI, ProviderID.OPENROUTER
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def service_with(upstreams: dict[ProviderID, Any], clock: Monotonic | None = None, **overrides: Any) -> ServiceThread:
+    settings = fake_settings(upstreams, **overrides)
+    return ServiceThread(app=create_app(settings, monotonic=clock or time.monotonic))
+
+
+@pytest.fixture
+def one_slot(upstreams) -> Iterator[ServiceThread]:
+    """An alias on a deployment that takes 2 requests at once, with 3 more waiting at most."""
+    aliases = {"tight": [{"provider": "openai", "model": "gpt-4o-mini", "max_concurrency": 2}]}
+    dispatcher = {"max_queue_size": 3, "queue_timeout_seconds": 20}
+    with service_with(upstreams, aliases=aliases, dispatcher=dispatcher) as service:
+        yield service
+
+
+async def burst(url: str, count: int, model: str = "tight") -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+        return list(
+            await asyncio.gather(
+                *(http.post("/v1/chat/completions", json={"model": model, "messages": QUESTION}) for _ in range(count))
+            )
+        )
+
+
+def test_a_burst_of_five_times_capacity_gets_429s_with_retry_after_and_no_5xx(one_slot, upstreams) -> None:
+    upstreams[OPENAI].inject(Fault(delay_before_headers=0.5, times=10))
+    responses = asyncio.run(burst(one_slot.url, 10))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 5 + [429] * 5  # 2 in flight + 3 queued are served; the rest told to come back
+    for rejected in (r for r in responses if r.status_code == 429):
+        assert int(rejected.headers["retry-after"]) >= 1
+        assert rejected.json()["error"]["type"] == "rate_limit_exceeded"
+    text = httpx.get(f"{one_slot.url}/metrics").text
+    assert metric(text, "llm_gateway_queue_depth") == 0
+    assert metric(text, "llm_gateway_in_flight") == 0
+    assert metric(text, "llm_gateway_rejections_total", reason="queue_full_or_timeout") == 5
+    assert len(upstreams[OPENAI].requests) == 5
+
+
+def test_a_request_waiting_past_the_queue_timeout_gets_429(upstreams) -> None:
+    aliases = {"tight": [{"provider": "openai", "model": "gpt-4o-mini", "max_concurrency": 1}]}
+    with service_with(upstreams, aliases=aliases, dispatcher={"queue_timeout_seconds": 0.2}) as service:
+        upstreams[OPENAI].inject(Fault(delay_before_headers=1.0))
+        first, second = asyncio.run(burst(service.url, 2))
+
+    assert sorted([first.status_code, second.status_code]) == [200, 429]
+
+
+def test_a_queued_client_that_disconnects_leaves_the_queue_at_once(one_slot, upstreams) -> None:
+    upstreams[OPENAI].inject(Fault(delay_before_headers=2.0, times=2))
+    seen: dict[str, float] = {}
+
+    async def scenario() -> None:
+        async with httpx.AsyncClient(base_url=one_slot.url, timeout=10) as http:
+            ask = lambda: http.post("/v1/chat/completions", json={"model": "tight", "messages": QUESTION})  # noqa: E731
+            holders = [asyncio.create_task(ask()) for _ in range(2)]
+            await asyncio.sleep(0.3)  # both slots are taken
+            waiting = asyncio.create_task(ask())
+            await asyncio.sleep(0.3)
+            seen["queued"] = await asyncio.to_thread(_depth, one_slot)
+            waiting.cancel()  # the client hangs up while queued
+            await asyncio.sleep(0.2)
+            seen["after"] = await asyncio.to_thread(_depth, one_slot)
+            seen["holders_busy"] = float(not any(h.done() for h in holders))
+            await asyncio.gather(*holders)
+
+    asyncio.run(scenario())
+    assert seen == {"queued": 1, "after": 0, "holders_busy": 1.0}
+    assert len(upstreams[OPENAI].requests) == 2  # the one who left never reached the upstream
+
+
+def _depth(service: ServiceThread) -> float:
+    return metric(httpx.get(f"{service.url}/metrics").text, "llm_gateway_queue_depth")
+
+
+def breaker_settings(**extra: Any) -> dict[str, Any]:
+    return {
+        "breaker_min_calls": 2,
+        "breaker_failure_ratio": 0.5,
+        "breaker_cooldown_seconds": 30,
+        "max_retries": 0,
+        **extra,
+    }
+
+
+def deployment_health(service: ServiceThread, label: str) -> dict[str, Any]:
+    deployments = httpx.get(f"{service.url}/health").json()["dispatcher"]["deployments"]
+    return next(d for d in deployments if d["deployment"] == label)
+
+
+def test_the_breaker_opens_half_opens_and_closes_and_health_shows_each_state(upstreams) -> None:
+    clock = Monotonic()
+    aliases = {"solo": [{"provider": "openai", "model": "gpt-4o-mini"}]}
+    with service_with(upstreams, clock, aliases=aliases, dispatcher=breaker_settings()) as service:
+        ask = lambda: httpx.post(  # noqa: E731
+            f"{service.url}/v1/chat/completions", json={"model": "solo", "messages": QUESTION}, timeout=10
+        )
+        label = "openai/gpt-4o-mini"
+        upstreams[OPENAI].inject(Fault(status=500, times=2))
+        assert [ask().status_code, ask().status_code] == [502, 502]
+        assert deployment_health(service, label)["breaker"]["state"] == "open"
+
+        refused = ask()  # no upstream call while open
+        assert refused.status_code == 503
+        assert int(refused.headers["retry-after"]) >= 1
+
+        clock.now += 31
+        assert deployment_health(service, label)["breaker"]["state"] == "half_open"
+        upstreams[OPENAI].inject(Fault(status=500))
+        assert ask().status_code == 502  # the probe fails: open again
+        assert deployment_health(service, label)["breaker"]["state"] == "open"
+
+        clock.now += 31
+        assert ask().status_code == 200  # the probe succeeds: closed
+        assert deployment_health(service, label)["breaker"]["state"] == "closed"
+        assert httpx.get(f"{service.url}/health/ready").status_code == 200
+        text = httpx.get(f"{service.url}/metrics").text
+
+    assert len(upstreams[OPENAI].requests) == 4  # 2 failures, 1 failed probe, 1 good probe
+    assert metric(text, "llm_gateway_breaker_transitions_total", deployment=label, to="open") == 2
+    assert metric(text, "llm_gateway_breaker_state", deployment=label) == 0
+
+
+def test_traffic_moves_to_the_fallback_while_the_primary_is_open_and_returns_after(upstreams) -> None:
+    clock = Monotonic()
+    aliases = {
+        "ha": [
+            {"provider": "openai", "model": "gpt-4o-mini"},
+            {"provider": "openrouter", "model": "openai/gpt-4o-mini"},
+        ]
+    }
+    with service_with(upstreams, clock, aliases=aliases, dispatcher=breaker_settings(max_retries=1)) as service:
+        ask = lambda: httpx.post(  # noqa: E731
+            f"{service.url}/v1/chat/completions", json={"model": "ha", "messages": QUESTION}, timeout=10
+        )
+        upstreams[OPENAI].inject(Fault(status=503, times=2))
+        served_by = [ask().headers["x-llm-provider"] for _ in range(5)]
+        clock.now += 31
+        after = [ask().headers["x-llm-provider"] for _ in range(3)]
+
+    assert served_by == ["openrouter"] * 5  # two failovers, then the open primary is skipped
+    assert after == ["openai"] * 3  # the probe after the cooldown succeeds, and traffic returns
+    assert len(upstreams[OPENAI].requests) == 2 + 3  # nothing reached it while it was open
+
+
+def test_an_upstream_429_pauses_the_deployment_for_its_retry_after(upstreams) -> None:
+    clock = Monotonic()
+    aliases = {"solo": [{"provider": "openai", "model": "gpt-4o-mini"}]}
+    with service_with(upstreams, clock, aliases=aliases, dispatcher={"max_retries": 0}) as service:
+        ask = lambda: httpx.post(  # noqa: E731
+            f"{service.url}/v1/chat/completions", json={"model": "solo", "messages": QUESTION}, timeout=10
+        )
+        upstreams[OPENAI].inject(Fault(status=429, headers={"retry-after": "45"}))
+        first = ask()
+        paused = ask()
+        clock.now += 46
+        resumed = ask()
+
+    assert first.status_code == 429
+    assert paused.status_code == 429
+    assert 44 <= int(paused.headers["retry-after"]) <= 45  # what is left of the pause
+    assert resumed.status_code == 200
+    assert len(upstreams[OPENAI].requests) == 2  # nothing was sent while paused
