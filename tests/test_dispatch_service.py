@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from conftest import QUESTION, fake_settings
-from harness import ServiceThread
+from harness import ServiceThread, wait_until
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
 from llm_service.main import create_app
@@ -193,3 +193,50 @@ def test_an_upstream_429_pauses_the_deployment_for_its_retry_after(upstreams) ->
     assert 44 <= int(paused.headers["retry-after"]) <= 45  # what is left of the pause
     assert resumed.status_code == 200
     assert len(upstreams[OPENAI].requests) == 2  # nothing was sent while paused
+
+
+def test_a_silent_upstream_is_cut_at_its_timeout_and_the_request_fails_over(upstreams) -> None:
+    aliases = {"ha": [{"provider": "openai", "model": "gpt-4o-mini"}, {"provider": "openrouter", "model": "x/y"}]}
+    with service_with(upstreams, aliases=aliases, openai={"timeout_read": 0.3}) as service:
+        upstreams[OPENAI].inject(Fault(delay_before_headers=5.0))  # accepts, never answers in time
+        started = time.monotonic()
+        response = httpx.post(
+            f"{service.url}/v1/chat/completions", json={"model": "ha", "messages": QUESTION}, timeout=10
+        )
+        elapsed = time.monotonic() - started
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-provider"] == "openrouter"
+    assert elapsed < 3.0  # cut at the read timeout, not held for the upstream's 5 s
+
+
+def test_streams_whose_clients_leave_at_random_points_leave_nothing_behind(upstreams) -> None:
+    import random
+
+    rng = random.Random(7)
+    aliases = {"s": [{"provider": "openai", "model": "gpt-4o-mini", "max_concurrency": 64}]}
+    fake = upstreams[OPENAI]
+    with service_with(upstreams, aliases=aliases, dispatcher={"max_queue_size": 1000}) as service:
+        fake.inject(Fault(delay_per_chunk=0.01, times=500))
+
+        async def one(http: httpx.AsyncClient, stop_after: int) -> None:
+            body = {"model": "s", "messages": QUESTION, "stream": True}
+            async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                seen = 0
+                async for _ in response.aiter_lines():
+                    seen += 1
+                    if seen >= stop_after:
+                        break  # leaving the block closes the connection mid-stream
+
+        async def run_all() -> None:
+            limits = httpx.Limits(max_connections=100)
+            async with httpx.AsyncClient(base_url=service.url, timeout=30, limits=limits) as http:
+                await asyncio.gather(*(one(http, rng.randint(1, 14)) for _ in range(500)))
+
+        asyncio.run(run_all())
+        assert wait_until(lambda: fake.active_streams == 0, timeout=10)
+        text = httpx.get(f"{service.url}/metrics").text
+
+    assert metric(text, "llm_gateway_in_flight") == 0
+    assert metric(text, "llm_gateway_queue_depth") == 0
+    assert len(fake.requests) == 500
