@@ -62,3 +62,11 @@ def test_text_log_format_writes_readable_lines_with_fields(capsys) -> None:
 
     assert line.endswith("INFO llm_service.test started profile=demo")
     assert not line.startswith("{")
+
+
+def test_metrics_can_be_turned_off(start_service) -> None:
+    service = start_service(telemetry={"metrics_enabled": False})
+    response = httpx.get(f"{service.url}/metrics")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from starlette.responses import Response
 
 from llm_service.api.errors import json_response
@@ -61,4 +61,6 @@ async def ready(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     """Prometheus exposition format (see `llm_service.metrics` for the names)."""
     services: Services = request.app.state.services
+    if not services.settings.telemetry.metrics_enabled:
+        raise HTTPException(status_code=404, detail="Metrics are disabled (LLM_METRICS_ENABLED=false).")
     return Response(services.metrics.render(), media_type=CONTENT_TYPE)

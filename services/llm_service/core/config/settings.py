@@ -239,6 +239,7 @@ class TelemetrySettings(SettingsGroup):
     log_format: Literal["json", "text"] = Field(
         default="json", description="json: one JSON object per line; text: human-readable lines"
     )
+    metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics at GET /metrics")
 
 
 class DispatcherSettings(SettingsGroup):
