@@ -135,6 +135,13 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def refreshed(provider: TokenCredentialProvider) -> bool:
+    """The background refresh has stored its token (the endpoint answering is not enough: the token
+    still has to travel back and be kept)."""
+    fetch = provider._fetch
+    return fetch is None or fetch.done()
+
+
 async def eventually(condition: Callable[[], bool], within: float = 10.0) -> None:
     deadline = time.monotonic() + within
     while not condition():
@@ -196,7 +203,7 @@ async def test_azure_refreshes_ahead_of_expiry_without_making_callers_wait(
     clock.advance(HOUR - 200)  # inside the 300 s margin, still valid
 
     assert (await provider.token()).get_secret_value() == first  # served at once
-    await eventually(lambda: entra.tokens_issued == 2)
+    await eventually(lambda: entra.tokens_issued == 2 and refreshed(provider))
     assert (await provider.token()).get_secret_value() == "refreshed-entra-token"
 
 
@@ -221,7 +228,7 @@ async def test_azure_failed_refresh_ahead_keeps_serving_the_valid_token(
     entra.access_token = "after-the-outage"
     clock.advance(15)  # past retry_interval, token still valid: a later call tries again
     assert await provider.auth_headers() == first
-    await eventually(lambda: entra.tokens_issued == 2)
+    await eventually(lambda: entra.tokens_issued == 2 and refreshed(provider))
     assert await provider.auth_headers() == {"Authorization": "Bearer after-the-outage"}
 
 

@@ -30,9 +30,11 @@ class Monotonic:
         return self.now
 
 
-def service_with(upstreams: dict[ProviderID, Any], clock: Monotonic | None = None, **overrides: Any) -> ServiceThread:
+def service_with(
+    upstreams: dict[ProviderID, Any], clock: Monotonic | None = None, sleep: Any = None, **overrides: Any
+) -> ServiceThread:
     settings = fake_settings(upstreams, **overrides)
-    return ServiceThread(app=create_app(settings, monotonic=clock or time.monotonic))
+    return ServiceThread(app=create_app(settings, monotonic=clock or time.monotonic, sleep=sleep or asyncio.sleep))
 
 
 @pytest.fixture
@@ -240,3 +242,54 @@ def test_streams_whose_clients_leave_at_random_points_leave_nothing_behind(upstr
     assert metric(text, "llm_gateway_in_flight") == 0
     assert metric(text, "llm_gateway_queue_depth") == 0
     assert len(fake.requests) == 500
+
+
+def test_a_retry_after_a_429_waits_at_least_its_retry_after(upstreams) -> None:
+    waits: list[float] = []
+    clock = Monotonic()
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        clock.now += seconds
+
+    aliases = {"solo": [{"provider": "openai", "model": "gpt-4o-mini"}]}
+    dispatcher = {"max_retries": 1, "retry_backoff_base": 0.5, "retry_max_retry_after": 10, "queue_timeout_seconds": 5}
+    with service_with(upstreams, clock, sleep=sleep, aliases=aliases, dispatcher=dispatcher) as service:
+        upstreams[OPENAI].inject(Fault(status=429, headers={"retry-after": "3"}))
+        response = httpx.post(
+            f"{service.url}/v1/chat/completions", json={"model": "solo", "messages": QUESTION}, timeout=20
+        )
+
+    assert response.status_code == 200, response.text
+    assert 3.0 in waits  # the retry waited the upstream's Retry-After, not the shorter backoff
+    assert len(upstreams[OPENAI].requests) == 2
+
+
+def test_a_primary_with_spent_quota_fails_over_and_is_not_retried(upstreams) -> None:
+    aliases = {"ha": [{"provider": "openai", "model": "gpt-4o-mini"}, {"provider": "openrouter", "model": "x/y"}]}
+    quota = (
+        b'{"error": {"message": "You exceeded your current quota.", "type": "insufficient_quota",'
+        b' "code": "insufficient_quota"}}'
+    )
+    with service_with(upstreams, aliases=aliases) as service:
+        upstreams[OPENAI].inject(Fault(status=429, body=quota, times=3))
+        response = httpx.post(
+            f"{service.url}/v1/chat/completions", json={"model": "ha", "messages": QUESTION}, timeout=20
+        )
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-provider"] == "openrouter"
+    assert len(upstreams[OPENAI].requests) == 1
+
+
+def test_a_model_name_outside_latin1_is_served_and_leaves_no_slot_behind(start_service) -> None:
+    service = start_service()
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post(
+            "/v1/chat/completions", json={"model": "remote/llama-中文", "messages": QUESTION, "stream": True}
+        )
+        text = http.get("/metrics").text
+
+    assert response.status_code == 200
+    assert response.headers["x-llm-model"] == "llama-%E4%B8%AD%E6%96%87"
+    assert metric(text, "llm_gateway_in_flight") == 0

@@ -108,9 +108,11 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(service) -> None:
 
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
+    # The default profile names this deployment (alias `fast`), so its metrics carry its label.
     served = {"provider": "openai", "deployment": "openai/gpt-4o-mini"}
     assert metric(text, "llm_gateway_requests_total", status="200", **served) == 2
     assert metric(text, "llm_gateway_requests_total", status="404") == 1
     assert metric(text, "llm_gateway_tokens_total", type="input", **served) == 48  # 24 per fixture answer
     assert metric(text, "gen_ai_server_time_to_first_token_seconds_count", **served) == 1
+    assert 'deployment="nosuch' not in text
     assert metric(text, "llm_gateway_request_duration_seconds_count", stream="true", **served) == 1

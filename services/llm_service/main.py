@@ -4,9 +4,10 @@ fixture-backed upstreams)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import aiohttp
@@ -32,9 +33,10 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     monotonic: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> FastAPI:
-    """The service; tests inject `clock` (wall-clock seconds: credential expiry) and `monotonic` (the
-    dispatcher's breakers and limits)."""
+    """The service; tests inject `clock` (wall-clock seconds: credential expiry), `monotonic` (the
+    dispatcher's breakers and limits) and `sleep` (the dispatcher's waits between attempts)."""
     base_settings = settings if settings is not None else Settings()
 
     @asynccontextmanager
@@ -51,7 +53,7 @@ def create_app(
             stack.push_async_callback(session.close)
             clients = await stack.enter_async_context(provider_clients(active, session, clock=clock))
             metrics = Metrics()
-            dispatcher = LLMDispatcher(active, clients, observer=metrics, clock=monotonic)
+            dispatcher = LLMDispatcher(active, clients, observer=metrics, clock=monotonic, sleep=sleep)
             metrics.watch(dispatcher)
             app.state.services = Services(
                 settings=active,

@@ -2,8 +2,9 @@
 
 Names follow Prometheus conventions (`_total` counters, `_seconds` histograms) and the OpenTelemetry
 GenAI semantic conventions where one exists (`gen_ai_server_time_to_first_token_seconds`). Labels are
-bounded: the provider, the deployment label from the profile (`provider/model[@host]`) and the status
-class; a caller's free-form model name never becomes a label.
+bounded: the provider, the deployment label from the profile (`provider/model[@host]`; a deployment
+addressed directly as `<provider>/<model>` is `<provider>/_direct`), the status and error class names; a
+caller's free-form model name never becomes a label.
 
 | metric | type | labels |
 |---|---|---|
@@ -104,8 +105,8 @@ class Metrics:
         self.rejections.labels(reason).inc()
 
     def failover(self, from_deployment: Deployment, to_deployment: Deployment, error: ProviderError) -> None:
-        reason = error.code or type(error).__name__
-        self.failovers.labels(from_deployment.label, to_deployment.label, reason).inc()
+        # Failovers happen only between an alias's deployments: profile labels, bounded.
+        self.failovers.labels(from_deployment.label, to_deployment.label, type(error).__name__).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

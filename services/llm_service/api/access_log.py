@@ -35,6 +35,7 @@ class AccessRecord:
     model: str | None = None
     provider: str | None = None
     deployment: str | None = None
+    metric_deployment: str | None = field(default=None, repr=False)  # bounded name for metrics
     upstream_model: str | None = None
     stream: bool | None = None
     prompt_tokens: int | None = None
@@ -91,12 +92,12 @@ class AccessLogMiddleware:
                 record_request_metrics(services.metrics, record)
 
 
-_NOT_LOGGED = frozenset({"started"})
+_NOT_LOGGED = frozenset({"started", "metric_deployment"})
 
 
 def record_request_metrics(metrics: Metrics, record: AccessRecord) -> None:
     """One chat request's outcome, duration, time to first token and tokens."""
-    provider, deployment = record.provider or "", record.deployment or ""
+    provider, deployment = record.provider or "", record.metric_deployment or ""
     status = str(record.status) if not record.stream_error else "stream_error"
     metrics.requests.labels(provider, deployment, status).inc()
     metrics.duration.labels(provider, deployment, str(bool(record.stream)).lower()).observe(record.latency_ms / 1000)

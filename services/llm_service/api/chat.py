@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 import orjson
 from fastapi import APIRouter, Request
@@ -30,6 +31,7 @@ from llm_service.core.llm.models import (
 from llm_service.core.llm.openai_format import encode_chat_chunk, encode_chat_response, parse_chat_request
 
 log = logging.getLogger("llm_service.chat")
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 router = APIRouter()
 
 _DONE_EVENT = b"data: [DONE]\n\n"
@@ -67,14 +69,18 @@ async def _chat(request: Request, *, force_stream: bool) -> Response:
 async def _respond(request: Request, services: Services, llm_request: LLMRequest, access: AccessRecord) -> Response:
     if not llm_request.stream:
         deployment, response = await unless_disconnected(request.receive, services.dispatcher.generate(llm_request))
-        _note_deployment(access, deployment)
+        _note_deployment(access, deployment, services)
         access.record_usage(response.usage)
         return json_response(200, encode_chat_response(response), _deployment_headers(deployment))
 
     routed = await unless_disconnected(request.receive, services.dispatcher.open_stream(llm_request))
-    _note_deployment(access, routed.deployment)
-    events = _sse_events(routed.chunks, include_usage=llm_request.include_usage, access=access)
-    return SSEResponse(events, _deployment_headers(routed.deployment), on_close=routed.chunks.aclose)
+    try:
+        _note_deployment(access, routed.deployment, services)
+        events = _sse_events(routed.chunks, include_usage=llm_request.include_usage, access=access)
+        return SSEResponse(events, _deployment_headers(routed.deployment), on_close=routed.chunks.aclose)
+    except BaseException:
+        await routed.chunks.aclose()  # the stream holds a deployment slot and an upstream connection
+        raise
 
 
 async def _sse_events(chunks: HeldStream, *, include_usage: bool, access: AccessRecord) -> AsyncIterator[bytes]:
@@ -98,17 +104,23 @@ async def _sse_events(chunks: HeldStream, *, include_usage: bool, access: Access
     yield _DONE_EVENT
 
 
-def _note_deployment(access: AccessRecord, deployment: Deployment) -> None:
+def _note_deployment(access: AccessRecord, deployment: Deployment, services: Services) -> None:
     access.provider, access.upstream_model = deployment.provider.value, deployment.model
     access.deployment = deployment.label
+    access.metric_deployment = services.dispatcher.metric_label(deployment)
 
 
 def _deployment_headers(deployment: Deployment) -> dict[str, str]:
     return {
         "x-llm-provider": deployment.provider.value,
-        "x-llm-model": deployment.model,
-        "x-llm-deployment": deployment.label,
+        "x-llm-model": _header_value(deployment.model),
+        "x-llm-deployment": _header_value(deployment.label),
     }
+
+
+def _header_value(text: str) -> str:
+    """Printable ASCII as it is, anything else percent-encoded: a model name is the caller's text."""
+    return quote(text, safe=_HEADER_SAFE)
 
 
 async def read_json_body(request: Request, limit: int) -> object:

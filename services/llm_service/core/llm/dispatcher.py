@@ -24,7 +24,7 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -32,22 +32,27 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
 from llm_service.core.llm.base import BaseLLMClient
 from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQueue
-from llm_service.core.llm.dispatch.breaker import BreakerPolicy, BreakerState, Transition
+from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
 from llm_service.core.llm.dispatch.limits import estimate_tokens
 from llm_service.core.llm.dispatch.pool import DeploymentPool, DeploymentState, Slot
 from llm_service.core.llm.models import (
     DeploymentsUnavailableError,
+    InvalidRequestError,
     LLMChunk,
     LLMRequest,
     LLMResponse,
     ModelNotFoundError,
     OverloadedError,
+    ProviderAuthError,
     ProviderError,
+    RateLimitError,
     Usage,
 )
 from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_delay, should_retry
 
 _PROVIDERS = {p.value: p for p in ProviderID}
+#: Shortest pause between re-checks of a waiting request when room is due now but was not taken.
+_RECHECK_FLOOR = 0.25
 T = TypeVar("T")
 #: Schedules a call after a delay (the event loop's `call_later`, or a test's).
 Timer = Callable[[float, Callable[[], None]], Any]
@@ -101,6 +106,8 @@ class LLMDispatcher:
             for alias, deployments in self._aliases.items()
             if (usable := tuple(d for d in deployments if settings.deployment_configured(d)))
         }
+        self._usable_keys = frozenset(self._usable.values())
+        self._ready_providers = tuple(p for p in settings.configured_providers() if p in clients)
         self._observer = observer
         d = settings.dispatcher
         self._clock = clock
@@ -172,63 +179,69 @@ class LLMDispatcher:
 
     # ------------------------------------------------------------------ admission
 
-    def _queue(self, deployments: tuple[Deployment, ...]) -> AdmissionQueue[Slot]:
+    def _queue(self, key: tuple[Deployment, ...]) -> AdmissionQueue[Slot]:
         """The wait line of requests for these deployments (one per model), made when first needed."""
-        queue = self._queues.get(deployments)
+        queue = self._queues.get(key)
         if queue is None:
             queue = AdmissionQueue(max_size=self._queue_size, timeout=self._queue_timeout, clock=self._clock)
-            self._queues[deployments] = queue
+            self._queues[key] = queue
         return queue
 
     def _capacity_freed(self) -> None:
         for queue in list(self._queues.values()):
             queue.notify()
 
-    async def _admit(self, deployments: tuple[Deployment, ...], start: int, tokens: int) -> Slot:
-        slot = self._pool.try_take(deployments, start, tokens)
-        if slot is not None:
-            return slot
-        open_for = self._pool.all_open(deployments)
+    async def _admit(self, key: tuple[Deployment, ...], candidates: Sequence[Deployment], tokens: int) -> Slot:
+        """A slot on the first of `candidates` that can take the request, waiting in `key`'s queue if
+        none can now; the refusals that waiting cannot help are said at once."""
+        open_for = self._pool.all_open(candidates)
         if open_for is not None:
             self._reject("deployments_unavailable")
             raise DeploymentsUnavailableError(
                 "Every deployment of this model is failing and temporarily taken out of service.",
                 retry_after=max(open_for, 1.0),
             )
-        if self._pool.too_large(deployments, tokens):
-            self._reject("too_many_tokens")
-            raise OverloadedError(
-                f"The request (about {tokens} tokens) exceeds the tokens-per-minute limit of every deployment.",
-                retry_after=60.0,
+        if self._pool.too_large(candidates, tokens):
+            raise InvalidRequestError(
+                f"The request (about {tokens} tokens) exceeds the tokens-per-minute limit of every deployment "
+                "of this model.",
                 code="tokens_per_minute_exceeded",
+                param="messages",
             )
-        wait = self._pool.room_in(deployments, tokens)
-        if self._queue_timeout < wait < math.inf:
+        wait = self._pool.next_change(candidates, tokens)
+        if self._queue_timeout < wait < math.inf and self._pool.room_in(candidates, tokens) > 0:
             # Only time frees this room (a 429 pause, a full RPM window), and later than a queued caller
             # would wait: say when to come back now rather than hold the connection for nothing.
             self._reject("rate_limited")
             raise OverloadedError(
                 "The deployments of this model are rate limited; retry after the time given.", retry_after=wait
             )
-        if wait > 0:
-            self._wake_later(wait)
+        queue = self._queue(key)
+        rechecks = asyncio.ensure_future(self._recheck_while_waiting(queue, candidates, tokens))
         try:
-            return await self._queue(deployments).admit(
-                lambda: self._pool.try_take(deployments, start, tokens), on_abandoned=Slot.abandoned
-            )
+            return await queue.admit(lambda: self._pool.try_take(candidates, tokens), on_abandoned=Slot.abandoned)
         except AdmissionError as exc:
             self._reject("queue_full_or_timeout")
             raise OverloadedError(
                 f"The service is at capacity for this model ({exc}); retry after the time given.",
                 retry_after=exc.retry_after,
             ) from None
+        finally:
+            rechecks.cancel()
+            if queue.depth == 0 and key not in self._usable_keys:
+                self._queues.pop(key, None)  # a directly addressed model's line: gone when empty
 
-    def _wake_later(self, wait: float) -> None:
-        """A time-based limit (RPM/TPM window, a 429 pause) frees room without any release: wake the
-        queues then (`inf`: only a release can help, and releases wake them)."""
-        if wait < math.inf:
-            schedule = self._timer or asyncio.get_running_loop().call_later
-            schedule(wait, self._capacity_freed)
+    async def _recheck_while_waiting(
+        self, queue: AdmissionQueue[Slot], candidates: Sequence[Deployment], tokens: int
+    ) -> None:
+        """Room that comes back with time (an RPM/TPM window moving on, a 429 pause or a breaker's
+        cooldown ending) is announced by no release: look again when it is due, while this request waits."""
+        while True:
+            wait = self._pool.next_change(candidates, tokens)
+            # Real time, not the injected retry sleep: this only paces wake-ups of a queue that also
+            # wakes on every release.
+            await asyncio.sleep(min(wait, self._queue_timeout) if wait > 0 else _RECHECK_FLOOR)
+            queue.notify()
 
     def _reject(self, reason: str) -> None:
         if self._observer is not None:
@@ -239,39 +252,47 @@ class LLMDispatcher:
     async def _run(
         self, request: LLMRequest, call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]]
     ) -> tuple[Slot, T]:
-        """Attempts in order over the model's deployments; the slot of the one that answered is returned
-        still open (the caller ends it: at once, or when its stream ends)."""
+        """Attempts over the model's deployments; the slot of the one that answered is returned still open
+        (the caller ends it: at once, or when its stream ends).
+
+        A round tries each deployment at most once, in order, skipping what cannot take traffic; a new
+        round (after the backoff or the upstream's Retry-After) starts when every deployment was tried
+        or the untried ones are all open-circuited.
+        """
         deployments = self.resolve(request.model)
         tokens = estimate_tokens(request)
         attempts = max(self._policy.max_retries + 1, len(deployments))
-        attempt = 0
-        while True:
-            slot = await self._admit(deployments, attempt, tokens)
-            upstream = dataclasses.replace(request, model=slot.deployment.model)
+        tried: list[Deployment] = []
+        failed: tuple[Deployment, ProviderError] | None = None
+        for attempt in range(attempts):
+            untried = [d for d in deployments if d not in tried]
+            if failed is not None and (not untried or self._pool.all_open(untried) is not None):
+                await self._new_round(failed[1], attempt // len(deployments))
+                tried.clear()
+                untried = list(deployments)
+            slot = await self._admit(deployments, untried, tokens)
+            if failed is not None and slot.deployment != failed[0] and self._observer is not None:
+                self._observer.failover(failed[0], slot.deployment, failed[1])
+            tried.append(slot.deployment)
             try:
+                upstream = dataclasses.replace(request, model=slot.deployment.model)
                 return slot, await call(self._clients.for_deployment(slot.deployment), upstream)
             except ProviderError as error:
                 slot.failed(error)
-                attempt += 1
-                if attempt >= attempts or not error.retryable:
+                if attempt + 1 >= attempts or not _can_move_on(error):
                     raise
-                await self._before_next(deployments, attempt, slot.deployment, error)
+                failed = (slot.deployment, error)
             except BaseException:
                 slot.abandoned()
                 raise
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _before_next(
-        self, deployments: tuple[Deployment, ...], attempt: int, failed: Deployment, error: ProviderError
-    ) -> None:
-        """Moving on to another deployment is immediate; coming back round waits the backoff or the
-        upstream's Retry-After (and gives up when that is longer than the policy allows)."""
-        if attempt % len(deployments) == 0:
-            if not should_retry(error, 0, self._policy):
-                raise error
-            await self._sleep(retry_delay(error, attempt // len(deployments) - 1, self._policy, self._rand))
-        following = deployments[attempt % len(deployments)]
-        if following != failed and self._observer is not None:
-            self._observer.failover(failed, following, error)
+    async def _new_round(self, error: ProviderError, round_index: int) -> None:
+        """Coming back to deployments already tried: only for an error worth retrying, after the backoff
+        or the upstream's Retry-After (given up when that is longer than the policy allows)."""
+        if not should_retry(error, 0, self._policy):
+            raise error
+        await self._sleep(retry_delay(error, max(round_index - 1, 0), self._policy, self._rand))
 
     async def generate(self, request: LLMRequest) -> tuple[Deployment, LLMResponse]:
         slot, response = await self._run(request, lambda client, upstream: client.generate(upstream))
@@ -312,13 +333,17 @@ class LLMDispatcher:
     def queue_depth(self) -> int:
         return sum(queue.depth for queue in self._queues.values())
 
+    def metric_label(self, deployment: Deployment) -> str:
+        return self._pool.metric_label(deployment)
+
     def deployment_states(self) -> list[DeploymentState]:
         return self._pool.states()
 
     def ready(self) -> bool:
-        """Whether some deployment the profile names, or some configured provider, can take traffic."""
-        states = self._pool.states()
-        return bool(self._clients) and (not states or any(s.breaker.state is not BreakerState.OPEN for s in states))
+        """Whether the service can take traffic: some provider is usable. Breaker state stays out of it on
+        purpose: upstream trouble is shared by every replica, and pulling them all out of the load
+        balancer would turn this service's 503-with-Retry-After into the balancer's bare errors."""
+        return bool(self._ready_providers)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -375,3 +400,9 @@ class HeldStream:
     async def aclose(self) -> None:
         self._slot.abandoned()  # a no-op when the stream already ended
         await _close(self._rest)
+
+
+def _can_move_on(error: ProviderError) -> bool:
+    """Whether another deployment may serve after `error`: a retryable failure, and also a refusal tied
+    to this deployment alone (its quota is spent, its credentials are rejected) that is not retried on it."""
+    return error.retryable or isinstance(error, RateLimitError | ProviderAuthError)

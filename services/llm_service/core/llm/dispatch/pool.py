@@ -18,16 +18,25 @@ recently used `max_ad_hoc` of them so that callers cannot grow it without bound.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Transition
 from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits, Permit, tokens_used
-from llm_service.core.llm.models import ProviderAuthError, ProviderError, RateLimitError, Usage
+from llm_service.core.llm.models import (
+    ContentFilterError,
+    ProviderAuthError,
+    ProviderError,
+    RateLimitError,
+    UpstreamRequestError,
+    Usage,
+)
 
 Clock = Callable[[], float]
 
@@ -49,6 +58,8 @@ class Slot:
     state: DeploymentState
     permit: Permit
     on_end: Callable[[], None]
+    #: Let through by a half-open breaker: only probes may close or reopen it.
+    probe: bool = False
     ended: bool = field(default=False)
 
     @property
@@ -57,27 +68,37 @@ class Slot:
 
     def succeeded(self, usage: Usage | None = None) -> None:
         if self._end():
-            self.state.breaker.record_success()
+            self._verdict(ok=True)
             self._release(tokens_used(usage))
 
     def failed(self, error: BaseException) -> None:
         if not self._end():
             return
-        breaker = self.state.breaker
         if isinstance(error, RateLimitError):
-            breaker.record_cancelled()  # the deployment is busy, not broken
+            self._verdict(ok=None)  # the deployment is busy (or out of quota), not broken
             if error.retry_after:
                 self.state.limiter.pause(error.retry_after)
-        elif isinstance(error, ProviderError) and (error.retryable or isinstance(error, ProviderAuthError)):
-            breaker.record_failure()
         else:
-            breaker.record_success()  # it answered; the request was wrong
+            self._verdict(ok=not _deployment_at_fault(error))
         self._release(None)
 
     def abandoned(self) -> None:
         if self._end():
-            self.state.breaker.record_cancelled()
+            self._verdict(ok=None)
             self._release(None)
+
+    def _verdict(self, *, ok: bool | None) -> None:
+        """Record the outcome; a call let through before its breaker opened says nothing about the
+        deployment's recovery, so only probes count while the breaker is not closed."""
+        breaker = self.state.breaker
+        if not self.probe and breaker.state is not BreakerState.CLOSED:
+            return
+        if ok is None:
+            breaker.record_cancelled()
+        elif ok:
+            breaker.record_success()
+        else:
+            breaker.record_failure()
 
     def _end(self) -> bool:
         if self.ended:
@@ -121,26 +142,39 @@ class DeploymentPool:
             return known
         state = self._ad_hoc.get(deployment)
         if state is None:
-            state = self._ad_hoc[deployment] = self._new(deployment)
+            state = self._ad_hoc[deployment] = self._new(deployment, ad_hoc=True)
             if len(self._ad_hoc) > self._max_ad_hoc:
                 self._evict_one()
         else:
             self._ad_hoc.move_to_end(deployment)
         return state
 
-    def try_take(self, deployments: Sequence[Deployment], start: int, tokens: int) -> Slot | None:
-        """A slot on the first deployment, from `start` round, that admits traffic and has room."""
-        count = len(deployments)
-        for offset in range(count):
-            state = self.state(deployments[(start + offset) % count])
-            if state.limiter.room_in(tokens) > 0 or not state.breaker.allow():
+    def try_take(self, deployments: Sequence[Deployment], tokens: int) -> Slot | None:
+        """A slot on the first of `deployments` that admits traffic and has room."""
+        for deployment in deployments:
+            state = self.state(deployment)
+            if state.limiter.room_in(tokens) > 0:
+                continue
+            probe = state.breaker.state is BreakerState.HALF_OPEN
+            if not state.breaker.allow():
                 continue
             permit = state.limiter.try_acquire(tokens)
             if permit is None:  # room_in said yes: cannot happen, but a probe slot must not leak
                 state.breaker.record_cancelled()
                 continue
-            return Slot(state, permit, self._on_release)
+            return Slot(state, permit, self._on_release, probe=probe)
         return None
+
+    def next_change(self, deployments: Sequence[Deployment], tokens: int) -> float:
+        """Seconds until some deployment may take the request without a release: its time-based limits
+        have room and its breaker no longer refuses (0: now; inf: only a release can help)."""
+        waits = []
+        for deployment in deployments:
+            state = self.state(deployment)
+            room = state.limiter.room_in(tokens)
+            if room < float("inf"):
+                waits.append(max(room, state.breaker.open_for()))
+        return min(waits, default=float("inf"))
 
     def all_open(self, deployments: Sequence[Deployment]) -> float | None:
         """Seconds until the first of `deployments` half-opens, when every one's breaker is open."""
@@ -164,11 +198,18 @@ class DeploymentPool:
     def in_flight(self) -> int:
         return sum(s.limiter.in_flight for s in (*self._known.values(), *self._ad_hoc.values()))
 
+    def metric_label(self, deployment: Deployment) -> str:
+        """The deployment's name for metrics: its label when the profile names it, else a bounded one."""
+        return deployment.label if deployment in self._known else ad_hoc_label(deployment)
+
     def states(self) -> list[DeploymentState]:
         return [*self._known.values(), *self._ad_hoc.values()]
 
-    def _new(self, deployment: Deployment) -> DeploymentState:
-        breaker = CircuitBreaker(deployment.label, self._policy, clock=self._clock, on_transition=self._on_transition)
+    def _new(self, deployment: Deployment, *, ad_hoc: bool = False) -> DeploymentState:
+        report = self._on_transition
+        if report is not None and ad_hoc:
+            report = _renamed(report, ad_hoc_label(deployment))
+        breaker = CircuitBreaker(deployment.label, self._policy, clock=self._clock, on_transition=report)
         return DeploymentState(deployment, breaker, DeploymentLimiter(Limits.of(deployment), clock=self._clock))
 
     def _evict_one(self) -> None:
@@ -177,3 +218,23 @@ class DeploymentPool:
             if state.limiter.in_flight == 0:
                 del self._ad_hoc[deployment]
                 return
+
+
+def _deployment_at_fault(error: BaseException) -> bool:
+    """A failure of the deployment itself (5xx or none at all, a timeout, a dropped connection, rejected
+    credentials), as opposed to a refusal of this one request, which is an answer."""
+    if not isinstance(error, ProviderError) or isinstance(error, UpstreamRequestError | ContentFilterError):
+        return False
+    if isinstance(error, ProviderAuthError):
+        return True
+    return error.status is None or error.status >= HTTPStatus.INTERNAL_SERVER_ERROR
+
+
+def ad_hoc_label(deployment: Deployment) -> str:
+    """How metrics name a deployment addressed directly as `<provider>/<model>`: callers choose those."""
+    return f"{deployment.provider.value}/_direct"
+
+
+def _renamed(report: Callable[[Transition], None], name: str) -> Callable[[Transition], None]:
+    """Transitions reported under `name` (logs keep the breaker's own, full name)."""
+    return lambda transition: report(dataclasses.replace(transition, name=name))
