@@ -293,3 +293,57 @@ def test_a_model_name_outside_latin1_is_served_and_leaves_no_slot_behind(start_s
     assert response.status_code == 200
     assert response.headers["x-llm-model"] == "llama-%E4%B8%AD%E6%96%87"
     assert metric(text, "llm_gateway_in_flight") == 0
+
+
+def test_a_stream_that_stalls_mid_answer_ends_with_one_error_event_at_the_idle_timeout(upstreams) -> None:
+    aliases = {"solo": [{"provider": "openai", "model": "gpt-4o-mini"}]}
+    dispatcher = {"stream_idle_timeout_seconds": 0.3}
+    with service_with(upstreams, aliases=aliases, dispatcher=dispatcher) as service:
+        upstreams[OPENAI].inject(Fault(delay_per_chunk=3.0))  # the first chunk... then silence
+        started = time.monotonic()
+        with httpx.stream(
+            "POST",
+            f"{service.url}/v1/chat/completions",
+            json={"model": "solo", "messages": QUESTION, "stream": True},
+            timeout=10,
+        ) as response:
+            status = response.status_code
+            events = [line for line in response.iter_lines() if line.startswith("data: ")]
+        elapsed = time.monotonic() - started
+
+    assert status == 200
+    assert events[-1] == "data: [DONE]"
+    errors = [e for e in events if '"error"' in e]
+    assert len(errors) == 1
+    assert "upstream_timeout" in errors[0]
+    assert elapsed < 5.0  # the first chunk after 3 s, then cut 0.3 s into the silence after it
+
+
+def test_a_stream_with_no_first_chunk_in_time_fails_over(upstreams) -> None:
+    aliases = {"ha": [{"provider": "openai", "model": "gpt-4o-mini"}, {"provider": "openrouter", "model": "x/y"}]}
+    dispatcher = {"first_chunk_timeout_seconds": 0.3}
+    with service_with(upstreams, aliases=aliases, dispatcher=dispatcher) as service:
+        upstreams[OPENAI].inject(Fault(delay_per_chunk=5.0))
+        with httpx.stream(
+            "POST",
+            f"{service.url}/v1/chat/completions",
+            json={"model": "ha", "messages": QUESTION, "stream": True},
+            timeout=10,
+        ) as response:
+            provider = response.headers["x-llm-provider"]
+            text = "".join(response.iter_lines())
+
+    assert provider == "openrouter"
+    assert "[DONE]" in text and '"error"' not in text
+
+
+def test_a_request_past_its_budget_is_a_504_even_while_queued(upstreams) -> None:
+    aliases = {"tight": [{"provider": "openai", "model": "gpt-4o-mini", "max_concurrency": 1}]}
+    dispatcher = {"request_timeout_seconds": 0.5, "queue_timeout_seconds": 30}
+    with service_with(upstreams, aliases=aliases, dispatcher=dispatcher) as service:
+        upstreams[OPENAI].inject(Fault(delay_before_headers=2.0, times=2))
+        responses = asyncio.run(burst(service.url, 2))
+
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [504, 504]  # the one holding the slot and the one queued behind it
+    assert all(r.json()["error"]["code"] == "request_timeout" for r in responses)

@@ -252,6 +252,17 @@ class DispatcherSettings(SettingsGroup):
         ge=0,
         description="Longest upstream Retry-After honoured by waiting; longer ones go to the caller",
     )
+    request_timeout_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Budget for a request until its answer starts (queueing, attempts, failover): then 504",
+    )
+    first_chunk_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="An attempt whose stream sends no chunk for this long fails over (s)"
+    )
+    stream_idle_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="A stream with no chunk for this long is ended with an error event (s)"
+    )
     max_queue_size: int = Field(
         default=100, ge=0, description="Requests that may wait for capacity per model; beyond, 429 at once"
     )

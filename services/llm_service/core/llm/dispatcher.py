@@ -45,6 +45,7 @@ from llm_service.core.llm.models import (
     OverloadedError,
     ProviderAuthError,
     ProviderError,
+    ProviderTimeoutError,
     RateLimitError,
     Usage,
 )
@@ -75,6 +76,13 @@ class DispatchObserver(Protocol):
     def breaker_transition(self, transition: Transition) -> None: ...
 
     def rejected(self, reason: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Timeouts:
+    request: float
+    first_chunk: float
+    stream_idle: float
 
 
 @dataclass(slots=True)
@@ -112,6 +120,9 @@ class LLMDispatcher:
         d = settings.dispatcher
         self._clock = clock
         self._timer = timer
+        self._timeouts = _Timeouts(
+            d.request_timeout_seconds, d.first_chunk_timeout_seconds, d.stream_idle_timeout_seconds
+        )
         self._queue_size, self._queue_timeout = d.max_queue_size, d.queue_timeout_seconds
         self._queues: dict[tuple[Deployment, ...], AdmissionQueue[Slot]] = {}
         self._pool = DeploymentPool(
@@ -294,8 +305,23 @@ class LLMDispatcher:
             raise error
         await self._sleep(retry_delay(error, max(round_index - 1, 0), self._policy, self._rand))
 
+    async def _within_budget(
+        self, request: LLMRequest, call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]]
+    ) -> tuple[Slot, T]:
+        """`_run` within the request's budget: a silent upstream never holds a caller longer."""
+        try:
+            async with asyncio.timeout(self._timeouts.request):
+                return await self._run(request, call)
+        except TimeoutError:
+            raise ProviderTimeoutError(
+                f"No answer within the request's budget of {self._timeouts.request:g}s.",
+                provider=self.resolve(request.model)[0].provider,
+                retryable=True,
+                code="request_timeout",
+            ) from None
+
     async def generate(self, request: LLMRequest) -> tuple[Deployment, LLMResponse]:
-        slot, response = await self._run(request, lambda client, upstream: client.generate(upstream))
+        slot, response = await self._within_budget(request, lambda client, upstream: client.generate(upstream))
         slot.succeeded(response.usage)
         return slot.deployment, response
 
@@ -311,17 +337,17 @@ class LLMDispatcher:
         ) -> tuple[AsyncIterator[LLMChunk], LLMChunk | None]:
             stream = client.generate_stream(upstream)
             try:
-                return stream, await anext(stream)
+                return stream, await _next_within(stream, self._timeouts.first_chunk, client.provider, "first chunk")
             except StopAsyncIteration:
                 return stream, None
             except BaseException:
                 await _close(stream)
                 raise
 
-        slot, (stream, first) = await self._run(request, first_chunk)
+        slot, (stream, first) = await self._within_budget(request, first_chunk)
         if first is None:
             slot.succeeded()
-        return RoutedStream(slot.deployment, HeldStream(slot, first, stream))
+        return RoutedStream(slot.deployment, HeldStream(slot, first, stream, idle_timeout=self._timeouts.stream_idle))
 
     # ------------------------------------------------------------------ state
 
@@ -354,6 +380,20 @@ class LLMDispatcher:
         }
 
 
+async def _next_within(stream: AsyncIterator[LLMChunk], seconds: float, provider: ProviderID, what: str) -> LLMChunk:
+    """The stream's next chunk, or a retryable timeout naming the provider when it stays silent."""
+    try:
+        async with asyncio.timeout(seconds if seconds < math.inf else None):
+            return await anext(stream)
+    except TimeoutError:
+        raise ProviderTimeoutError(
+            f"{provider.value} sent no {what} within {seconds:g}s",
+            provider=provider,
+            retryable=True,
+            code="upstream_timeout",
+        ) from None
+
+
 async def _close(stream: AsyncIterator[LLMChunk]) -> None:
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
@@ -365,8 +405,11 @@ class HeldStream:
     at its end (success, with the usage seen), on an upstream error (failure), or when closed early or
     never read at all (abandoned) — `aclose()` works on a stream that was never started."""
 
-    def __init__(self, slot: Slot, first: LLMChunk | None, rest: AsyncIterator[LLMChunk]) -> None:
+    def __init__(
+        self, slot: Slot, first: LLMChunk | None, rest: AsyncIterator[LLMChunk], *, idle_timeout: float = math.inf
+    ) -> None:
         self._slot = slot
+        self._idle_timeout = idle_timeout
         self._first = first
         self._rest = rest
         self._usage: Usage | None = None
@@ -383,7 +426,7 @@ class HeldStream:
             raise StopAsyncIteration
         else:
             try:
-                chunk = await anext(self._rest)
+                chunk = await _next_within(self._rest, self._idle_timeout, self._slot.deployment.provider, "next chunk")
             except StopAsyncIteration:
                 self._exhausted = True
                 self._slot.succeeded(self._usage)
