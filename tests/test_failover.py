@@ -116,3 +116,46 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(service) -> None:
     assert metric(text, "gen_ai_server_time_to_first_token_seconds_count", **served) == 1
     assert 'deployment="nosuch' not in text
     assert metric(text, "llm_gateway_request_duration_seconds_count", stream="true", **served) == 1
+
+
+def test_equal_priorities_share_traffic_by_weight(start_service, upstreams) -> None:
+    aliases = {
+        "shared": [
+            {"provider": "openai", "model": "gpt-4o-mini", "priority": 1, "weight": 3},
+            {"provider": "openrouter", "model": "openai/gpt-4o-mini", "priority": 1, "weight": 1},
+        ]
+    }
+    service = start_service(aliases=aliases)
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        served = [
+            http.post("/v1/chat/completions", json={"model": "shared", "messages": QUESTION}).headers["x-llm-provider"]
+            for _ in range(80)
+        ]
+
+    share = served.count("openai") / len(served)
+    assert 0.55 < share < 0.95  # about 3:1; bounds loose enough for 80 draws
+
+
+def test_retries_are_counted(service, upstreams) -> None:
+    upstreams[OPENAI].inject(Fault(status=503))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        assert http.post("/v1/chat/completions", json={"model": "resilient", "messages": QUESTION}).status_code == 200
+        text = http.get("/metrics").text
+
+    retries = metric(text, "llm_gateway_upstream_retries_total", deployment="openai/gpt-4o-mini")
+    assert retries == 1
+
+
+@pytest.mark.parametrize(
+    ("draw", "first"),
+    [(0.0, "a"), (0.74, "a"), (0.76, "b"), (0.999, "b")],
+)
+def test_weighted_order_puts_each_first_in_proportion_to_its_weight(draw, first) -> None:
+    from llm_service.core.config.settings import Deployment
+    from llm_service.core.llm.dispatcher import _weighted_order
+
+    a = Deployment(provider="openai", model="a", weight=3)
+    b = Deployment(provider="openai", model="b", weight=1)
+    order = _weighted_order([a, b], lambda: draw)
+
+    assert [d.model for d in order] == [first, "b" if first == "a" else "a"]

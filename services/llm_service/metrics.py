@@ -13,6 +13,7 @@ caller's free-form model name never becomes a label.
 | `gen_ai_server_time_to_first_token_seconds` | histogram | provider, deployment |
 | `llm_gateway_tokens_total` | counter | provider, deployment, type (input, output) |
 | `llm_gateway_failovers_total` | counter | from_deployment, to_deployment, reason |
+| `llm_gateway_upstream_retries_total` | counter | deployment, reason (failed attempts followed by another) |
 | `llm_gateway_rejections_total` | counter | reason: queue_full_or_timeout, rate_limited, deployments_unavailable, ... |
 | `llm_gateway_breaker_state` | gauge | deployment (0 closed, 1 half-open, 2 open) |
 | `llm_gateway_breaker_transitions_total` | counter | deployment, to |
@@ -80,6 +81,12 @@ class Metrics:
             registry=r,
         )
 
+        self.retries = Counter(
+            "llm_gateway_upstream_retries",
+            "Failed upstream attempts followed by another attempt",
+            ["deployment", "reason"],
+            registry=r,
+        )
         self.rejections = Counter(
             "llm_gateway_rejections", "Requests refused for capacity or health", ["reason"], registry=r
         )
@@ -100,6 +107,9 @@ class Metrics:
     def breaker_transition(self, transition: Transition) -> None:
         self.breaker_state.labels(transition.name).set(_BREAKER_VALUE[transition.to_state])
         self.breaker_transitions.labels(transition.name, transition.to_state.value).inc()
+
+    def retried(self, deployment_label: str, error: ProviderError) -> None:
+        self.retries.labels(deployment_label, type(error).__name__).inc()
 
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

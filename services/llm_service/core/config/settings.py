@@ -309,6 +309,11 @@ class Deployment(BaseModel):
     rpm: int | None = Field(default=None, gt=0, description="Requests per minute this deployment accepts")
     tpm: int | None = Field(default=None, gt=0, description="Tokens per minute this deployment accepts")
     max_concurrency: int | None = Field(default=None, gt=0, description="Requests in flight at most")
+    priority: int | None = Field(
+        default=None,
+        description="Lower is tried first; deployments of equal priority share traffic by weight "
+        "(default: the position in the list, so the list order is the priority order)",
+    )
     weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of equal priority")
 
     @field_validator("base_url")

@@ -77,6 +77,10 @@ class DispatchObserver(Protocol):
 
     def rejected(self, reason: str) -> None: ...
 
+    def retried(self, deployment_label: str, error: ProviderError) -> None:
+        """An attempt failed and another follows; the label is bounded (`metric_label`)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _Timeouts:
@@ -275,12 +279,13 @@ class LLMDispatcher:
         attempts = max(self._policy.max_retries + 1, len(deployments))
         tried: list[Deployment] = []
         failed: tuple[Deployment, ProviderError] | None = None
+        order = self._ordered(deployments)
         for attempt in range(attempts):
-            untried = [d for d in deployments if d not in tried]
+            untried = [d for d in order if d not in tried]
             if failed is not None and (not untried or self._pool.all_open(untried) is not None):
                 await self._new_round(failed[1], attempt // len(deployments))
                 tried.clear()
-                untried = list(deployments)
+                untried = list(order)
             slot = await self._admit(deployments, untried, tokens)
             if failed is not None and slot.deployment != failed[0] and self._observer is not None:
                 self._observer.failover(failed[0], slot.deployment, failed[1])
@@ -293,10 +298,23 @@ class LLMDispatcher:
                 if attempt + 1 >= attempts or not _can_move_on(error):
                     raise
                 failed = (slot.deployment, error)
+                if self._observer is not None:
+                    self._observer.retried(self._pool.metric_label(slot.deployment), error)
             except BaseException:
                 slot.abandoned()
                 raise
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _ordered(self, deployments: tuple[Deployment, ...]) -> list[Deployment]:
+        """Priority order (a deployment's `priority`, else its position); among equal priorities a
+        weighted random order, so that traffic splits by weight."""
+        if len(deployments) < 2 or all(d.priority is None for d in deployments):
+            return list(deployments)
+        ranked: dict[int, list[Deployment]] = {}
+        for position, deployment in enumerate(deployments):
+            rank = deployment.priority if deployment.priority is not None else position
+            ranked.setdefault(rank, []).append(deployment)
+        return [d for rank in sorted(ranked) for d in _weighted_order(ranked[rank], self._rand)]
 
     async def _new_round(self, error: ProviderError, round_index: int) -> None:
         """Coming back to deployments already tried: only for an error worth retrying, after the backoff
@@ -449,3 +467,17 @@ def _can_move_on(error: ProviderError) -> bool:
     """Whether another deployment may serve after `error`: a retryable failure, and also a refusal tied
     to this deployment alone (its quota is spent, its credentials are rejected) that is not retried on it."""
     return error.retryable or isinstance(error, RateLimitError | ProviderAuthError)
+
+
+def _weighted_order(deployments: list[Deployment], rand: Callable[[], float]) -> list[Deployment]:
+    """A random order in which each deployment comes first with probability weight / total weight."""
+    remaining = list(deployments)
+    order: list[Deployment] = []
+    while remaining:
+        point = rand() * sum(d.weight for d in remaining)
+        for index, deployment in enumerate(remaining):
+            point -= deployment.weight
+            if point < 0 or index == len(remaining) - 1:
+                order.append(remaining.pop(index))
+                break
+    return order
