@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -79,3 +81,10 @@ async def burst(url: str, body: dict[str, Any], count: int) -> list[int]:
     async with httpx.AsyncClient(base_url=url, timeout=30) as http:
         responses = await asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(count)))
     return [r.status_code for r in responses]
+
+
+def run_cli(*args: str, env: dict[str, str], cwd: Any) -> subprocess.CompletedProcess[str]:
+    """`python -m llm_service <args>` in a child process, as an operator runs it; output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "llm_service", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
+    )

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from harness import run_cli
 from llm_service import cli
 from llm_service.core.config.validation import ConfigProblem, ConfigReport, check_configuration
 
@@ -553,14 +552,7 @@ def test_serve_with_a_bad_configuration_exits_without_a_traceback_saying_the_sam
     env = {k: v for k, v in os.environ.items() if not k.upper().startswith(ENV_PREFIXES)}
     env |= {"LLM_CONFIG_DIR": str(config_dir), "LLM_CONFIG_PROFILE": "bad", "OPENAI_TIMEOUT_READ": "abc"}
 
-    result = subprocess.run(
-        [sys.executable, "-m", "llm_service", "serve", "--port", "0"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("serve", "--port", "0", env=env, cwd=tmp_path)
 
     assert result.returncode == 2
     assert "Traceback" not in result.stderr

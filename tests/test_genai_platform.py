@@ -4,8 +4,6 @@ token and attribution headers; a half-configured platform stops start-up naming 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +11,7 @@ import httpx
 import pytest
 
 from conftest import MODELS, QUESTION, VERTEX_LOCATION, VERTEX_PROJECT
+from harness import run_cli
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.genai_platform import build_genai_headers, resolve_genai_endpoint
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, FakeVertex, ServerThread
@@ -118,14 +117,7 @@ def test_platform_token_from_an_oauth_client_is_fetched_once_and_sent(start_serv
 def test_missing_platform_fields_stop_start_up_naming_them(tmp_path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GENAI_PLATFORM_", "LLM_"))}
     env |= {"GENAI_PLATFORM_ENABLED": "true", "GENAI_PLATFORM_BASE_URL": "https://genai.example"}
-    result = subprocess.run(
-        [sys.executable, "-m", "llm_service", "serve", "--port", "0"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli("serve", "--port", "0", env=env, cwd=tmp_path)
 
     assert result.returncode == 2
     for name in ("GENAI_PLATFORM_PROJECT_NAME", "GENAI_PLATFORM_USER_ID", "GENAI_PLATFORM_TOKEN"):
