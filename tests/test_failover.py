@@ -159,3 +159,21 @@ def test_weighted_order_puts_each_first_in_proportion_to_its_weight(draw, first)
     order = _weighted_order([a, b], lambda: draw)
 
     assert [d.model for d in order] == [first, "b" if first == "a" else "a"]
+
+
+def test_the_gateway_overhead_is_a_header_and_a_histogram(service, upstreams) -> None:
+    upstreams[OPENAI].inject(Fault(delay_before_headers=0.6))  # upstream time: not the gateway's
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        plain = http.post("/v1/chat/completions", json={"model": "resilient", "messages": QUESTION})
+        with http.stream(
+            "POST", "/v1/chat/completions", json={"model": "resilient", "messages": QUESTION, "stream": True}
+        ) as streamed:
+            stream_overhead = float(streamed.headers["x-llm-gateway-overhead-ms"])
+            read_events(streamed)
+        text = http.get("/metrics").text
+
+    overhead = float(plain.headers["x-llm-gateway-overhead-ms"])
+    assert 0 <= overhead < 500  # the 600 ms the upstream took are not counted
+    assert stream_overhead >= 0
+    count = metric(text, "llm_gateway_overhead_seconds_count", provider="openai", deployment="openai/gpt-4o-mini")
+    assert count == 2

@@ -11,6 +11,7 @@ caller's free-form model name never becomes a label.
 | `llm_gateway_requests_total` | counter | provider, deployment, status |
 | `llm_gateway_request_duration_seconds` | histogram | provider, deployment, stream |
 | `gen_ai_server_time_to_first_token_seconds` | histogram | provider, deployment |
+| `llm_gateway_overhead_seconds` | histogram | provider, deployment (time outside upstream calls) |
 | `llm_gateway_tokens_total` | counter | provider, deployment, type (input, output) |
 | `llm_gateway_failovers_total` | counter | from_deployment, to_deployment, reason |
 | `llm_gateway_upstream_retries_total` | counter | deployment, reason (failed attempts followed by another) |
@@ -34,6 +35,8 @@ from llm_service.core.llm.models import ProviderError
 #: Seconds: LLM calls run from tens of milliseconds (a cached short answer) to minutes.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds: the gateway's own cost is sub-millisecond when idle, seconds only when queueing.
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -69,6 +72,13 @@ class Metrics:
             "Time from request to the first streamed chunk",
             ["provider", "deployment"],
             buckets=_TTFT_BUCKETS,
+            registry=r,
+        )
+        self.overhead = Histogram(
+            "llm_gateway_overhead_seconds",
+            "The gateway's own time until the response started: all but the upstream calls",
+            ["provider", "deployment"],
+            buckets=_OVERHEAD_BUCKETS,
             registry=r,
         )
         self.tokens = Counter(

@@ -45,6 +45,7 @@ class AccessRecord:
     stream_error: str | None = None
     prompt: str | None = None  # only when LLM_LOG_PROMPTS is on
     ttft_ms: float | None = None  # streams: until the first chunk was ready to go out
+    overhead_ms: float | None = None  # the gateway's own time until the response started
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def first_token(self) -> None:
@@ -103,6 +104,8 @@ def record_request_metrics(metrics: Metrics, record: AccessRecord) -> None:
     metrics.duration.labels(provider, deployment, str(bool(record.stream)).lower()).observe(record.latency_ms / 1000)
     if record.ttft_ms is not None:
         metrics.ttft.labels(provider, deployment).observe(record.ttft_ms / 1000)
+    if record.overhead_ms is not None:
+        metrics.overhead.labels(provider, deployment).observe(record.overhead_ms / 1000)
     if record.prompt_tokens is not None:
         metrics.tokens.labels(provider, deployment, "input").inc(record.prompt_tokens)
     if record.completion_tokens is not None:

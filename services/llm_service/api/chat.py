@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from urllib.parse import quote
 
@@ -21,7 +22,7 @@ from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, json_response
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
-from llm_service.core.llm.dispatcher import HeldStream
+from llm_service.core.llm.dispatcher import HeldStream, UpstreamTime
 from llm_service.core.llm.models import (
     InvalidRequestError,
     LLMRequest,
@@ -67,17 +68,21 @@ async def _chat(request: Request, *, force_stream: bool) -> Response:
 
 
 async def _respond(request: Request, services: Services, llm_request: LLMRequest, access: AccessRecord) -> Response:
+    upstream_time = UpstreamTime()
     if not llm_request.stream:
-        deployment, response = await unless_disconnected(request.receive, services.dispatcher.generate(llm_request))
+        work = services.dispatcher.generate(llm_request, upstream_time)
+        deployment, response = await unless_disconnected(request.receive, work)
         _note_deployment(access, deployment, services)
         access.record_usage(response.usage)
-        return json_response(200, encode_chat_response(response), _deployment_headers(deployment))
+        headers = _deployment_headers(deployment) | _overhead(access, upstream_time)
+        return json_response(200, encode_chat_response(response), headers)
 
-    routed = await unless_disconnected(request.receive, services.dispatcher.open_stream(llm_request))
+    routed = await unless_disconnected(request.receive, services.dispatcher.open_stream(llm_request, upstream_time))
     try:
         _note_deployment(access, routed.deployment, services)
         events = _sse_events(routed.chunks, include_usage=llm_request.include_usage, access=access)
-        return SSEResponse(events, _deployment_headers(routed.deployment), on_close=routed.chunks.aclose)
+        headers = _deployment_headers(routed.deployment) | _overhead(access, upstream_time)
+        return SSEResponse(events, headers, on_close=routed.chunks.aclose)
     except BaseException:
         await routed.chunks.aclose()  # the stream holds a deployment slot and an upstream connection
         raise
@@ -108,6 +113,13 @@ def _note_deployment(access: AccessRecord, deployment: Deployment, services: Ser
     access.provider, access.upstream_model = deployment.provider.value, deployment.model
     access.deployment = deployment.label
     access.metric_deployment = services.dispatcher.metric_label(deployment)
+
+
+def _overhead(access: AccessRecord, upstream_time: UpstreamTime) -> dict[str, str]:
+    """The gateway's own time so far (parsing, admission, queueing, encoding: all but the upstream
+    calls), recorded for metrics and sent as a header."""
+    access.overhead_ms = max(0.0, round((time.perf_counter() - access.started - upstream_time.seconds) * 1000, 2))
+    return {"x-llm-gateway-overhead-ms": f"{access.overhead_ms:.2f}"}
 
 
 def _deployment_headers(deployment: Deployment) -> dict[str, str]:

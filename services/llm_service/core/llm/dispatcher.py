@@ -82,6 +82,14 @@ class DispatchObserver(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class UpstreamTime:
+    """Seconds a request spent inside upstream calls (every attempt, up to the answer or first chunk):
+    the rest of its time is the gateway's own overhead."""
+
+    seconds: float = 0.0
+
+
 @dataclass(frozen=True, slots=True)
 class _Timeouts:
     request: float
@@ -265,7 +273,10 @@ class LLMDispatcher:
     # ------------------------------------------------------------------ attempts
 
     async def _run(
-        self, request: LLMRequest, call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]]
+        self,
+        request: LLMRequest,
+        call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]],
+        upstream_time: UpstreamTime,
     ) -> tuple[Slot, T]:
         """Attempts over the model's deployments; the slot of the one that answered is returned still open
         (the caller ends it: at once, or when its stream ends).
@@ -292,7 +303,11 @@ class LLMDispatcher:
             tried.append(slot.deployment)
             try:
                 upstream = dataclasses.replace(request, model=slot.deployment.model)
-                return slot, await call(self._clients.for_deployment(slot.deployment), upstream)
+                started = time.perf_counter()
+                try:
+                    return slot, await call(self._clients.for_deployment(slot.deployment), upstream)
+                finally:
+                    upstream_time.seconds += time.perf_counter() - started
             except ProviderError as error:
                 slot.failed(error)
                 if attempt + 1 >= attempts or not _can_move_on(error):
@@ -324,12 +339,15 @@ class LLMDispatcher:
         await self._sleep(retry_delay(error, max(round_index - 1, 0), self._policy, self._rand))
 
     async def _within_budget(
-        self, request: LLMRequest, call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]]
+        self,
+        request: LLMRequest,
+        call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]],
+        upstream_time: UpstreamTime | None,
     ) -> tuple[Slot, T]:
         """`_run` within the request's budget: a silent upstream never holds a caller longer."""
         try:
             async with asyncio.timeout(self._timeouts.request):
-                return await self._run(request, call)
+                return await self._run(request, call, upstream_time or UpstreamTime())
         except TimeoutError:
             raise ProviderTimeoutError(
                 f"No answer within the request's budget of {self._timeouts.request:g}s.",
@@ -338,12 +356,16 @@ class LLMDispatcher:
                 code="request_timeout",
             ) from None
 
-    async def generate(self, request: LLMRequest) -> tuple[Deployment, LLMResponse]:
-        slot, response = await self._within_budget(request, lambda client, upstream: client.generate(upstream))
+    async def generate(
+        self, request: LLMRequest, upstream_time: UpstreamTime | None = None
+    ) -> tuple[Deployment, LLMResponse]:
+        slot, response = await self._within_budget(
+            request, lambda client, upstream: client.generate(upstream), upstream_time
+        )
         slot.succeeded(response.usage)
         return slot.deployment, response
 
-    async def open_stream(self, request: LLMRequest) -> RoutedStream:
+    async def open_stream(self, request: LLMRequest, upstream_time: UpstreamTime | None = None) -> RoutedStream:
         """Open a stream and wait for its first chunk, failing over or retrying failures before it.
 
         Errors up to the first chunk raise here, so the API edge can still answer with an HTTP
@@ -362,7 +384,7 @@ class LLMDispatcher:
                 await _close(stream)
                 raise
 
-        slot, (stream, first) = await self._within_budget(request, first_chunk)
+        slot, (stream, first) = await self._within_budget(request, first_chunk, upstream_time)
         if first is None:
             slot.succeeded()
         return RoutedStream(slot.deployment, HeldStream(slot, first, stream, idle_timeout=self._timeouts.stream_idle))
