@@ -10,7 +10,7 @@ import pytest
 from conftest import QUESTION
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
-from sse_client import read_events, streamed_text
+from sse_client import fixture_json, read_events, streamed_text
 
 OPENAI, OPENROUTER = ProviderID.OPENAI, ProviderID.OPENROUTER
 ALIASES = {
@@ -177,3 +177,23 @@ def test_the_gateway_overhead_is_a_header_and_a_histogram(service, upstreams) ->
     assert stream_overhead >= 0
     count = metric(text, "llm_gateway_overhead_seconds_count", provider="openai", deployment="openai/gpt-4o-mini")
     assert count == 2
+
+
+def test_a_context_length_refusal_goes_to_the_configured_larger_context_fallback(start_service, upstreams) -> None:
+    aliases = {
+        "small": [{"provider": "openai", "model": "gpt-4o-mini", "context_fallback": "large"}],
+        "large": [{"provider": "openrouter", "model": "google/gemini-2.5-pro"}],
+    }
+    service = start_service(aliases=aliases)
+    upstreams[OPENAI].inject(Fault(status=400, fixture="error_400_context_length"))
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        response = http.post("/v1/chat/completions", json={"model": "small", "messages": QUESTION})
+
+    assert response.status_code == 200, response.text
+    assert response.headers["x-llm-deployment"] == "openrouter/google/gemini-2.5-pro"
+    assert upstreams[OPENROUTER].requests[-1].json["model"] == "google/gemini-2.5-pro"
+    assert len(upstreams[OPENAI].requests) == 1  # attempted exactly once on the small one
+    # The answer names the model that actually answered (the fallback's), and carries its usage.
+    answered = fixture_json("openrouter", "chat_text.json")
+    assert response.json()["model"] == answered["model"]
+    assert response.json()["usage"]["total_tokens"] == answered["usage"]["total_tokens"]

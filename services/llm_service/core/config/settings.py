@@ -315,6 +315,10 @@ class Deployment(BaseModel):
         "(default: the position in the list, so the list order is the priority order)",
     )
     weight: float = Field(default=1.0, gt=0, description="Share of traffic among deployments of equal priority")
+    context_fallback: str | None = Field(
+        default=None,
+        description="Alias that takes a request this deployment refuses as too long for its context window",
+    )
 
     @field_validator("base_url")
     @classmethod

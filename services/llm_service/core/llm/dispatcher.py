@@ -47,6 +47,7 @@ from llm_service.core.llm.models import (
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
+    UpstreamRequestError,
     Usage,
 )
 from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_delay, should_retry
@@ -54,6 +55,8 @@ from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_delay, should_r
 _PROVIDERS = {p.value: p for p in ProviderID}
 #: Shortest pause between re-checks of a waiting request when room is due now but was not taken.
 _RECHECK_FLOOR = 0.25
+#: The provider's code for a request too long for the model's context window (OpenAI and its family).
+_CONTEXT_TOO_LONG = "context_length_exceeded"
 T = TypeVar("T")
 #: Schedules a call after a delay (the event loop's `call_later`, or a test's).
 Timer = Callable[[float, Callable[[], None]], Any]
@@ -310,6 +313,8 @@ class LLMDispatcher:
                     upstream_time.seconds += time.perf_counter() - started
             except ProviderError as error:
                 slot.failed(error)
+                if isinstance(error, UpstreamRequestError):
+                    error.context_fallback = slot.deployment.context_fallback
                 if attempt + 1 >= attempts or not _can_move_on(error):
                     raise
                 failed = (slot.deployment, error)
@@ -319,6 +324,25 @@ class LLMDispatcher:
                 slot.abandoned()
                 raise
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _run_with_fallbacks(
+        self,
+        request: LLMRequest,
+        call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]],
+        upstream_time: UpstreamTime,
+    ) -> tuple[Slot, T]:
+        """`_run`, and when a deployment refuses the request as too long for its context window and names
+        a `context_fallback` alias, the same request on that alias (each alias at most once)."""
+        seen = {request.model}
+        while True:
+            try:
+                return await self._run(request, call, upstream_time)
+            except UpstreamRequestError as error:
+                fallback = error.context_fallback
+                if error.code != _CONTEXT_TOO_LONG or fallback is None or fallback in seen:
+                    raise
+                seen.add(fallback)
+                request = dataclasses.replace(request, model=fallback)
 
     def _ordered(self, deployments: tuple[Deployment, ...]) -> list[Deployment]:
         """Priority order (a deployment's `priority`, else its position); among equal priorities a
@@ -347,7 +371,7 @@ class LLMDispatcher:
         """`_run` within the request's budget: a silent upstream never holds a caller longer."""
         try:
             async with asyncio.timeout(self._timeouts.request):
-                return await self._run(request, call, upstream_time or UpstreamTime())
+                return await self._run_with_fallbacks(request, call, upstream_time or UpstreamTime())
         except TimeoutError:
             raise ProviderTimeoutError(
                 f"No answer within the request's budget of {self._timeouts.request:g}s.",

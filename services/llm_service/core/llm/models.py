@@ -332,7 +332,8 @@ class ProviderAuthError(ProviderError):
 
 
 class UpstreamRequestError(ProviderError):
-    pass
+    #: The alias the refusing deployment names for requests too long for it (set by the dispatcher).
+    context_fallback: str | None = None
 
 
 class ContentFilterError(ProviderError):
