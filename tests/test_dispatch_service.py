@@ -347,3 +347,20 @@ def test_a_request_past_its_budget_is_a_504_even_while_queued(upstreams) -> None
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [504, 504]  # the one holding the slot and the one queued behind it
     assert all(r.json()["error"]["code"] == "request_timeout" for r in responses)
+
+
+def test_a_provider_can_have_its_own_breaker_settings(upstreams) -> None:
+    aliases = {
+        "a": [{"provider": "openai", "model": "gpt-4o-mini"}],
+        "b": [{"provider": "openrouter", "model": "x/y"}],
+    }
+    dispatcher = {"max_retries": 0, "breaker_min_calls": 10, "breaker_by_provider": {"openai": {"min_calls": 1}}}
+    with service_with(upstreams, aliases=aliases, dispatcher=dispatcher) as service:
+        upstreams[OPENAI].inject(Fault(status=500))
+        upstreams[OPENROUTER].inject(Fault(status=500))
+        for alias in ("a", "b"):
+            httpx.post(f"{service.url}/v1/chat/completions", json={"model": alias, "messages": QUESTION}, timeout=10)
+        openai_state = deployment_health(service, "openai/gpt-4o-mini")["breaker"]["state"]
+        openrouter_state = deployment_health(service, "openrouter/x/y")["breaker"]["state"]
+
+    assert (openai_state, openrouter_state) == ("open", "closed")

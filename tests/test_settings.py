@@ -515,3 +515,11 @@ def test_a_provider_fronted_by_the_platform_needs_no_endpoint_of_its_own(config_
     assert not settings.demo_enabled()
     with_project = make(config_dir, genai_platform=platform, vertex_ai={"project": "proj"})
     assert set(with_project.configured_providers()) == {ProviderID.AZURE_OPENAI, ProviderID.VERTEX_AI}
+
+
+def test_a_structured_setting_is_json_in_its_flat_env_var_too(monkeypatch, config_dir):
+    monkeypatch.setenv("LLM_BREAKER_BY_PROVIDER", '{"openai": {"min_calls": 3}}')
+    settings = make(config_dir)
+
+    assert settings.dispatcher.breaker_settings(ProviderID.OPENAI)["min_calls"] == 3
+    assert settings.dispatcher.breaker_settings(ProviderID.OPENROUTER)["min_calls"] == 10

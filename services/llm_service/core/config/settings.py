@@ -13,6 +13,7 @@ with one `ConfigurationError` naming every missing variable (`validate_genai_con
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from datetime import date
@@ -242,6 +243,18 @@ class TelemetrySettings(SettingsGroup):
     metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics at GET /metrics")
 
 
+class BreakerOverrides(BaseModel):
+    """A provider's own circuit-breaker settings; what is left out comes from the global `breaker_*`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    failure_ratio: float | None = Field(default=None, gt=0, le=1, description="Failure ratio that opens it")
+    min_calls: int | None = Field(default=None, ge=1, description="Calls in the window before the ratio counts")
+    window_seconds: float | None = Field(default=None, gt=0, description="Sliding window of outcomes (s)")
+    cooldown_seconds: float | None = Field(default=None, gt=0, description="Open time before probes (s)")
+    half_open_probes: int | None = Field(default=None, ge=1, description="Probes let through while half-open")
+
+
 class DispatcherSettings(SettingsGroup):
     ENV_PREFIX: ClassVar[str] = "LLM_"
     max_retries: int = Field(default=2, ge=0, description="Extra attempts after a retryable upstream failure")
@@ -278,6 +291,24 @@ class DispatcherSettings(SettingsGroup):
         default=30.0, gt=0, description="How long an open breaker refuses traffic before letting probes through (s)"
     )
     breaker_half_open_probes: int = Field(default=1, ge=1, description="Probe requests let through while half-open")
+    breaker_by_provider: dict[ProviderID, BreakerOverrides] = Field(
+        default_factory=dict,
+        description='Per-provider breaker settings over the global ones, e.g. {"openai": {"min_calls": 20}}',
+    )
+
+    def breaker_settings(self, provider: ProviderID) -> dict[str, Any]:
+        """The breaker settings for `provider`: the global ones with the provider's own over them."""
+        own = self.breaker_by_provider.get(provider)
+        overrides = own.model_dump(exclude_none=True) if own is not None else {}
+        base = {
+            "failure_ratio": self.breaker_failure_ratio,
+            "min_calls": self.breaker_min_calls,
+            "window_seconds": self.breaker_window_seconds,
+            "cooldown_seconds": self.breaker_cooldown_seconds,
+            "half_open_probes": self.breaker_half_open_probes,
+        }
+        return base | overrides
+
     tool_call_ttl_seconds: float = Field(
         default=86400.0, gt=0, description="How long provider data of a tool call (Gemini signatures) is kept (s)"
     )
@@ -466,10 +497,23 @@ class FlatEnvSource(PydanticBaseSettingsSource):
             group = info.annotation
             if not (isinstance(group, type) and issubclass(group, SettingsGroup)):
                 continue
-            values = {f: env[group.env_name(f)] for f in group.model_fields if group.env_name(f) in env}
+            values = {
+                f: self._value(info, env[group.env_name(f)])
+                for f, info in group.model_fields.items()
+                if group.env_name(f) in env
+            }
             if values:
                 found[name] = values
         return found
+
+    def _value(self, field: FieldInfo, raw: str) -> Any:
+        """A structured field (a mapping, a list) is written as JSON, as in the nested form."""
+        if not (raw and self.field_is_complex(field)):
+            return raw
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw  # validation then says which variable holds no valid value
 
     @override
     def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:

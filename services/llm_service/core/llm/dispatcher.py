@@ -141,13 +141,7 @@ class LLMDispatcher:
         self._queue_size, self._queue_timeout = d.max_queue_size, d.queue_timeout_seconds
         self._queues: dict[tuple[Deployment, ...], AdmissionQueue[Slot]] = {}
         self._pool = DeploymentPool(
-            BreakerPolicy(
-                failure_ratio=d.breaker_failure_ratio,
-                min_calls=d.breaker_min_calls,
-                window_seconds=d.breaker_window_seconds,
-                cooldown_seconds=d.breaker_cooldown_seconds,
-                half_open_probes=d.breaker_half_open_probes,
-            ),
+            {provider: BreakerPolicy(**d.breaker_settings(provider)) for provider in ProviderID},
             clock=clock,
             on_transition=observer.breaker_transition if observer is not None else None,
             on_release=self._capacity_freed,

@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Transition
 from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits, Permit, tokens_used
@@ -114,14 +115,14 @@ class Slot:
 class DeploymentPool:
     def __init__(
         self,
-        policy: BreakerPolicy,
+        policies: Mapping[ProviderID, BreakerPolicy],
         *,
         clock: Clock = time.monotonic,
         on_transition: Callable[[Transition], None] | None = None,
         on_release: Callable[[], None] = lambda: None,
         max_ad_hoc: int = 1024,
     ) -> None:
-        self._policy = policy
+        self._policies = policies
         self._clock = clock
         self._on_transition = on_transition
         self._on_release = on_release
@@ -209,7 +210,9 @@ class DeploymentPool:
         report = self._on_transition
         if report is not None and ad_hoc:
             report = _renamed(report, ad_hoc_label(deployment))
-        breaker = CircuitBreaker(deployment.label, self._policy, clock=self._clock, on_transition=report)
+        breaker = CircuitBreaker(
+            deployment.label, self._policies[deployment.provider], clock=self._clock, on_transition=report
+        )
         return DeploymentState(deployment, breaker, DeploymentLimiter(Limits.of(deployment), clock=self._clock))
 
     def _evict_one(self) -> None:
