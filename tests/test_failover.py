@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from conftest import QUESTION
+from harness import wait_until
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
 from sse_client import fixture_json, read_events, streamed_text
@@ -104,12 +105,16 @@ def test_metrics_count_requests_tokens_and_time_to_first_token(service) -> None:
         ) as response:
             read_events(response)
         http.post("/v1/chat/completions", json={"model": "nosuch/model", "messages": QUESTION})
+        # The default profile names this deployment (alias `fast`), so its metrics carry its label.
+        served = {"provider": "openai", "deployment": "openai/gpt-4o-mini"}
+        # A stream is recorded once its last byte has gone, which may be just after the client read it.
+        assert wait_until(
+            lambda: metric(http.get("/metrics").text, "llm_gateway_requests_total", status="200", **served) == 2
+        )
         metrics = http.get("/metrics")
 
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
-    # The default profile names this deployment (alias `fast`), so its metrics carry its label.
-    served = {"provider": "openai", "deployment": "openai/gpt-4o-mini"}
     assert metric(text, "llm_gateway_requests_total", status="200", **served) == 2
     assert metric(text, "llm_gateway_requests_total", status="404") == 1
     assert metric(text, "llm_gateway_tokens_total", type="input", **served) == 48  # 24 per fixture answer
@@ -170,13 +175,18 @@ def test_the_gateway_overhead_is_a_header_and_a_histogram(service, upstreams) ->
         ) as streamed:
             stream_overhead = float(streamed.headers["x-llm-gateway-overhead-ms"])
             read_events(streamed)
-        text = http.get("/metrics").text
+
+        def recorded() -> float:
+            text = http.get("/metrics").text
+            labels = {"provider": "openai", "deployment": "openai/gpt-4o-mini"}
+            return metric(text, "llm_gateway_overhead_seconds_count", **labels)
+
+        # A stream is recorded once its last byte has gone, which may be just after the client read it.
+        assert wait_until(lambda: recorded() == 2)
 
     overhead = float(plain.headers["x-llm-gateway-overhead-ms"])
     assert 0 <= overhead < 500  # the 600 ms the upstream took are not counted
     assert stream_overhead >= 0
-    count = metric(text, "llm_gateway_overhead_seconds_count", provider="openai", deployment="openai/gpt-4o-mini")
-    assert count == 2
 
 
 def test_a_context_length_refusal_goes_to_the_configured_larger_context_fallback(start_service, upstreams) -> None:
