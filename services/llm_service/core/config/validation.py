@@ -41,7 +41,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -55,6 +55,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from typing_extensions import override
 
 from llm_service.core.config.constants import ProviderID
+from llm_service.core.config.profile_tree import Loc, ProfileTree, Where, dotted
 from llm_service.core.config.settings import (
     PROFILE_KEYS,
     PROFILE_SETTINGS,
@@ -68,7 +69,6 @@ from llm_service.core.llm.genai_platform import validate_genai_config
 from llm_service.core.llm.models import ConfigurationError
 
 Severity = Literal["error", "warning"]
-Loc = tuple[str | int, ...]
 
 #: Env prefixes only this service uses: an unknown name under them is most likely a typo.
 OWN_ENV_PREFIXES = ("LLM_", "REMOTE_LLM_", "GENAI_PLATFORM_")
@@ -138,96 +138,6 @@ def effective_configuration(settings: Settings) -> dict[str, Any]:
     """The settings as plain data with every secret masked: SecretStr values and URL passwords."""
     data: dict[str, Any] = _mask_urls(settings.model_dump(mode="json"))  # a SecretStr dumps as **********
     return data
-
-
-# --------------------------------------------------------------------------------------------------
-# Where a problem is
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Where:
-    culprit: str
-    file: str | None = None
-    line: int | None = None
-    column: int | None = None
-
-
-def _dotted(path: Sequence[str | int]) -> str:
-    """("aliases", "fast", 1, "provider") -> aliases.fast[1].provider"""
-    text = ""
-    for part in path:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
-class _Profile:
-    """A loaded profile: its data, and its node tree for the line and column of a YAML path."""
-
-    def __init__(self, display: str, data: dict[Any, Any], root: yaml.Node | None) -> None:
-        self.display = display
-        self.data = data
-        self.root = root
-
-    def where(self, path: Loc, *, key: bool = False) -> _Where:
-        """The deepest node of `path` the file has (its key with `key`), as file:line:column."""
-        node, key_node = self._find(path)
-        mark = key_node.start_mark if key and key_node is not None else node.start_mark if node else None
-        if mark is None:
-            return _Where(_dotted(path), self.display)
-        return _Where(_dotted(path), self.display, mark.line + 1, mark.column + 1)
-
-    def has(self, path: Loc) -> bool:
-        value: Any = self.data
-        for part in path:
-            if not isinstance(value, dict) or part not in value:
-                return False
-            value = value[part]
-        return True
-
-    def _find(self, path: Loc) -> tuple[yaml.Node | None, yaml.Node | None]:
-        node, key = self.root, None
-        for part in path:
-            if node is None:
-                break
-            found_key, found = _child(node, part)
-            if found is None:
-                break
-            node, key = found, found_key
-        return node, key
-
-    def duplicates(self) -> Iterator[tuple[Loc, int]]:
-        """Each repeated mapping key (the loader keeps the last) and the line of its first occurrence."""
-        yield from _duplicates(self.root, (), set())
-
-
-def _child(node: yaml.Node, part: str | int) -> tuple[yaml.Node | None, yaml.Node | None]:
-    """The (key, value) nodes of `part` under `node`; of a repeated key the last, as the loader keeps."""
-    if isinstance(node, yaml.MappingNode):
-        for key, value in reversed(node.value):
-            if isinstance(key, yaml.ScalarNode) and key.value == str(part):
-                return key, value
-    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
-        return None, node.value[part]
-    return None, None
-
-
-def _duplicates(node: yaml.Node | None, path: Loc, visited: set[int]) -> Iterator[tuple[Loc, int]]:
-    if node is None or id(node) in visited:
-        return
-    visited.add(id(node))
-    if isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            yield from _duplicates(item, (*path, index), visited)
-    elif isinstance(node, yaml.MappingNode):
-        first: dict[str, int] = {}
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else None
-            if name is not None and name != "<<":
-                if name in first:
-                    yield (*path, name), first[name]
-                first.setdefault(name, key.start_mark.line + 1)
-            yield from _duplicates(value, (*path, name) if name is not None else path, visited)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -357,7 +267,7 @@ class _Checker:
         source = ProfileYamlSource(Settings, kwargs)
         self.profile_name, self.profile_path = source.profile, source.path
         self.display = _display(source.path)
-        self.profile: _Profile | None = None
+        self.profile: ProfileTree | None = None
         self.profile_usable = True
         self.problems: list[ConfigProblem] = []
         self.seen: set[tuple[str, str | None, str]] = set()
@@ -382,7 +292,7 @@ class _Checker:
             profile_loaded=self.profile is not None,
         )
 
-    def add(self, severity: Severity, where: _Where, message: str) -> None:
+    def add(self, severity: Severity, where: Where, message: str) -> None:
         key = (severity, where.file, where.culprit)
         if key not in self.seen:  # one problem per culprit: pydantic and our own check may both see it
             self.seen.add(key)
@@ -390,20 +300,20 @@ class _Checker:
 
     # -- where a value came from -------------------------------------------------------------------
 
-    def where_setting(self, loc: Loc) -> _Where:
+    def where_setting(self, loc: Loc) -> Where:
         """The culprit of the value at `loc`: the strongest source that supplied it."""
         if _has_path(self.kwargs, loc):
-            return _Where(f"argument {_dotted(loc)}")
+            return Where(f"argument {dotted(loc)}")
         name = self.env_source(loc)
         if name is not None:
-            return _Where(name)
+            return Where(name)
         if self.profile is not None and self.profile_usable:
             top = loc[0] if loc else ""
             if top in PROFILE_SETTINGS | {"aliases"} and self.profile.has((top,)):
                 return self.profile.where(loc)
             if self.profile.has(("providers", top)):
                 return self.profile.where(("providers", *loc))
-        return _Where(_dotted(loc))
+        return Where(dotted(loc))
 
     def env_source(self, loc: Loc) -> str | None:
         """The env var that supplied `loc`, in the sources' order: nested, whole-group JSON, flat."""
@@ -442,19 +352,19 @@ class _Checker:
             return
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             self.profile_usable = False
-            self.add("error", _Where("", self.display), f"cannot read the profile: {exc}")
+            self.add("error", Where("", self.display), f"cannot read the profile: {exc}")
             return
         if data is not None and not isinstance(data, dict):
             self.profile_usable = False
-            self.add("error", _Where("", self.display, 1, 1), f"the top level must be a mapping, not a {_kind(data)}")
+            self.add("error", Where("", self.display, 1, 1), f"the top level must be a mapping, not a {_kind(data)}")
             return
-        self.profile = _Profile(self.display, data or {}, root)
+        self.profile = ProfileTree(self.display, data or {}, root)
 
-    def where_profile_setting(self, field: str) -> _Where:
+    def where_profile_setting(self, field: str) -> Where:
         if field in self.kwargs:
-            return _Where(f"argument {field}")
+            return Where(f"argument {field}")
         name = f"LLM_{field.upper()}"
-        return _Where(self.env_folded.get(name, name))
+        return Where(self.env_folded.get(name, name))
 
     def profile_missing(self) -> None:
         folder = self.profile_path.parent
@@ -473,10 +383,10 @@ class _Checker:
         if exc.context and exc.problem:
             at = f" (from line {opened.line + 1}, column {opened.column + 1})" if opened else ""
             what = f"{exc.context}{at}: {exc.problem}"
-        where = _Where("", self.display, mark.line + 1, mark.column + 1) if mark else _Where("", self.display)
+        where = Where("", self.display, mark.line + 1, mark.column + 1) if mark else Where("", self.display)
         self.add("error", where, f"malformed YAML: {what}")
 
-    def check_profile(self, profile: _Profile) -> None:
+    def check_profile(self, profile: ProfileTree) -> None:
         for key in profile.data:
             if key not in PROFILE_KEYS:
                 hint = _hint(str(key), sorted(PROFILE_KEYS))
@@ -489,7 +399,7 @@ class _Checker:
             message = f"duplicate key {path[-1]!r} (first at line {first_line}): the last one wins"
             self.add("warning", profile.where(path, key=True), message)
 
-    def check_providers(self, profile: _Profile, providers: Any) -> None:
+    def check_providers(self, profile: ProfileTree, providers: Any) -> None:
         if providers is None:
             return
         if not isinstance(providers, dict):
@@ -508,7 +418,7 @@ class _Checker:
             else:
                 self.add("error", where, f"unknown provider {name!r}{_hint(str(name), known)}")
 
-    def check_fields(self, profile: _Profile, path: Loc, group: type[SettingsGroup], overrides: Any) -> None:
+    def check_fields(self, profile: ProfileTree, path: Loc, group: type[SettingsGroup], overrides: Any) -> None:
         """Fields of a settings group in the profile: unknown ones (ignored otherwise), secrets."""
         if not isinstance(overrides, dict):
             return  # pydantic reports the type
@@ -522,7 +432,7 @@ class _Checker:
                 message = f"a secret in the profile: set {group.env_name(str(field))} in the environment instead"
                 self.add("warning", where, message)
 
-    def check_aliases(self, profile: _Profile, aliases: Any) -> None:
+    def check_aliases(self, profile: ProfileTree, aliases: Any) -> None:
         if aliases is None:
             return
         if not isinstance(aliases, dict):
@@ -552,18 +462,18 @@ class _Checker:
                     return None
             except ConfigurationError as exc:  # the GenAI Platform's check; taken again below
                 if platform_error is not None:
-                    self.add("error", _Where("settings"), exc.message)
+                    self.add("error", Where("settings"), exc.message)
                     return None
                 platform_error = exc
                 overrides.setdefault("genai_platform", {})["enabled"] = False
             except SettingsError as exc:  # an env value that should be JSON is not
-                self.add("error", _Where(_settings_error_culprit(str(exc))), str(exc))
+                self.add("error", Where(_settings_error_culprit(str(exc))), str(exc))
                 return None
             except (ValueError, TypeError, OSError, yaml.YAMLError) as exc:  # the profile source gave up
                 if cls is _WithoutProfile:
-                    self.add("error", _Where("settings"), str(exc))
+                    self.add("error", Where("settings"), str(exc))
                     return None
-                self.add("error", _Where("", self.display), str(exc))
+                self.add("error", Where("", self.display), str(exc))
                 cls = _WithoutProfile
             else:
                 return settings if platform_error is None else self.platform_enabled(settings, platform_error)
@@ -607,7 +517,7 @@ class _Checker:
         except ConfigurationError as exc:
             self.add("error", self.where_setting(("genai_platform", "enabled")), exc.message)
         else:
-            self.add("error", _Where("settings"), error.message)
+            self.add("error", Where("settings"), error.message)
         return settings.model_copy(update={"genai_platform": platform})
 
     # -- what the settings mean --------------------------------------------------------------------
@@ -664,7 +574,7 @@ class _Checker:
         for name in sorted(self.env):
             if name.startswith(OWN_ENV_PREFIXES) and name not in known:
                 choices = sorted(n for n in known if n.startswith(name.split("_", 1)[0]))
-                self.add("warning", _Where(name), f"unknown setting, ignored{_hint(name, choices)}")
+                self.add("warning", Where(name), f"unknown setting, ignored{_hint(name, choices)}")
 
     def deployment_key_names(self, settings: Settings | None) -> set[str]:
         """The env vars deployments name as `api_key_env` (from the settings, else the raw profile)."""
