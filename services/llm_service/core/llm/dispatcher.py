@@ -14,7 +14,7 @@ For each request it:
    recording the outcome in the breaker and freeing the limiter, which wakes the queue.
 
 Breaker transitions and failovers go to the injected `DispatchObserver` (metrics). Time comes from the
-injected clock, sleep and timer, so tests never wait.
+injected clock and sleep, so tests never wait.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from llm_service.core.llm.base import BaseLLMClient
 from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQueue
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
 from llm_service.core.llm.dispatch.limits import estimate_tokens
-from llm_service.core.llm.dispatch.pool import DeploymentPool, DeploymentState, Slot
+from llm_service.core.llm.dispatch.pool import DeploymentPool, Slot
 from llm_service.core.llm.models import (
     DeploymentsUnavailableError,
     InvalidRequestError,
@@ -58,8 +58,6 @@ _RECHECK_FLOOR = 0.25
 #: The provider's code for a request too long for the model's context window (OpenAI and its family).
 _CONTEXT_TOO_LONG = "context_length_exceeded"
 T = TypeVar("T")
-#: Schedules a call after a delay (the event loop's `call_later`, or a test's).
-Timer = Callable[[float, Callable[[], None]], Any]
 
 
 class DeploymentClients(Protocol):
@@ -118,7 +116,6 @@ class LLMDispatcher:
         rand: Callable[[], float] = random.random,
         observer: DispatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
-        timer: Timer | None = None,
     ) -> None:
         self._aliases = settings.aliases
         self._clients = clients
@@ -134,7 +131,6 @@ class LLMDispatcher:
         self._observer = observer
         d = settings.dispatcher
         self._clock = clock
-        self._timer = timer
         self._timeouts = _Timeouts(
             d.request_timeout_seconds, d.first_chunk_timeout_seconds, d.stream_idle_timeout_seconds
         )
@@ -419,9 +415,6 @@ class LLMDispatcher:
 
     def metric_label(self, deployment: Deployment) -> str:
         return self._pool.metric_label(deployment)
-
-    def deployment_states(self) -> list[DeploymentState]:
-        return self._pool.states()
 
     def ready(self) -> bool:
         """Whether the service can take traffic: some provider is usable. Breaker state stays out of it on

@@ -11,7 +11,7 @@ import asyncio
 import math
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -20,7 +20,6 @@ from typing import TypeVar
 from llm_service.core.llm.models import ProviderError
 
 T = TypeVar("T")
-X = TypeVar("X")
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -122,40 +121,12 @@ async def retry_async(
     rand: Callable[[], float] = random.random,
 ) -> T:
     """Run `call` until it succeeds or `should_retry` says stop; the last error propagates."""
-    _, result = await retry_across((None,), lambda _: call(), policy, sleep=sleep, rand=rand)
-    return result
-
-
-async def retry_across(
-    targets: Sequence[X],
-    call: Callable[[X], Awaitable[T]],
-    policy: RetryPolicy,
-    *,
-    sleep: Sleep = asyncio.sleep,
-    rand: Callable[[], float] = random.random,
-    on_failover: Callable[[X, X, ProviderError], None] | None = None,
-) -> tuple[X, T]:
-    """Try `targets` in order, failing over to the next on a retryable error, then round again.
-
-    There are `max(policy.max_retries + 1, len(targets))` attempts at most, so every target is tried
-    once. Moving on to another target is immediate; coming back to one already tried (a new round, or
-    the only target) waits the backoff or the upstream's Retry-After, and is skipped when that wait is
-    longer than the policy allows. A non-retryable error, or the last one, propagates.
-    """
-    attempts = max(policy.max_retries + 1, len(targets))
     attempt = 0
     while True:
-        target = targets[attempt % len(targets)]
         try:
-            return target, await call(target)
+            return await call()
         except ProviderError as error:
-            attempt += 1
-            if attempt >= attempts or not error.retryable:
+            if not should_retry(error, attempt, policy):
                 raise
-            following = targets[attempt % len(targets)]
-            if attempt % len(targets) == 0:  # back to a target already tried: wait first
-                if not should_retry(error, 0, policy):
-                    raise
-                await sleep(retry_delay(error, attempt // len(targets) - 1, policy, rand))
-            if following is not target and on_failover is not None:
-                on_failover(target, following, error)
+            await sleep(retry_delay(error, attempt, policy, rand))
+            attempt += 1
