@@ -170,7 +170,7 @@ def assert_loopback_only(settings: Settings) -> None:
     """The guard against accidental real-network calls in mock mode: every URL the service may call."""
     platform, azure = settings.genai_platform, settings.azure_openai
     urls = [group.base_url for p in ALL_PROVIDERS if (group := settings.provider_settings(p))]
-    urls += [platform.base_url, platform.token_url]
+    urls += [platform.base_url, platform.token_url, settings.telemetry.traces_url()]
     if not azure.uses_api_key() and azure.is_configured() and not platform.fronts(ProviderID.AZURE_OPENAI):
         urls.append(azure.authority_host or "https://login.microsoftonline.com")
     for url in urls:

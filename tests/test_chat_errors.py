@@ -181,10 +181,13 @@ def test_stream_failing_before_the_first_byte_gets_an_http_status(client: httpx.
 
 @pytest.mark.parametrize(
     "fault",
-    [Fault(error_event_after_chunks=3), Fault(drop_after_chunks=3)],
+    # The first attempt and both replays (LLM_MAX_STREAM_REPLAYS=2) break.
+    [Fault(error_event_after_chunks=3, times=3), Fault(drop_after_chunks=3, times=3)],
     ids=["error-event", "connection-drop"],
 )
-def test_mid_stream_failure_ends_with_one_error_event_then_done(client: httpx.Client, provider, fake, fault) -> None:
+def test_a_stream_that_keeps_failing_mid_answer_ends_with_one_error_event_then_done(
+    client: httpx.Client, provider, fake, fault
+) -> None:
     fake.inject(fault)
     events = stream_events(client, {"model": MODELS[provider], "messages": QUESTION, "stream": True})
 
@@ -198,13 +201,22 @@ def test_mid_stream_failure_ends_with_one_error_event_then_done(client: httpx.Cl
     assert not any(e["choices"] and e["choices"][0]["finish_reason"] for e in events[:-2])
 
 
-def test_client_disconnect_cancels_the_upstream_request(client: httpx.Client, provider, fake) -> None:
+@pytest.mark.parametrize(
+    "streaming",
+    [{"stream_resume_enabled": False}, {"stream_resume_grace_seconds": 0}],
+    ids=["not-resumable", "no-grace"],
+)
+def test_client_disconnect_cancels_the_upstream_request(start_service, provider, fake, streaming) -> None:
+    service = start_service(streaming=streaming)
     fake.inject(Fault(delay_per_chunk=0.4))
-    with client.stream(
-        "POST", "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, "stream": True}
-    ) as r:
-        first_line = next(r.iter_lines())
-        assert first_line.startswith("data: ")
+    with (
+        httpx.Client(base_url=service.url, timeout=20) as client,
+        client.stream(
+            "POST", "/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, "stream": True}
+        ) as r,
+    ):
+        first_event = next(line for line in r.iter_lines() if not line.startswith("id: "))
+        assert first_event.startswith("data: ")
     # The service must hang up on the upstream while it is still mid-stream.
     assert fake.wait_for_disconnect(timeout=5)
     assert wait_until(lambda: fake.active_streams == 0)

@@ -14,7 +14,17 @@ from harness import run_cli
 from llm_service import cli
 from llm_service.core.config.validation import ConfigProblem, ConfigReport, check_configuration
 
-ENV_PREFIXES = ("OPENAI_", "OPENROUTER_", "REMOTE_LLM_", "LLM_", "AZURE_", "VERTEX_", "GENAI_PLATFORM_", "GOOGLE_")
+ENV_PREFIXES = (
+    "OPENAI_",
+    "OPENROUTER_",
+    "REMOTE_LLM_",
+    "LLM_",
+    "AZURE_",
+    "VERTEX_",
+    "GENAI_PLATFORM_",
+    "GOOGLE_",
+    "OTEL_",
+)
 REPO_CONFIG = Path(__file__).resolve().parents[1] / "config"
 
 

@@ -113,6 +113,7 @@ def breaker_settings(**extra: Any) -> dict[str, Any]:
         "breaker_failure_ratio": 0.5,
         "breaker_cooldown_seconds": 30,
         "max_retries": 0,
+        "health_check_interval_seconds": 0,  # only callers probe, unless a test says otherwise
         **extra,
     }
 
@@ -175,6 +176,47 @@ def test_traffic_moves_to_the_fallback_while_the_primary_is_open_and_returns_aft
     assert served_by == ["openrouter"] * 5  # two failovers, then the open primary is skipped
     assert after == ["openai"] * 3  # the probe after the cooldown succeeds, and traffic returns
     assert len(upstreams[OPENAI].requests) == 2 + 3  # nothing reached it while it was open
+
+
+def test_health_checks_bring_a_recovered_primary_back_with_one_probe_per_interval(upstreams) -> None:
+    clock = Monotonic()
+    aliases = {
+        "ha": [
+            {"provider": "openai", "model": "gpt-4o-mini"},
+            {"provider": "openrouter", "model": "openai/gpt-4o-mini"},
+        ]
+    }
+    checks = breaker_settings(max_retries=1, health_check_interval_seconds=0.05)
+    primary = upstreams[OPENAI]
+    with service_with(upstreams, clock, aliases=aliases, dispatcher=checks) as service:
+        ask = lambda: httpx.post(  # noqa: E731
+            f"{service.url}/v1/chat/completions", json={"model": "ha", "messages": QUESTION}, timeout=10
+        )
+        state = lambda: deployment_health(service, "openai/gpt-4o-mini")["breaker"]["state"]  # noqa: E731
+        primary.inject(Fault(status=503, times=1000))  # down until the test clears it
+        served_while_down = [ask().headers["x-llm-provider"] for _ in range(4)]
+        assert state() == "open" and len(primary.requests) == 2
+
+        clock.now += 1  # one interval on: one check, which finds it still down
+        assert wait_until(lambda: len(primary.requests) == 3)
+        assert state() == "open"
+        served_while_down += [ask().headers["x-llm-provider"] for _ in range(2)]
+
+        primary.reset()  # recovered
+        clock.now += 1  # the next check finds it answering: half-open, long before the 30 s cooldown
+        assert wait_until(lambda: state() == "half_open")
+        clock.now += 1  # no caller came: the check is the probe that closes it
+        assert wait_until(lambda: state() == "closed")
+        back = [ask().headers["x-llm-provider"] for _ in range(3)]
+        text = httpx.get(f"{service.url}/metrics").text
+
+    assert served_while_down == ["openrouter"] * 6
+    assert back == ["openai"] * 3
+    assert [r.json["max_tokens"] for r in primary.requests[:2]] == [1, 1]  # the two checks after recovery
+    assert len(primary.requests) == 2 + 3
+    label = "openai/gpt-4o-mini"
+    assert metric(text, "llm_gateway_health_checks_total", deployment=label, outcome="failed") == 1
+    assert metric(text, "llm_gateway_health_checks_total", deployment=label, outcome="ok") == 2
 
 
 def test_an_upstream_429_pauses_the_deployment_for_its_retry_after(upstreams) -> None:
@@ -297,10 +339,13 @@ def test_a_model_name_outside_latin1_is_served_and_leaves_no_slot_behind(start_s
     assert metric(text, "llm_gateway_in_flight") == 0
 
 
-def test_a_stream_that_stalls_mid_answer_ends_with_one_error_event_at_the_idle_timeout(upstreams) -> None:
+def test_without_replay_a_stream_that_stalls_mid_answer_ends_with_one_error_event_at_the_idle_timeout(
+    upstreams,
+) -> None:
     aliases = {"solo": [{"provider": "openai", "model": "gpt-4o-mini"}]}
     dispatcher = {"stream_idle_timeout_seconds": 0.3}
-    with service_with(upstreams, aliases=aliases, dispatcher=dispatcher) as service:
+    no_replay = {"enable_stream_replay": False}
+    with service_with(upstreams, aliases=aliases, dispatcher=dispatcher, streaming=no_replay) as service:
         upstreams[OPENAI].inject(Fault(delay_per_chunk=3.0))  # the first chunk... then silence
         started = time.monotonic()
         with httpx.stream(

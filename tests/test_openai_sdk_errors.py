@@ -29,8 +29,8 @@ def test_rejected_upstream_credentials_are_an_api_status_error(sdk, provider, fa
     assert caught.value.code == "upstream_auth_error"
 
 
-def test_mid_stream_failure_raises_the_sdks_api_error_after_the_text_so_far(sdk, provider, fake) -> None:
-    fake.inject(Fault(error_event_after_chunks=3))
+def test_a_stream_that_keeps_failing_raises_the_sdks_api_error_after_the_text_so_far(sdk, provider, fake) -> None:
+    fake.inject(Fault(error_event_after_chunks=3, times=3))  # the first attempt and both replays
     stream = sdk.chat.completions.create(model=MODELS[provider], messages=QUESTION, stream=True)
     received: list[str] = []
 

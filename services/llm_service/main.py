@@ -1,6 +1,6 @@
 """create_app(settings) -> FastAPI. The lifespan opens and closes what the process shares: one pooled
 aiohttp session for every upstream, the provider clients and the dispatcher (and, in demo mode, the
-fixture-backed upstreams)."""
+fixture-backed upstreams; with an OTLP endpoint configured, the OpenTelemetry tracer provider)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TYPE_CHECKING
 
 import aiohttp
 from fastapi import FastAPI
@@ -18,12 +19,16 @@ from llm_service import __version__
 from llm_service.api import catalog, chat
 from llm_service.api.access_log import AccessLogMiddleware
 from llm_service.api.errors import install_error_handlers
+from llm_service.api.resume import StreamSessions
 from llm_service.api.services import Services
 from llm_service.core.config.settings import Settings
 from llm_service.core.llm.dispatcher import LLMDispatcher
 from llm_service.core.llm.factory import provider_clients
 from llm_service.demo import demo_upstreams
 from llm_service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from llm_service.tracing import Tracing
 
 log = logging.getLogger("llm_service")
 
@@ -52,15 +57,26 @@ def create_app(
             )
             stack.push_async_callback(session.close)
             clients = await stack.enter_async_context(provider_clients(active, session, clock=clock))
+            tracing = _tracing(active)
+            if tracing is not None:
+                stack.push_async_callback(tracing.aclose)  # after the dispatcher's: flushes the last spans
             metrics = Metrics()
-            dispatcher = LLMDispatcher(active, clients, observer=metrics, clock=monotonic, sleep=sleep)
+            tracer = tracing.attempts if tracing is not None else None
+            dispatcher = LLMDispatcher(active, clients, observer=metrics, clock=monotonic, sleep=sleep, tracer=tracer)
             metrics.watch(dispatcher)
+            dispatcher.start()
+            stack.push_async_callback(dispatcher.aclose)
+            sessions = StreamSessions.of(active.streaming, monotonic)
+            if sessions is not None:
+                stack.push_async_callback(sessions.aclose)
             app.state.services = Services(
                 settings=active,
                 dispatcher=dispatcher,
                 providers=tuple(active.configured_providers()),
                 demo=demo,
                 metrics=metrics,
+                tracing=tracing,
+                stream_sessions=sessions,
             )
             log.info(
                 "started",
@@ -91,3 +107,12 @@ def create_app(
             expose_headers=["x-request-id", "x-llm-provider", "x-llm-model", "retry-after", "x-should-retry"],
         )
     return app
+
+
+def _tracing(settings: Settings) -> Tracing | None:
+    """OpenTelemetry tracing when an OTLP endpoint is configured; without one its SDK is not even imported."""
+    if settings.telemetry.traces_url() is None:
+        return None
+    from llm_service.tracing import Tracing
+
+    return Tracing(settings, version=__version__)

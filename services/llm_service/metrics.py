@@ -18,6 +18,7 @@ caller's free-form model name never becomes a label.
 | `llm_gateway_rejections_total` | counter | reason: queue_full_or_timeout, rate_limited, deployments_unavailable, ... |
 | `llm_gateway_breaker_state` | gauge | deployment (0 closed, 1 half-open, 2 open) |
 | `llm_gateway_breaker_transitions_total` | counter | deployment, to |
+| `llm_gateway_health_checks_total` | counter | deployment, outcome (ok, failed): probes of deployments out of service |
 | `llm_gateway_queue_depth` | gauge | |
 | `llm_gateway_in_flight` | gauge | |
 """
@@ -106,6 +107,12 @@ class Metrics:
         self.breaker_transitions = Counter(
             "llm_gateway_breaker_transitions", "Circuit breaker state changes", ["deployment", "to"], registry=r
         )
+        self.health_checks = Counter(
+            "llm_gateway_health_checks",
+            "Probe requests to deployments whose breaker is not closed",
+            ["deployment", "outcome"],
+            registry=r,
+        )
         self.queue_depth = Gauge("llm_gateway_queue_depth", "Requests waiting for capacity", registry=r)
         self.in_flight = Gauge("llm_gateway_in_flight", "Requests holding a deployment slot", registry=r)
 
@@ -120,6 +127,9 @@ class Metrics:
 
     def retried(self, deployment_label: str, error: ProviderError) -> None:
         self.retries.labels(deployment_label, type(error).__name__).inc()
+
+    def health_checked(self, deployment_label: str, ok: bool) -> None:
+        self.health_checks.labels(deployment_label, "ok" if ok else "failed").inc()
 
     def rejected(self, reason: str) -> None:
         self.rejections.labels(reason).inc()

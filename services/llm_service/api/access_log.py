@@ -2,7 +2,8 @@
 
 Pure ASGI middleware, so a streamed response is logged when its last byte has gone, with its
 duration and the tokens the stream reported. Routes fill in the `AccessRecord` found at
-`request.state.access`. Prompt and completion text never go here.
+`request.state.access`. Prompt and completion text never go here. With tracing configured, the
+request's SERVER span (`tracing.RequestSpan`) starts and ends here too, for the same reason.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ class AccessLogMiddleware:
         record = AccessRecord(request_id=request_id, method=scope["method"], path=scope["path"])
         scope.setdefault("state", {})["access"] = record
         started = record.started
+        services = getattr(scope["app"].state, "services", None) if "app" in scope else None
+        tracing = services.tracing if services is not None else None
+        span = tracing.request_span(scope) if tracing is not None else None
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -88,9 +92,10 @@ class AccessLogMiddleware:
             record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
             fields: dict[str, Any] = {k: v for k, v in asdict(record).items() if v is not None and k not in _NOT_LOGGED}
             log.info("request", extra={"fields": fields})
-            services = getattr(scope["app"].state, "services", None) if "app" in scope else None
             if services is not None and record.model is not None:
                 record_request_metrics(services.metrics, record)
+            if span is not None:
+                span.end(record.status, record.model, record.stream_error)
 
 
 _NOT_LOGGED = frozenset({"started", "metric_deployment"})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from urllib.parse import quote
 
 import orjson
@@ -18,11 +18,12 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from llm_service.api.access_log import AccessRecord
-from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, json_response
+from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, json_response
+from llm_service.api.resume import DONE_EVENT, StreamGone, StreamSession, parse_last_event_id
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
-from llm_service.core.llm.dispatcher import HeldStream, UpstreamTime
+from llm_service.core.llm.dispatcher import ChunkStream, UpstreamTime
 from llm_service.core.llm.models import (
     InvalidRequestError,
     LLMRequest,
@@ -35,7 +36,7 @@ log = logging.getLogger("llm_service.chat")
 _HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")
 router = APIRouter()
 
-_DONE_EVENT = b"data: [DONE]\n\n"
+STREAM_ID_HEADER = "x-llm-stream-id"
 #: Logged for a client that went away before its response started (nginx's convention).
 CLIENT_CLOSED_REQUEST = 499
 
@@ -80,15 +81,77 @@ async def _respond(request: Request, services: Services, llm_request: LLMRequest
     routed = await unless_disconnected(request.receive, services.dispatcher.open_stream(llm_request, upstream_time))
     try:
         _note_deployment(access, routed.deployment, services)
-        events = _sse_events(routed.chunks, include_usage=llm_request.include_usage, access=access)
         headers = _deployment_headers(routed.deployment) | _overhead(access, upstream_time)
-        return SSEResponse(events, headers, on_close=routed.chunks.aclose)
+        include_usage = llm_request.include_usage
+        sessions = services.stream_sessions
+        if sessions is None:
+            events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=None)
+            return SSEResponse(_then_done(events), headers, on_close=routed.chunks.aclose)
+        session = sessions.start(
+            lambda s: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=s.event_id)
+        )
     except BaseException:
         await routed.chunks.aclose()  # the stream holds a deployment slot and an upstream connection
         raise
+    # The session owns the upstream now: a client that leaves may come back within the grace period.
+    return SSEResponse(session.read(-1), headers | {STREAM_ID_HEADER: session.key}, on_close=_detached(session))
 
 
-async def _sse_events(chunks: HeldStream, *, include_usage: bool, access: AccessRecord) -> AsyncIterator[bytes]:
+@router.get("/v1/chat/completions/{stream_id}/stream")
+async def resume_stream(stream_id: str, request: Request) -> Response:
+    """The events of a stream after the client's `Last-Event-ID` (or `?after=<index>`; neither: all of
+    them), the live remainder, then `[DONE]`. 404 for a stream not kept here, 410 for events no longer kept."""
+    services: Services = request.app.state.services
+    sessions = services.stream_sessions
+    if sessions is None:
+        return _stream_gone("Stream resumption is turned off on this service (LLM_STREAM_RESUME_ENABLED).", 404)
+    last = request.headers.get("last-event-id")
+    after = request.query_params.get("after")
+    try:
+        index = parse_last_event_id(last, stream_id) if last else int(after) if after is not None else -1
+    except ValueError:
+        raise InvalidRequestError(
+            f"Last-Event-ID must be '{stream_id}:<index>' as this stream's events name themselves, and "
+            "after= a whole number.",
+            code="invalid_last_event_id",
+            param="Last-Event-ID",
+        ) from None
+    try:
+        events = sessions.read(stream_id, index)
+    except StreamGone as gone:
+        return _stream_gone(str(gone), gone.status)
+    return SSEResponse(events, {STREAM_ID_HEADER: stream_id})
+
+
+def _stream_gone(message: str, status: int) -> Response:
+    code = "stream_not_found" if status == 404 else "stream_expired"
+    return json_response(status, error_body(message, "invalid_request_error", code=code))
+
+
+def _detached(session: StreamSession) -> Callable[[], Awaitable[None]]:
+    async def detached() -> None:
+        session.detached()
+
+    return detached
+
+
+async def _then_done(events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
+    async with contextlib.aclosing(events):
+        async for event in events:
+            yield event
+    yield DONE_EVENT
+
+
+async def _sse_events(
+    chunks: ChunkStream, *, include_usage: bool, access: AccessRecord, event_id: Callable[[int], bytes] | None
+) -> AsyncGenerator[bytes, None]:
+    """The stream's events, each named by `event_id(index)` when given; one error event if it fails."""
+    index = 0
+
+    def event(payload: object) -> bytes:
+        data = b"data: " + orjson.dumps(payload) + b"\n\n"
+        return data if event_id is None else event_id(index) + data
+
     try:
         async with contextlib.aclosing(chunks):
             access.first_token()
@@ -97,16 +160,16 @@ async def _sse_events(chunks: HeldStream, *, include_usage: bool, access: Access
                     access.record_usage(chunk.usage)
                     if not chunk.choices and not include_usage:
                         continue  # asked upstream for accounting only
-                yield b"data: " + orjson.dumps(encode_chat_chunk(chunk, include_usage=include_usage)) + b"\n\n"
+                yield event(encode_chat_chunk(chunk, include_usage=include_usage))
+                index += 1
     except LLMServiceError as exc:
         _status, body, _headers = describe(exc)
         access.stream_error = exc.code or type(exc).__name__
-        yield b"data: " + orjson.dumps(body) + b"\n\n"
+        yield event(body)
     except Exception:
         log.exception("stream failed", extra={"fields": {"request_id": access.request_id}})
         access.stream_error = "internal_error"
-        yield b"data: " + orjson.dumps(INTERNAL_ERROR_BODY) + b"\n\n"
-    yield _DONE_EVENT
+        yield event(INTERNAL_ERROR_BODY)
 
 
 def _note_deployment(access: AccessRecord, deployment: Deployment, services: Services) -> None:

@@ -5,7 +5,8 @@ flat env names (`OPENAI_API_KEY`, from the environment or `.env`), the profile Y
 (`config/<profile>.yaml`), then the defaults below. Each group declares its flat prefix in
 `ENV_PREFIX`; a field's flat name is that prefix plus the field name in upper case, unless the group's
 `ENV_NAMES` table gives the name the ecosystem already uses (`AZURE_OPENAI_ENDPOINT`, `AZURE_TENANT_ID`,
-`GOOGLE_APPLICATION_CREDENTIALS`, ...).
+`GOOGLE_APPLICATION_CREDENTIALS`, ...): `groups.SettingsGroup`. The telemetry group (logs, metrics,
+OpenTelemetry traces) is in `telemetry.py`.
 
 Settings validate as a whole once built: an enabled GenAI Platform with missing fields stops start-up
 with one `ConfigurationError` naming every missing variable (`validate_genai_config()`).
@@ -38,6 +39,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from typing_extensions import override
 
 from llm_service.core.config.constants import DefaultTimeouts, ProviderID
+from llm_service.core.config.groups import SettingsGroup as SettingsGroup
+from llm_service.core.config.telemetry import TelemetrySettings as TelemetrySettings
 from llm_service.core.llm.genai_platform import validate_genai_config
 
 # A wheel carries the profiles inside the package; a source checkout keeps them at the repo root.
@@ -54,18 +57,6 @@ def _api_version_text(value: Any) -> Any:
 
 
 ApiVersion = Annotated[str, BeforeValidator(_api_version_text)]
-
-
-class SettingsGroup(BaseModel):
-    """A settings group; `ENV_PREFIX` + FIELD_NAME is each field's flat env var unless `ENV_NAMES` says."""
-
-    ENV_PREFIX: ClassVar[str] = ""
-    #: Fields whose flat env var is a name the ecosystem already uses rather than prefix + field.
-    ENV_NAMES: ClassVar[Mapping[str, str]] = {}
-
-    @classmethod
-    def env_name(cls, field_name: str) -> str:
-        return cls.ENV_NAMES.get(field_name) or f"{cls.ENV_PREFIX}{field_name.upper()}"
 
 
 class ProviderSettings(SettingsGroup):
@@ -234,15 +225,6 @@ class ServerSettings(SettingsGroup):
         return [o.strip() for o in (self.cors_allow_origins or "").split(",") if o.strip()]
 
 
-class TelemetrySettings(SettingsGroup):
-    ENV_PREFIX: ClassVar[str] = "LLM_"
-    log_prompts: bool = Field(default=False, description="Log prompt and completion text (off: never)")
-    log_format: Literal["json", "text"] = Field(
-        default="json", description="json: one JSON object per line; text: human-readable lines"
-    )
-    metrics_enabled: bool = Field(default=True, description="Serve Prometheus metrics at GET /metrics")
-
-
 class BreakerOverrides(BaseModel):
     """A provider's own circuit-breaker settings; what is left out comes from the global `breaker_*`."""
 
@@ -291,6 +273,11 @@ class DispatcherSettings(SettingsGroup):
         default=30.0, gt=0, description="How long an open breaker refuses traffic before letting probes through (s)"
     )
     breaker_half_open_probes: int = Field(default=1, ge=1, description="Probe requests let through while half-open")
+    health_check_interval_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="How often a deployment whose breaker is open is re-checked by a one-token probe (s); 0: never",
+    )
     breaker_by_provider: dict[ProviderID, BreakerOverrides] = Field(
         default_factory=dict,
         description='Per-provider breaker settings over the global ones, e.g. {"openai": {"min_calls": 20}}',
@@ -314,6 +301,40 @@ class DispatcherSettings(SettingsGroup):
     )
     tool_call_max_entries: int = Field(
         default=20_000, gt=0, description="Most tool calls whose provider data is kept (oldest dropped first)"
+    )
+
+
+class StreamingSettings(SettingsGroup):
+    """Streams that survive upstream failures, and clients that pick a stream up where it left off."""
+
+    ENV_PREFIX: ClassVar[str] = "LLM_"
+    enable_stream_replay: bool = Field(
+        default=True, description="Recover a stream that breaks after its first chunk without a seam for the client"
+    )
+    max_buffer_chunks: int = Field(
+        default=2000,
+        ge=0,
+        description="Chunks a stream keeps for replay and resumption; past them a break ends it with an error event",
+    )
+    max_stream_replays: int = Field(
+        default=2, ge=0, description="Times one stream may be re-established after breaking mid-answer"
+    )
+    checkpoint_every_chunks: int = Field(
+        default=20, ge=1, description="Chunks between a stream's checkpoints (one more is taken at its end)"
+    )
+    stream_resume_enabled: bool = Field(
+        default=True, description="Clients may reconnect with Last-Event-ID and receive the rest of a stream"
+    )
+    stream_resume_ttl_seconds: float = Field(
+        default=300.0, gt=0, description="How long a stream can be resumed after its last chunk (s)"
+    )
+    stream_resume_grace_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long generation goes on after its client disconnects, waiting for it to resume (s)",
+    )
+    max_resumable_streams: int = Field(
+        default=10_000, ge=1, description="Streams kept for resumption at most (the oldest dropped first)"
     )
 
 
@@ -350,6 +371,11 @@ class Deployment(BaseModel):
         default=None,
         description="Alias that takes a request this deployment refuses as too long for its context window",
     )
+    accepts_assistant_prefix: bool = Field(
+        default=False,
+        description="Continues a partial answer given as a final assistant message: a stream broken elsewhere "
+        "may be continued here instead of re-generated",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -381,6 +407,9 @@ class Settings(BaseSettings):
         env_file=".env",
         extra="ignore",
         validate_default=True,
+        # A rejected secret (OTLP headers of bad syntax) must not appear in the error's text; `config check`
+        # shows the values that are not secrets itself.
+        hide_input_in_errors=True,
     )
 
     config_profile: str = Field(default="default", description="Profile: loads config/<profile>.yaml")
@@ -400,6 +429,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
+    streaming: StreamingSettings = Field(default_factory=StreamingSettings)
 
     aliases: dict[str, list[Deployment]] = Field(
         default_factory=dict, description="Model aliases from the profile: alias -> ordered deployments"
@@ -521,7 +551,9 @@ class FlatEnvSource(PydanticBaseSettingsSource):
 
 
 #: Top-level keys of a profile besides `aliases` and `providers`: settings that are not per provider.
-PROFILE_SETTINGS = frozenset({"debug", "log_level", "demo_mode", "server", "telemetry", "dispatcher", "genai_platform"})
+PROFILE_SETTINGS = frozenset(
+    {"debug", "log_level", "demo_mode", "server", "telemetry", "dispatcher", "streaming", "genai_platform"}
+)
 PROFILE_KEYS = frozenset({"aliases", "providers"}) | PROFILE_SETTINGS
 
 

@@ -12,6 +12,9 @@ records it.)
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,21 +34,33 @@ from llm_service.core.llm.models import (
     LLMChunk,
     LLMRequest,
     LLMResponse,
+    Message,
     ProviderAuthError,
     ProviderConnectionError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
+    Role,
+    StreamInterruptedError,
     UpstreamRequestError,
 )
 from llm_service.core.llm.retry import parse_rate_limit_reset, parse_retry_after
 from llm_service.core.llm.sse import SSEDecoder
+from llm_service.core.llm.streaming import (
+    CheckpointCallback,
+    Checkpointer,
+    Splice,
+    SpliceMismatch,
+    StreamCheckpoint,
+    Transcript,
+)
 from llm_service.core.llm.tool_call_store import ToolCallStore
 
 _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 #: What a body that parsed as JSON but has the wrong shape raises while being decoded.
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 _NOT_RETRYABLE_429_CODES = frozenset({"insufficient_quota"})
+log = logging.getLogger("llm_service.upstream")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +97,20 @@ class StreamState:
     scratch: dict[str, Any] = field(default_factory=dict)
     #: Leading chunks that said nothing yet; None once one has (see `_hold_until_said`).
     held: list[LLMChunk] | None = field(default_factory=list)
+    #: Choices seen, and those that have their finish reason: a stream cut (EOF, a dropped connection)
+    #: before every choice finished is incomplete; an explicit terminator is taken at its word.
+    started: set[int] = field(default_factory=set)
+    finished: set[int] = field(default_factory=set)
+
+    def note(self, chunks: Sequence[LLMChunk]) -> None:
+        for chunk in chunks:
+            for choice in chunk.choices:
+                (self.finished if choice.finish_reason is not None else self.started).add(choice.index)
+
+    @property
+    def answered(self) -> bool:
+        """Every choice the stream began has its finish reason."""
+        return bool(self.finished) and self.started <= self.finished
 
 
 #: Headers that depend on the request (e.g. the caller's `user` for a gateway's attribution), injected
@@ -96,6 +125,8 @@ class BaseLLMClient(ABC):
     stream_ends_at_eof: ClassVar[bool] = False
     #: Without its own credentials (API key, token) the provider cannot be used.
     api_key_required: ClassVar[bool] = True
+    #: Request fields that ask the provider to continue a final assistant message rather than answer it.
+    continuation_fields: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self,
@@ -105,8 +136,11 @@ class BaseLLMClient(ABC):
         session: aiohttp.ClientSession,
         request_headers: RequestHeaders | None = None,
         tool_calls: ToolCallStore | None = None,
+        checkpoint_every: int = 20,
     ) -> None:
         self.settings = settings
+        #: Chunks between the checkpoints `generate_stream` hands to its callback.
+        self.checkpoint_every = checkpoint_every
         self._credentials = credentials
         self._session = session
         self._request_headers = request_headers
@@ -205,8 +239,33 @@ class BaseLLMClient(ABC):
             raise self._filtered_completion()
         return response
 
-    async def generate_stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
-        """Chunks as they arrive. Errors before the first chunk raise on the first `__anext__`."""
+    def generate_stream(
+        self, request: LLMRequest, checkpoint_callback: CheckpointCallback | None = None
+    ) -> AsyncIterator[LLMChunk]:
+        """Chunks as they arrive. Errors before the first chunk raise on the first `__anext__`.
+
+        With `checkpoint_callback`, the chunks so far are handed to it every `checkpoint_every` chunks
+        and at the end of the stream (a stream that fails is not checkpointed at its end).
+        """
+        stream = self._stream(request)
+        if checkpoint_callback is None:
+            return stream
+        return _checkpointed(stream, Checkpointer(checkpoint_callback, self.checkpoint_every))
+
+    def resume_from_checkpoint(self, checkpoint: StreamCheckpoint, request: LLMRequest) -> AsyncIterator[LLMChunk]:
+        """The checkpoint's chunks, then the rest of the answer from the provider: the request is sent
+        again and its answer joined to the checkpoint (`Splice`), which it must reproduce; a different
+        answer raises `StreamInterruptedError` rather than join two answers."""
+        return _resumed(checkpoint, self._stream(request) if not checkpoint.done else None, self.provider)
+
+    def continuation(self, request: LLMRequest, prefix: str) -> LLMRequest:
+        """`request` asking the provider to continue the partial answer `prefix`: a final assistant
+        message holding it, plus the provider's `continuation_fields` (used only on deployments declared
+        to accept an assistant prefix)."""
+        messages = [*request.messages, Message(role=Role.ASSISTANT, content=prefix)]
+        return dataclasses.replace(request, messages=messages, extra={**request.extra, **self.continuation_fields})
+
+    async def _stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
         client = await self._initialize_client()
         state = StreamState(request)
         resp: aiohttp.ClientResponse | None = None
@@ -230,7 +289,12 @@ class BaseLLMClient(ABC):
             for chunk in self._end_of_stream(decoder, state):
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise self._transport_error(exc) from exc
+            if not state.answered:
+                raise self._transport_error(exc) from exc
+            # Every choice has its finish reason: the connection broke where only the terminator (and
+            # perhaps the usage) was left. The answer is whole.
+            self._ended_without_terminator(f"{type(exc).__name__}")
+            state.done = True
         finally:
             if resp is not None:
                 # Not read to its end (error, disconnect, cancellation): drop the connection rather
@@ -250,6 +314,7 @@ class BaseLLMClient(ABC):
         if decoded is None:
             return ()
         chunks = (decoded,) if isinstance(decoded, LLMChunk) else decoded
+        state.note(chunks)
         return chunks if state.held is None else self._hold_until_said(chunks, state)
 
     def _end_of_stream(self, decoder: SSEDecoder, state: StreamState) -> list[LLMChunk]:
@@ -260,8 +325,19 @@ class BaseLLMClient(ABC):
             for event in decoder.flush():
                 chunks += self._decode_event(event, state)
         if not state.done:
-            raise self.malformed("stream ended before its terminator", retryable=True)
+            if not state.answered:
+                raise self.malformed("stream ended before its answer finished", retryable=True)
+            # Every choice has its finish reason: only the terminator (and perhaps usage) is missing.
+            # The answer is whole; end it now rather than as an error.
+            self._ended_without_terminator("eof")
+            state.done = True
         return chunks + (state.held or [])
+
+    def _ended_without_terminator(self, how: str) -> None:
+        log.warning(
+            "upstream stream ended after its finish reason without its terminator",
+            extra={"fields": {"provider": self.provider.value, "ended_by": how}},
+        )
 
     def _hold_until_said(self, chunks: Sequence[LLMChunk], state: StreamState) -> Sequence[LLMChunk]:
         """Leading chunks that say nothing (a role, empty text) are held back until one says something,
@@ -390,3 +466,34 @@ def _filtered_before_saying_anything(choice: Choice) -> bool:
 
 def _says_something(choice: ChunkChoice) -> bool:
     return bool(choice.content or choice.tool_calls or choice.refusal or choice.finish_reason)
+
+
+async def _checkpointed(stream: AsyncIterator[LLMChunk], checkpointer: Checkpointer) -> AsyncIterator[LLMChunk]:
+    async with contextlib.aclosing(stream):  # type: ignore[type-var]
+        async for chunk in stream:
+            checkpointer.add(chunk)
+            yield chunk
+    checkpointer.finish()
+
+
+async def _resumed(
+    checkpoint: StreamCheckpoint, rest: AsyncIterator[LLMChunk] | None, provider: ProviderID
+) -> AsyncIterator[LLMChunk]:
+    for chunk in checkpoint.chunks:
+        yield chunk
+    if rest is None:
+        return
+    splice = Splice(Transcript.of(checkpoint.chunks))
+    pinned = (checkpoint.chunks[0].id, checkpoint.chunks[0].created) if checkpoint.chunks else None
+    async with contextlib.aclosing(rest):  # type: ignore[type-var]
+        async for chunk in rest:
+            try:
+                joined = splice.feed(chunk)
+            except SpliceMismatch as exc:
+                raise StreamInterruptedError(
+                    f"The stream could not be resumed from its checkpoint: {exc}.", provider=provider
+                ) from None
+            if joined is not None:
+                if pinned is not None:
+                    joined.id, joined.created = pinned  # one completion, as the checkpoint began it
+                yield joined

@@ -13,13 +13,15 @@ For each request it:
 4. ends the slot on every path (success, error, cancellation, a stream's end or its client leaving),
    recording the outcome in the breaker and freeing the limiter, which wakes the queue.
 
-Breaker transitions and failovers go to the injected `DispatchObserver` (metrics). Time comes from the
-injected clock and sleep, so tests never wait.
+Breaker transitions and failovers go to the injected `DispatchObserver` (metrics), each upstream attempt
+to the injected `AttemptTracer` when there is one (OpenTelemetry). Time comes from the injected clock and
+sleep, so tests never wait.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import math
 import random
@@ -32,7 +34,9 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
 from llm_service.core.llm.base import BaseLLMClient
 from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQueue
+from llm_service.core.llm.dispatch.attempt_trace import AttemptOutcome, AttemptTracer
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
+from llm_service.core.llm.dispatch.health import HealthChecker
 from llm_service.core.llm.dispatch.limits import estimate_tokens
 from llm_service.core.llm.dispatch.pool import DeploymentPool, Slot
 from llm_service.core.llm.models import (
@@ -41,16 +45,19 @@ from llm_service.core.llm.models import (
     LLMChunk,
     LLMRequest,
     LLMResponse,
+    Message,
     ModelNotFoundError,
     OverloadedError,
     ProviderAuthError,
     ProviderError,
     ProviderTimeoutError,
     RateLimitError,
+    Role,
     UpstreamRequestError,
     Usage,
 )
-from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_delay, should_retry
+from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_async_generator, retry_delay, should_retry
+from llm_service.core.llm.streaming import Transcript
 
 _PROVIDERS = {p.value: p for p in ProviderID}
 #: Shortest pause between re-checks of a waiting request when room is due now but was not taken.
@@ -82,6 +89,10 @@ class DispatchObserver(Protocol):
         """An attempt failed and another follows; the label is bounded (`metric_label`)."""
         ...
 
+    def health_checked(self, deployment_label: str, ok: bool) -> None:
+        """A health check probed a deployment out of service; `ok`: it answered."""
+        ...
+
 
 @dataclass(slots=True)
 class UpstreamTime:
@@ -92,18 +103,36 @@ class UpstreamTime:
 
 
 @dataclass(frozen=True, slots=True)
+class _Replay:
+    max_replays: int
+    max_buffer_chunks: int
+
+
+@dataclass(frozen=True, slots=True)
 class _Timeouts:
     request: float
     first_chunk: float
     stream_idle: float
 
 
+class ChunkStream(Protocol):
+    """A stream of chunks that can be closed before its end (ending its slot however far it got)."""
+
+    def __aiter__(self) -> AsyncIterator[LLMChunk]: ...
+
+    async def __anext__(self) -> LLMChunk: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(slots=True)
 class RoutedStream:
-    """An opened stream: the deployment serving it and its chunks (the first already received)."""
+    """An opened stream: the deployment serving it (the latest, after a replay) and its chunks (the
+    first already received). `continuing`: the stream continues a partial answer it was given."""
 
     deployment: Deployment
-    chunks: HeldStream
+    chunks: ChunkStream
+    continuing: bool = False
 
 
 class LLMDispatcher:
@@ -116,6 +145,7 @@ class LLMDispatcher:
         rand: Callable[[], float] = random.random,
         observer: DispatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        tracer: AttemptTracer | None = None,
     ) -> None:
         self._aliases = settings.aliases
         self._clients = clients
@@ -129,6 +159,8 @@ class LLMDispatcher:
         self._usable_keys = frozenset(self._usable.values())
         self._ready_providers = tuple(p for p in settings.configured_providers() if p in clients)
         self._observer = observer
+        #: Traces each upstream attempt (OpenTelemetry, when configured); None: no tracing work at all.
+        self._tracer = tracer
         d = settings.dispatcher
         self._clock = clock
         self._timeouts = _Timeouts(
@@ -153,6 +185,46 @@ class LLMDispatcher:
         )
         self._sleep = sleep
         self._rand = rand
+        streaming = settings.streaming
+        self._replay = _Replay(
+            max_replays=streaming.max_stream_replays if streaming.enable_stream_replay else 0,
+            max_buffer_chunks=streaming.max_buffer_chunks,
+        )
+        self._health = (
+            HealthChecker(
+                self._pool,
+                self._probe,
+                interval=d.health_check_interval_seconds,
+                timeout=min(d.first_chunk_timeout_seconds, d.request_timeout_seconds),
+                clock=clock,
+                report=observer.health_checked if observer is not None else None,
+            )
+            if d.health_check_interval_seconds > 0
+            else None
+        )
+        self._health_task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the background health checks (in the app's lifespan, on its event loop)."""
+        if self._health is not None and self._health_task is None:
+            self._health_task = asyncio.get_running_loop().create_task(self._health.run(), name="health-checks")
+
+    async def aclose(self) -> None:
+        """Stop the health checks (a probe in flight is cancelled)."""
+        task, self._health_task = self._health_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def check_health(self) -> int:
+        """Run the health checks that are due now; how many deployments were probed."""
+        return await self._health.check_due() if self._health is not None else 0
+
+    async def _probe(self, deployment: Deployment) -> None:
+        await self._clients.for_deployment(deployment).generate(
+            LLMRequest(model=deployment.model, messages=[Message(role=Role.USER, content="ping")], max_tokens=1)
+        )
 
     def resolve(self, model: str) -> tuple[Deployment, ...]:
         """An alias -> its usable deployments in order; `<provider>/<model>` -> that one deployment."""
@@ -268,7 +340,7 @@ class LLMDispatcher:
     async def _run(
         self,
         request: LLMRequest,
-        call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]],
+        call: Callable[[BaseLLMClient, LLMRequest, Deployment], Awaitable[T]],
         upstream_time: UpstreamTime,
     ) -> tuple[Slot, T]:
         """Attempts over the model's deployments; the slot of the one that answered is returned still open
@@ -296,9 +368,11 @@ class LLMDispatcher:
             tried.append(slot.deployment)
             try:
                 upstream = dataclasses.replace(request, model=slot.deployment.model)
+                if self._tracer is not None:
+                    slot.trace = self._tracer.attempt(slot.deployment, upstream)
                 started = time.perf_counter()
                 try:
-                    return slot, await call(self._clients.for_deployment(slot.deployment), upstream)
+                    return slot, await call(self._clients.for_deployment(slot.deployment), upstream, slot.deployment)
                 finally:
                     upstream_time.seconds += time.perf_counter() - started
             except ProviderError as error:
@@ -318,7 +392,7 @@ class LLMDispatcher:
     async def _run_with_fallbacks(
         self,
         request: LLMRequest,
-        call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]],
+        call: Callable[[BaseLLMClient, LLMRequest, Deployment], Awaitable[T]],
         upstream_time: UpstreamTime,
     ) -> tuple[Slot, T]:
         """`_run`, and when a deployment refuses the request as too long for its context window and names
@@ -355,7 +429,7 @@ class LLMDispatcher:
     async def _within_budget(
         self,
         request: LLMRequest,
-        call: Callable[[BaseLLMClient, LLMRequest], Awaitable[T]],
+        call: Callable[[BaseLLMClient, LLMRequest, Deployment], Awaitable[T]],
         upstream_time: UpstreamTime | None,
     ) -> tuple[Slot, T]:
         """`_run` within the request's budget: a silent upstream never holds a caller longer."""
@@ -374,9 +448,9 @@ class LLMDispatcher:
         self, request: LLMRequest, upstream_time: UpstreamTime | None = None
     ) -> tuple[Deployment, LLMResponse]:
         slot, response = await self._within_budget(
-            request, lambda client, upstream: client.generate(upstream), upstream_time
+            request, lambda client, upstream, _: client.generate(upstream), upstream_time
         )
-        slot.succeeded(response.usage)
+        slot.succeeded(response.usage, AttemptOutcome.of_response(response) if slot.trace is not None else None)
         return slot.deployment, response
 
     async def open_stream(self, request: LLMRequest, upstream_time: UpstreamTime | None = None) -> RoutedStream:
@@ -384,11 +458,42 @@ class LLMDispatcher:
 
         Errors up to the first chunk raise here, so the API edge can still answer with an HTTP
         status; later errors raise from the returned iterator. The slot is held until the stream ends.
+        With stream replay on, a retryable failure after the first chunk re-establishes the stream
+        (`retry_async_generator`): on a deployment declared to accept an assistant prefix the partial
+        answer is continued, elsewhere it is re-generated and must match what was sent.
         """
+        routed = await self._open(request, upstream_time, None)
+        if self._replay.max_replays == 0:
+            return routed
+
+        async def reopen(sent: Transcript, error: ProviderError) -> tuple[AsyncIterator[LLMChunk], bool]:
+            again = await self._open(request, None, sent)
+            routed.deployment = again.deployment
+            return again.chunks, again.continuing
+
+        routed.chunks = retry_async_generator(
+            routed.chunks,
+            reopen,
+            max_buffer_chunks=self._replay.max_buffer_chunks,
+            max_replays=self._replay.max_replays,
+        )
+        return routed
+
+    async def _open(
+        self, request: LLMRequest, upstream_time: UpstreamTime | None, sent: Transcript | None
+    ) -> RoutedStream:
+        """A stream's first attempt (`sent` None), or a new one after a break, continuing `sent` where the
+        deployment it lands on accepts an assistant prefix."""
+        continuing = False
 
         async def first_chunk(
-            client: BaseLLMClient, upstream: LLMRequest
+            client: BaseLLMClient, upstream: LLMRequest, deployment: Deployment
         ) -> tuple[AsyncIterator[LLMChunk], LLMChunk | None]:
+            nonlocal continuing
+            continuing = sent is not None and deployment.accepts_assistant_prefix and _continuable(sent)
+            if continuing:
+                assert sent is not None
+                upstream = client.continuation(upstream, sent.text(("content", 0)))
             stream = client.generate_stream(upstream)
             try:
                 return stream, await _next_within(stream, self._timeouts.first_chunk, client.provider, "first chunk")
@@ -401,7 +506,8 @@ class LLMDispatcher:
         slot, (stream, first) = await self._within_budget(request, first_chunk, upstream_time)
         if first is None:
             slot.succeeded()
-        return RoutedStream(slot.deployment, HeldStream(slot, first, stream, idle_timeout=self._timeouts.stream_idle))
+        held = HeldStream(slot, first, stream, idle_timeout=self._timeouts.stream_idle)
+        return RoutedStream(slot.deployment, held, continuing)
 
     # ------------------------------------------------------------------ state
 
@@ -454,7 +560,8 @@ async def _close(stream: AsyncIterator[LLMChunk]) -> None:
 class HeldStream:
     """A routed stream holding its deployment slot, which it ends exactly once however the stream ends:
     at its end (success, with the usage seen), on an upstream error (failure), or when closed early or
-    never read at all (abandoned) — `aclose()` works on a stream that was never started."""
+    never read at all (abandoned) — `aclose()` works on a stream that was never started. A traced attempt
+    also collects what the chunks say about the answer (id, model, finish reasons, usage) for its trace."""
 
     def __init__(
         self, slot: Slot, first: LLMChunk | None, rest: AsyncIterator[LLMChunk], *, idle_timeout: float = math.inf
@@ -464,6 +571,7 @@ class HeldStream:
         self._first = first
         self._rest = rest
         self._usage: Usage | None = None
+        self._outcome = AttemptOutcome() if slot.trace is not None else None
         self._exhausted = first is None
 
     def __aiter__(self) -> HeldStream:
@@ -480,7 +588,7 @@ class HeldStream:
                 chunk = await _next_within(self._rest, self._idle_timeout, self._slot.deployment.provider, "next chunk")
             except StopAsyncIteration:
                 self._exhausted = True
-                self._slot.succeeded(self._usage)
+                self._slot.succeeded(self._usage, self._outcome)
                 raise
             except ProviderError as error:
                 self._slot.failed(error)
@@ -489,11 +597,19 @@ class HeldStream:
                 self._slot.abandoned()
                 raise
         self._usage = chunk.usage or self._usage
+        if self._outcome is not None:
+            self._outcome.see(chunk)
         return chunk
 
     async def aclose(self) -> None:
         self._slot.abandoned()  # a no-op when the stream already ended
         await _close(self._rest)
+
+
+def _continuable(sent: Transcript) -> bool:
+    """Whether a partial answer can be given to a provider to continue: text of one choice, no tool
+    call begun (a half-written call cannot be handed back as an assistant message)."""
+    return sent.choices == {0} and not sent.has_tool_calls and set(sent.channels()) == {("content", 0)}
 
 
 def _can_move_on(error: ProviderError) -> bool:

@@ -336,6 +336,14 @@ class UpstreamRequestError(ProviderError):
     context_fallback: str | None = None
 
 
+class StreamInterruptedError(ProviderError):
+    """A stream broke after its first chunk and could not be continued without a seam: the client gets
+    this as the stream's one error event instead of a silent splice of two answers."""
+
+    def __init__(self, message: str, *, provider: ProviderID) -> None:
+        super().__init__(message, provider=provider, code="stream_interrupted")
+
+
 class ContentFilterError(ProviderError):
     pass
 

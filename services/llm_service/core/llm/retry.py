@@ -1,4 +1,5 @@
-"""Retry policy as small pure functions, and `retry_async()` which applies them.
+"""Retry policy as small pure functions, `retry_async()` which applies them to a call, and
+`retry_async_generator()` which recovers a stream that breaks after its first chunk.
 
 `parse_retry_after()` reads what upstreams send (`retry-after-ms`, `retry-after` in seconds or as an
 HTTP date); `should_retry()` decides from our error types; `backoff_delay()` is exponential with
@@ -8,16 +9,20 @@ jitter. Sleeping and randomness are injected so tests never wait.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import re
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
-from llm_service.core.llm.models import ProviderError
+from llm_service.core.llm.models import LLMChunk, LLMServiceError, ProviderError, StreamInterruptedError
+from llm_service.core.llm.streaming import Splice, SpliceMismatch, Transcript
+
+log = logging.getLogger("llm_service.replay")
 
 T = TypeVar("T")
 
@@ -130,3 +135,132 @@ async def retry_async(
                 raise
             await sleep(retry_delay(error, attempt, policy, rand))
             attempt += 1
+
+
+#: Re-establishes a broken stream: given what was delivered and the failure, a new stream and whether
+#: it continues the partial answer (True) or starts it again (False).
+Reopen = Callable[[Transcript, ProviderError], Awaitable[tuple[AsyncIterator[LLMChunk], bool]]]
+
+
+def retry_async_generator(
+    first: AsyncIterator[LLMChunk], reopen: Reopen, *, max_buffer_chunks: int, max_replays: int
+) -> ReplayingStream:
+    """`first`'s chunks; when it fails with a retryable error after its first chunk, `reopen` gives a new
+    stream that is joined to what was delivered without a duplicate or a gap (`Splice`), up to
+    `max_replays` times. See `ReplayingStream`."""
+    return ReplayingStream(first, reopen, max_buffer_chunks=max_buffer_chunks, max_replays=max_replays)
+
+
+class ReplayingStream:
+    """A stream that survives upstream failures after its first chunk.
+
+    It keeps a `Transcript` of what it delivered while that is at most `max_buffer_chunks` chunks. On a
+    retryable failure it closes the broken stream and asks `reopen` for a new one, then:
+    - a re-generated answer is checked against the transcript and only its new part passes; an answer
+      that differs ends the stream with `StreamInterruptedError` (never two answers spliced);
+    - a continued answer passes as it comes (its usage moved to count the continued prefix as output).
+    Past `max_buffer_chunks` chunks, with replays used up, for a failure that is not retryable, or when
+    `reopen` fails, the original failure is raised: the client gets one error event.
+    Every chunk keeps the first chunk's `id` and `created`, so the client sees one completion.
+    """
+
+    def __init__(
+        self, first: AsyncIterator[LLMChunk], reopen: Reopen, *, max_buffer_chunks: int, max_replays: int
+    ) -> None:
+        self._stream = first
+        self._reopen = reopen
+        self._max_buffer = max_buffer_chunks
+        self._replays_left = max_replays
+        self._transcript: Transcript | None = Transcript() if max_replays > 0 and max_buffer_chunks > 0 else None
+        self._splice: Splice | None = None
+        self._pinned: tuple[str, int] | None = None
+        self._prefix_tokens = 0
+        #: Streams re-established so far.
+        self.replays = 0
+
+    def __aiter__(self) -> ReplayingStream:
+        return self
+
+    async def __anext__(self) -> LLMChunk:
+        while True:
+            try:
+                chunk = await anext(self._stream)
+            except ProviderError as error:
+                await self._replace(error)
+                continue
+            if self._splice is not None:
+                joined = self._join(chunk)
+                if joined is None:
+                    continue
+                chunk = joined
+            return self._deliver(chunk)
+
+    def _join(self, chunk: LLMChunk) -> LLMChunk | None:
+        splice = self._splice
+        assert splice is not None
+        try:
+            joined = splice.feed(chunk)
+        except SpliceMismatch as exc:
+            raise StreamInterruptedError(
+                f"The upstream stream broke and the new attempt's answer did not match what was already "
+                f"sent ({exc}); the stream ends here rather than join two different answers.",
+                provider=chunk.provider,
+            ) from None
+        if splice.caught_up:
+            self._splice = None
+        return joined
+
+    def _deliver(self, chunk: LLMChunk) -> LLMChunk:
+        if self._pinned is None:
+            self._pinned = (chunk.id, chunk.created)
+        else:
+            chunk.id, chunk.created = self._pinned
+        if self._prefix_tokens and chunk.usage is not None:
+            usage = chunk.usage
+            moved = min(self._prefix_tokens, usage.prompt_tokens)
+            usage.prompt_tokens -= moved
+            usage.completion_tokens += moved
+        transcript = self._transcript
+        if transcript is not None:
+            transcript.add(chunk)
+            if transcript.chunks > self._max_buffer:
+                self._transcript = None  # past the buffer: no replay from here on (documented)
+        return chunk
+
+    async def _replace(self, error: ProviderError) -> None:
+        transcript = self._transcript
+        if transcript is None or not error.retryable or self._replays_left <= 0:
+            raise error
+        self._replays_left -= 1
+        await _aclose(self._stream)
+        try:
+            stream, continuing = await self._reopen(transcript, error)
+        except LLMServiceError as failure:  # refused (a 400 to the prefix), at capacity, all open-circuited
+            log.warning(
+                "stream replay failed",
+                extra={"fields": {"error": type(error).__name__, "replay_error": type(failure).__name__}},
+            )
+            raise error from failure
+        self.replays += 1
+        log.info(
+            "stream replayed",
+            extra={"fields": {"error": type(error).__name__, "continuing": continuing, "chunks": transcript.chunks}},
+        )
+        self._stream = stream
+        self._splice = Splice(transcript, continuing=continuing)
+        # A continuation is billed the whole prefix as prompt; a re-generation bills it as output itself.
+        self._prefix_tokens = _estimate_tokens(transcript) if continuing else 0
+
+    async def aclose(self) -> None:
+        await _aclose(self._stream)
+
+
+def _estimate_tokens(transcript: Transcript) -> int:
+    """The tokens of a continued prefix, as the provider now counts them as prompt: ~4 characters each."""
+    return math.ceil(sum(len(text) for text in transcript.channels().values()) / 4)
+
+
+async def _aclose(stream: AsyncIterator[LLMChunk]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        await aclose()

@@ -16,6 +16,9 @@ open       nothing goes through for `cooldown_seconds` (or what `trip()` was tol
 half_open  up to `half_open_probes` calls go through at once; the first probe verdict decides:
            success closes (with a fresh window), failure opens again for a new cooldown.
 
+A health check (`dispatch/health.py`) may look at an open breaker before its cooldown ends:
+`health_check_passed()` turns it half-open at once, a failed check `trip()`s it open for a new cooldown.
+
 A verdict that arrives while open, or while half-open with no probe in flight, belongs to a call
 admitted before the breaker opened and is ignored: only probes decide a half-open breaker. Every
 transition is reported once to `on_transition` and logged as one structured event on
@@ -43,6 +46,8 @@ REASON_FAILURE_RATIO = "failure_ratio"
 REASON_COOLDOWN = "cooldown_elapsed"
 REASON_PROBE_SUCCEEDED = "probe_succeeded"
 REASON_PROBE_FAILED = "probe_failed"
+REASON_HEALTH_CHECK_PASSED = "health_check_passed"
+REASON_HEALTH_CHECK_FAILED = "health_check_failed"
 
 
 class BreakerState(StrEnum):
@@ -178,6 +183,7 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._open_until = 0.0
         self._probes = 0
+        self._since = clock()
 
     @property
     def state(self) -> BreakerState:
@@ -236,6 +242,19 @@ class CircuitBreaker:
         else:
             self._open(reason, duration, now)
 
+    def health_check_passed(self) -> None:
+        """An out-of-band check found the deployment answering: an open breaker lets probes through now
+        instead of at its cooldown's end (only probes close it)."""
+        now = self._clock()
+        if self._current(now) is BreakerState.OPEN:
+            self._move(BreakerState.HALF_OPEN, REASON_HEALTH_CHECK_PASSED, now)
+
+    @property
+    def since(self) -> float:
+        """Clock time of the last transition (or of the breaker's creation)."""
+        self._current(self._clock())
+        return self._since
+
     def snapshot(self) -> dict[str, Any]:
         """What /health shows for this breaker."""
         now = self._clock()
@@ -269,6 +288,7 @@ class CircuitBreaker:
             at=now,
         )
         self._state = to_state
+        self._since = now
         self._probes = 0
         if to_state is BreakerState.CLOSED:
             self._window.reset()

@@ -28,6 +28,7 @@ from typing import Any
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment
+from llm_service.core.llm.dispatch.attempt_trace import Attempt, AttemptOutcome
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Transition
 from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits, Permit, tokens_used
 from llm_service.core.llm.models import (
@@ -62,15 +63,20 @@ class Slot:
     #: Let through by a half-open breaker: only probes may close or reopen it.
     probe: bool = False
     ended: bool = field(default=False)
+    #: The attempt's trace (when the dispatcher has a tracer), ended with the slot.
+    trace: Attempt | None = None
 
     @property
     def deployment(self) -> Deployment:
         return self.state.deployment
 
-    def succeeded(self, usage: Usage | None = None) -> None:
+    def succeeded(self, usage: Usage | None = None, outcome: AttemptOutcome | None = None) -> None:
+        """The deployment answered; `outcome` describes the answer for the trace (default: the usage)."""
         if self._end():
             self._verdict(ok=True)
             self._release(tokens_used(usage))
+            if self.trace is not None:
+                self.trace.end(outcome if outcome is not None else AttemptOutcome(usage=usage))
 
     def failed(self, error: BaseException) -> None:
         if not self._end():
@@ -80,13 +86,17 @@ class Slot:
             if error.retry_after:
                 self.state.limiter.pause(error.retry_after)
         else:
-            self._verdict(ok=not _deployment_at_fault(error))
+            self._verdict(ok=not deployment_at_fault(error))
         self._release(None)
+        if self.trace is not None:
+            self.trace.end(AttemptOutcome(error=error))
 
     def abandoned(self) -> None:
         if self._end():
             self._verdict(ok=None)
             self._release(None)
+            if self.trace is not None:
+                self.trace.end(AttemptOutcome(abandoned=True))
 
     def _verdict(self, *, ok: bool | None) -> None:
         """Record the outcome; a call let through before its breaker opened says nothing about the
@@ -223,7 +233,7 @@ class DeploymentPool:
                 return
 
 
-def _deployment_at_fault(error: BaseException) -> bool:
+def deployment_at_fault(error: BaseException) -> bool:
     """A failure of the deployment itself (5xx or none at all, a timeout, a dropped connection, rejected
     credentials), as opposed to a refusal of this one request, which is an answer."""
     if not isinstance(error, ProviderError) or isinstance(error, UpstreamRequestError | ContentFilterError):

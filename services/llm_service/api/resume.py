@@ -1,0 +1,276 @@
+"""Resumable SSE: a client whose connection broke reconnects with `Last-Event-ID` and gets the rest.
+
+Every event of a resumable stream carries `id: <stream id>:<index>`; the response also names the
+stream in `x-llm-stream-id`. `GET /v1/chat/completions/{stream_id}/stream` with a `Last-Event-ID`
+header (or `?after=<index>`) answers with the events after it, then the live remainder, then
+`[DONE]`.
+
+A `StreamSession` decouples the upstream from the client: a producer task reads the encoded events
+into the session, and readers (the original response, then any resumption) follow it. When the last
+reader leaves, generation goes on for `grace` seconds in case the client comes back, and is cancelled
+after it (its slot and upstream connection freed). An ended stream is kept `ttl` seconds for late
+resumptions, at most `max_streams` of them, in memory: a process restart loses them, and another
+replica cannot serve them (shared checkpoints come with the Redis state backend).
+
+Sessions hold encoded SSE events, not chunks: a resumption re-sends bytes, and bytes are what is
+smallest to keep. Past `keep` events a stream drops its oldest ones that every reader already has;
+resuming before them is a 410.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from dataclasses import dataclass
+
+import orjson
+
+from llm_service.api.errors import error_body
+from llm_service.core.config.settings import StreamingSettings
+from llm_service.core.llm.streaming import Clock, TTLStore
+
+log = logging.getLogger("llm_service.resume")
+
+DONE_EVENT = b"data: [DONE]\n\n"
+
+
+class StreamGone(Exception):
+    """The events asked for are no longer kept (expired, evicted, or past the stream's buffer)."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(slots=True)
+class _Ended:
+    """What is kept of a stream after its end: its last `keep` events from index `first`."""
+
+    events: list[bytes]
+    first: int
+
+
+class StreamSession:
+    """One stream's events, produced once from `source`, read by one reader at a time or several."""
+
+    def __init__(
+        self,
+        key: str,
+        source: AsyncIterator[bytes],
+        *,
+        keep: int,
+        grace: float,
+        on_end: Callable[[StreamSession], None],
+        abandoned: bytes,
+    ) -> None:
+        self.key = key
+        self._abandoned = abandoned
+        self._source = source
+        self._keep = keep
+        self._grace = grace
+        self._on_end = on_end
+        self._events: deque[bytes] = deque()
+        self._first = 0  # index of _events[0]
+        self._count = 0
+        self.ended = False
+        self._changed = asyncio.Event()
+        self._readers: dict[object, int] = {}  # reader -> index of the next event it reads
+        self._timer: asyncio.TimerHandle | None = None
+        self._task = asyncio.get_running_loop().create_task(self._produce(), name=f"stream-{key}")
+
+    def event_id(self, index: int) -> bytes:
+        return f"id: {self.key}:{index}\n".encode()
+
+    async def _produce(self) -> None:
+        try:
+            async for event in self._source:
+                self._events.append(event)
+                self._count += 1
+                if len(self._events) > self._keep:
+                    self._trim()
+                self._notify()
+        except asyncio.CancelledError:
+            # Its client left and did not come back: whoever resumes later learns it ended here.
+            log.info("stream abandoned", extra={"fields": {"stream_id": self.key, "events": self._count}})
+            self._events.append(self.event_id(self._count) + self._abandoned)
+            self._count += 1
+        finally:
+            self.ended = True
+            self._notify()
+            aclose = getattr(self._source, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+            self._on_end(self)
+
+    def _notify(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    def _trim(self) -> None:
+        """Drop the oldest events past `keep` that every reader has already read."""
+        oldest_needed = min(self._readers.values(), default=self._count)
+        while len(self._events) > self._keep and self._first < oldest_needed:
+            self._events.popleft()
+            self._first += 1
+
+    def read(self, after: int) -> AsyncIterator[bytes]:
+        """The events after index `after` (-1: all), live as they come, then `[DONE]`; `StreamGone`
+        (raised here, before any byte) when they are no longer kept."""
+        index = after + 1
+        if index < self._first:
+            raise StreamGone(_TOO_OLD, status=410)
+        return self._read(index)
+
+    def detached(self) -> None:
+        """A response that was to read this stream is over (perhaps never started): with no reader
+        left, the grace period starts."""
+        if not self._readers and not self.ended and self._timer is None:
+            self._leave_alone()
+
+    async def _read(self, index: int) -> AsyncIterator[bytes]:
+        reader = object()
+        self._readers[reader] = index
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        try:
+            while True:
+                if index < self._count:
+                    event = self._events[index - self._first]
+                    index += 1
+                    self._readers[reader] = index
+                    yield event
+                    continue
+                if self.ended:
+                    yield DONE_EVENT
+                    return
+                await self._changed.wait()
+        finally:
+            del self._readers[reader]
+            if not self._readers and not self.ended:
+                self._leave_alone()
+
+    def _leave_alone(self) -> None:
+        """No reader left: generation goes on for the grace period, then stops."""
+        if self._task.done():
+            return
+        if self._grace <= 0:
+            self._task.cancel()
+        else:
+            self._timer = asyncio.get_running_loop().call_later(self._grace, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        if not self._readers:
+            self._task.cancel()
+
+    def snapshot(self) -> _Ended:
+        return _Ended(list(self._events), self._first)
+
+    async def aclose(self) -> None:
+        """Stop generation now (shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+_TOO_OLD = "The events after this Last-Event-ID are no longer kept: the stream outgrew its resume buffer."
+
+
+class StreamSessions:
+    """The resumable streams of this process: live ones, and ended ones for `ttl` seconds."""
+
+    def __init__(
+        self, *, ttl: float, max_streams: int, keep: int, grace: float, clock: Clock, abandoned: bytes
+    ) -> None:
+        self._abandoned = abandoned
+        self._live: dict[str, StreamSession] = {}
+        self._ended: TTLStore[_Ended] = TTLStore(ttl=ttl, max_entries=max_streams, clock=clock)
+        self._keep = keep
+        self._grace = grace
+
+    @classmethod
+    def of(cls, settings: StreamingSettings, clock: Clock) -> StreamSessions | None:
+        """The sessions `settings` ask for; None when resumption is off."""
+        if not settings.stream_resume_enabled:
+            return None
+        grace = settings.stream_resume_grace_seconds
+        abandoned = error_body(
+            f"The stream was stopped: its client left and did not resume it within {grace:g}s.",
+            "server_error",
+            code="stream_abandoned",
+        )
+        return cls(
+            ttl=settings.stream_resume_ttl_seconds,
+            max_streams=settings.max_resumable_streams,
+            keep=max(settings.max_buffer_chunks, 1),
+            grace=grace,
+            clock=clock,
+            abandoned=b"data: " + orjson.dumps(abandoned) + b"\n\n",
+        )
+
+    def start(self, events: Callable[[StreamSession], AsyncGenerator[bytes, None]]) -> StreamSession:
+        """A new session producing `events(session)` (the events may use `session.event_id`)."""
+        key = secrets.token_urlsafe(16)
+        holder: list[StreamSession] = []
+
+        async def source() -> AsyncIterator[bytes]:
+            async with contextlib.aclosing(events(holder[0])) as produced:
+                async for event in produced:
+                    yield event
+
+        session = StreamSession(
+            key, source(), keep=self._keep, grace=self._grace, on_end=self._ended_one, abandoned=self._abandoned
+        )
+        holder.append(session)
+        self._live[key] = session
+        return session
+
+    def _ended_one(self, session: StreamSession) -> None:
+        self._live.pop(session.key, None)
+        self._ended.put(session.key, session.snapshot())
+
+    def read(self, key: str, after: int) -> AsyncIterator[bytes]:
+        """The events of stream `key` after index `after`; `StreamGone` (404/410) when they are not kept."""
+        live = self._live.get(key)
+        if live is not None:
+            return live.read(after)
+        ended = self._ended.get(key)
+        if ended is None:
+            raise StreamGone(
+                "No resumable stream with this id: it never existed here, or it ended longer ago than the resume TTL.",
+                status=404,
+            )
+        index = after + 1
+        if index < ended.first:
+            raise StreamGone(_TOO_OLD, status=410)
+        return _replay(ended.events[index - ended.first :])
+
+    @property
+    def live(self) -> int:
+        return len(self._live)
+
+    async def aclose(self) -> None:
+        for session in list(self._live.values()):
+            await session.aclose()
+
+
+async def _replay(events: list[bytes]) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+    yield DONE_EVENT
+
+
+def parse_last_event_id(value: str, key: str) -> int:
+    """`<stream id>:<index>` -> index (it must name this stream); ValueError otherwise."""
+    stream, sep, index = value.strip().rpartition(":")
+    if not sep or stream != key or not index.isdigit():
+        raise ValueError(value)
+    return int(index)
