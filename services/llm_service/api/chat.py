@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from urllib.parse import quote
 
 import orjson
@@ -19,7 +19,7 @@ from starlette.responses import Response
 
 from llm_service.api.access_log import AccessRecord
 from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, json_response
-from llm_service.api.resume import DONE_EVENT, StreamGone, StreamSession, parse_last_event_id
+from llm_service.api.resume import DONE_EVENT, StreamGone, parse_last_event_id
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
@@ -94,7 +94,8 @@ async def _respond(request: Request, services: Services, llm_request: LLMRequest
         await routed.chunks.aclose()  # the stream holds a deployment slot and an upstream connection
         raise
     # The session owns the upstream now: a client that leaves may come back within the grace period.
-    return SSEResponse(session.read(-1), headers | {STREAM_ID_HEADER: session.key}, on_close=_detached(session))
+    reader = session.read(-1)
+    return SSEResponse(reader, headers | {STREAM_ID_HEADER: session.key}, on_close=reader.aclose)
 
 
 @router.get("/v1/chat/completions/{stream_id}/stream")
@@ -108,7 +109,7 @@ async def resume_stream(stream_id: str, request: Request) -> Response:
     last = request.headers.get("last-event-id")
     after = request.query_params.get("after")
     try:
-        index = parse_last_event_id(last, stream_id) if last else int(after) if after is not None else -1
+        index = parse_last_event_id(last, stream_id) if last else _index(after) if after is not None else -1
     except ValueError:
         raise InvalidRequestError(
             f"Last-Event-ID must be '{stream_id}:<index>' as this stream's events name themselves, and "
@@ -120,19 +121,18 @@ async def resume_stream(stream_id: str, request: Request) -> Response:
         events = sessions.read(stream_id, index)
     except StreamGone as gone:
         return _stream_gone(str(gone), gone.status)
-    return SSEResponse(events, {STREAM_ID_HEADER: stream_id})
+    return SSEResponse(events, {STREAM_ID_HEADER: stream_id}, on_close=events.aclose)
+
+
+def _index(text: str) -> int:
+    if not text.isdigit():
+        raise ValueError(text)
+    return int(text)
 
 
 def _stream_gone(message: str, status: int) -> Response:
     code = "stream_not_found" if status == 404 else "stream_expired"
     return json_response(status, error_body(message, "invalid_request_error", code=code))
-
-
-def _detached(session: StreamSession) -> Callable[[], Awaitable[None]]:
-    async def detached() -> None:
-        session.detached()
-
-    return detached
 
 
 async def _then_done(events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:

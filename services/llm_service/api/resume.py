@@ -78,7 +78,7 @@ class StreamSession:
         self._count = 0
         self.ended = False
         self._changed = asyncio.Event()
-        self._readers: dict[object, int] = {}  # reader -> index of the next event it reads
+        self._readers: set[SessionReader] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._task = asyncio.get_running_loop().create_task(self._produce(), name=f"stream-{key}")
 
@@ -113,47 +113,37 @@ class StreamSession:
 
     def _trim(self) -> None:
         """Drop the oldest events past `keep` that every reader has already read."""
-        oldest_needed = min(self._readers.values(), default=self._count)
+        oldest_needed = min((r.index for r in self._readers), default=self._count)
         while len(self._events) > self._keep and self._first < oldest_needed:
             self._events.popleft()
             self._first += 1
 
-    def read(self, after: int) -> AsyncIterator[bytes]:
+    def read(self, after: int) -> SessionReader:
         """The events after index `after` (-1: all), live as they come, then `[DONE]`; `StreamGone`
-        (raised here, before any byte) when they are no longer kept."""
+        (raised here, before any byte) when they are no longer kept. The reader counts from now, so
+        nothing it still needs is dropped before it starts; `aclose()` it when done (it works unstarted)."""
         index = after + 1
         if index < self._first:
             raise StreamGone(_TOO_OLD, status=410)
-        return self._read(index)
-
-    def detached(self) -> None:
-        """A response that was to read this stream is over (perhaps never started): with no reader
-        left, the grace period starts."""
-        if not self._readers and not self.ended and self._timer is None:
-            self._leave_alone()
-
-    async def _read(self, index: int) -> AsyncIterator[bytes]:
-        reader = object()
-        self._readers[reader] = index
+        reader = SessionReader(self, index)
+        self._readers.add(reader)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        try:
-            while True:
-                if index < self._count:
-                    event = self._events[index - self._first]
-                    index += 1
-                    self._readers[reader] = index
-                    yield event
-                    continue
-                if self.ended:
-                    yield DONE_EVENT
-                    return
-                await self._changed.wait()
-        finally:
-            del self._readers[reader]
-            if not self._readers and not self.ended:
-                self._leave_alone()
+        return reader
+
+    def _next_for(self, reader: SessionReader) -> bytes | asyncio.Event | None:
+        """The reader's next event; the event to wait on when there is none yet; None at the end."""
+        if reader.index < self._count:
+            event = self._events[reader.index - self._first]
+            reader.index += 1
+            return event
+        return None if self.ended else self._changed
+
+    def _left(self, reader: SessionReader) -> None:
+        self._readers.discard(reader)
+        if not self._readers and not self.ended:
+            self._leave_alone()
 
     def _leave_alone(self) -> None:
         """No reader left: generation goes on for the grace period, then stops."""
@@ -170,7 +160,9 @@ class StreamSession:
             self._task.cancel()
 
     def snapshot(self) -> _Ended:
-        return _Ended(list(self._events), self._first)
+        """The last `keep` events (a reader that was behind may have held more)."""
+        kept = list(self._events)[-self._keep :]
+        return _Ended(kept, self._count - len(kept))
 
     async def aclose(self) -> None:
         """Stop generation now (shutdown)."""
@@ -179,6 +171,36 @@ class StreamSession:
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+
+
+class SessionReader:
+    """One reader's position in a session: an async iterator of its events, then `[DONE]`."""
+
+    __slots__ = ("_closed", "_session", "index")
+
+    def __init__(self, session: StreamSession, index: int) -> None:
+        self._session = session
+        self.index = index
+        self._closed = False
+
+    def __aiter__(self) -> SessionReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._closed:
+            step = self._session._next_for(self)
+            if isinstance(step, bytes):
+                return step
+            if step is None:
+                await self.aclose()
+                return DONE_EVENT
+            await step.wait()
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._session._left(self)
 
 
 _TOO_OLD = "The events after this Last-Event-ID are no longer kept: the stream outgrew its resume buffer."
@@ -237,7 +259,7 @@ class StreamSessions:
         self._live.pop(session.key, None)
         self._ended.put(session.key, session.snapshot())
 
-    def read(self, key: str, after: int) -> AsyncIterator[bytes]:
+    def read(self, key: str, after: int) -> SessionReader | AsyncGenerator[bytes, None]:
         """The events of stream `key` after index `after`; `StreamGone` (404/410) when they are not kept."""
         live = self._live.get(key)
         if live is not None:
@@ -262,7 +284,7 @@ class StreamSessions:
             await session.aclose()
 
 
-async def _replay(events: list[bytes]) -> AsyncIterator[bytes]:
+async def _replay(events: list[bytes]) -> AsyncGenerator[bytes, None]:
     for event in events:
         yield event
     yield DONE_EVENT

@@ -164,6 +164,7 @@ def _create(provider: ProviderID, ctx: _Context, deployment: Deployment | None =
         session=ctx.session,
         request_headers=request_headers,
         tool_calls=ctx.tool_calls,
+        checkpoint_every=ctx.settings.streaming.checkpoint_every_chunks,
     )
 
 
