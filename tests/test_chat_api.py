@@ -12,7 +12,8 @@ import httpx
 
 from conftest import FLAVORS, KEYS, MODELS, QUESTION, WEATHER_TOOL
 from llm_service.core.config.constants import ProviderID
-from sse_client import fixture_text, read_events, stream_events, streamed_text
+from llm_service.core.llm.tool_ids import normalize_tool_call_id
+from sse_client import fixture_json, fixture_text, read_events, stream_events, streamed_text
 from upstream_view import sent_credential, sent_model, sent_tool_results, sent_user_content, upstream_model
 
 # ---------------------------------------------------------------------------------------- success
@@ -129,8 +130,13 @@ def test_openai_wire_providers_forward_tools_and_calls_unchanged(client: httpx.C
     calls = first.json()["choices"][0]["message"]["tool_calls"]
     answer_tools(client, provider, calls)
     forwarded = fake.requests[-1].json["messages"]
-    assert [m["tool_call_id"] for m in forwarded if m["role"] == "tool"] == [c["id"] for c in calls]
-    assert forwarded[1]["tool_calls"] == calls
+    # The client saw normalised ids; the provider gets back its own, each call still paired with its result.
+    originals = [
+        c["id"] for c in fixture_json(FLAVORS[provider], "chat_tool_call.json")["choices"][0]["message"]["tool_calls"]
+    ]
+    assert [c["id"] for c in calls] == [normalize_tool_call_id(o, provider)[0] for o in originals]
+    assert [m["tool_call_id"] for m in forwarded if m["role"] == "tool"] == originals
+    assert forwarded[1]["tool_calls"] == [{**c, "id": o} for c, o in zip(calls, originals, strict=True)]
 
 
 def test_streamed_tool_calls_reassemble_into_valid_arguments(client: httpx.Client, provider) -> None:

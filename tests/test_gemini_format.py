@@ -36,6 +36,7 @@ from llm_service.core.llm.models import (
     Usage,
 )
 from llm_service.core.llm.tool_call_store import ProviderCallData
+from llm_service.core.llm.tool_ids import normalize_tool_call_id
 
 VERTEX = ProviderID.VERTEX_AI
 MODEL = "gemini-2.5-flash"
@@ -640,7 +641,7 @@ def test_function_calls_get_stable_generated_ids_and_signatures_are_remembered()
         ToolCall(id=first, name="get_weather", arguments='{"city":"Oslo","days":[1,2]}'),
         ToolCall(id=second, name="get_time", arguments="{}"),
     ]
-    assert remember.calls == [(first, ProviderCallData(thought_signature="U0lH"))]
+    assert remember.calls == [(first, ProviderCallData(thought_signature="U0lH", provider=VERTEX))]
     assert decode(data).choices[0].message.tool_calls[0].id == first  # deterministic
 
 
@@ -651,15 +652,18 @@ def test_stable_call_id_looks_like_an_openai_id_and_depends_on_position():
         assert call_id.startswith("call_") and len(call_id) == 29 and call_id[5:].isalnum()
 
 
-def test_upstream_function_call_ids_are_used_and_remembered():
+def test_upstream_function_call_ids_are_normalised_and_remembered():
     data = response(
         candidate({"functionCall": {"id": "fc-9", "name": "f", "args": {"a": 1}}, "thoughtSignature": "U0lH"})
     )
     remember = Recorder()
     (choice,) = decode(data, remember).choices
-    assert choice.message.tool_calls == [ToolCall(id="fc-9", name="f", arguments='{"a":1}', provider_id="fc-9")]
+    client_id = normalize_tool_call_id("fc-9", VERTEX)[0]
+    assert choice.message.tool_calls == [ToolCall(id=client_id, name="f", arguments='{"a":1}', provider_id="fc-9")]
     assert choice.message.content is None
-    assert remember.calls == [("fc-9", ProviderCallData(provider_id="fc-9", thought_signature="U0lH"))]
+    assert remember.calls == [
+        (client_id, ProviderCallData(provider_id="fc-9", thought_signature="U0lH", provider=VERTEX))
+    ]
 
 
 def test_two_candidates_become_two_choices():
@@ -815,18 +819,19 @@ def test_function_call_stream_gives_one_complete_delta_per_call_with_ids_equal_t
         chunk(ChunkChoice(0, finish_reason=FinishReason.TOOL_CALLS)),
         chunk(usage=Usage(12, 6, 18)),
     ]
-    assert remember.calls == [(first, ProviderCallData(thought_signature="U0lH"))]
+    assert remember.calls == [(first, ProviderCallData(thought_signature="U0lH", provider=VERTEX))]
     plain = decode(response(candidate({"text": "Checking."}, call_a, call_b)))
     assert [c.id for c in plain.choices[0].message.tool_calls] == [first, second]
 
 
-def test_stream_keeps_upstream_call_ids():
+def test_stream_normalises_upstream_call_ids_as_plain_decoding_does():
     events = [event(candidate({"functionCall": {"id": "fc-1", "name": "f", "args": {}}}), usageMetadata=FINAL_USAGE)]
     remember = Recorder()
     chunks, _ = translate(events, remember)
-    delta = ToolCallDelta(0, id="fc-1", name="f", arguments="{}", provider_id="fc-1")
+    client_id = normalize_tool_call_id("fc-1", VERTEX)[0]
+    delta = ToolCallDelta(0, id=client_id, name="f", arguments="{}", provider_id="fc-1")
     assert chunks[0] == chunk(ChunkChoice(0, role=Role.ASSISTANT, tool_calls=[delta]))
-    assert remember.calls == [("fc-1", ProviderCallData(provider_id="fc-1"))]
+    assert remember.calls == [(client_id, ProviderCallData(provider_id="fc-1", provider=VERTEX))]
 
 
 def test_two_candidate_stream_tracks_each_candidate_and_ends_when_both_finish():

@@ -36,8 +36,11 @@ from llm_service.core.llm.openai_format import (
     encode_chat_response,
     parse_chat_request,
 )
+from llm_service.core.llm.tool_ids import normalize_tool_call_id
 
 CALL_ID = "call_q8ZkP1xV3mT6nB0rL2sW9yHc"
+#: What clients see for CALL_ID issued by OpenAI (tool_ids.normalize_tool_call_id).
+CLIENT_CALL_ID = normalize_tool_call_id(CALL_ID, ProviderID.OPENAI)[0]
 WEATHER_PARAMS = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 ANSWER_SCHEMA = {"type": "object", "properties": {"answer": {"type": "string"}}}
 
@@ -676,7 +679,9 @@ RESPONSE = LLMResponse(
             message=Message(
                 role=Role.ASSISTANT,
                 content=None,
-                tool_calls=[ToolCall(id=CALL_ID, name="get_weather", arguments='{"city":"Oslo"}', provider_id=CALL_ID)],
+                tool_calls=[
+                    ToolCall(id=CLIENT_CALL_ID, name="get_weather", arguments='{"city":"Oslo"}', provider_id=CALL_ID)
+                ],
                 extra={"annotations": []},
             ),
             finish_reason=FinishReason.TOOL_CALLS,
@@ -815,7 +820,7 @@ TOOL_STREAM = [
                     index=0,
                     role=Role.ASSISTANT,
                     tool_calls=[
-                        ToolCallDelta(index=0, id=CALL_ID, name="get_weather", arguments="", provider_id=CALL_ID)
+                        ToolCallDelta(index=0, id=CLIENT_CALL_ID, name="get_weather", arguments="", provider_id=CALL_ID)
                     ],
                 )
             ]
@@ -1011,8 +1016,10 @@ def test_encode_chat_chunk_omits_system_fingerprint_when_unknown():
     }
 
 
-def test_encode_chat_response_reproduces_the_upstream_body_exactly():
-    assert encode_chat_response(decode_chat_response(copy.deepcopy(RESPONSE_JSON), ProviderID.OPENAI)) == RESPONSE_JSON
+def test_encode_chat_response_reproduces_the_upstream_body_exactly_but_the_normalised_tool_call_ids():
+    expected = copy.deepcopy(RESPONSE_JSON)
+    expected["choices"][0]["message"]["tool_calls"][0]["id"] = CLIENT_CALL_ID
+    assert encode_chat_response(decode_chat_response(copy.deepcopy(RESPONSE_JSON), ProviderID.OPENAI)) == expected
 
 
 def test_encode_chat_response_text_answer_without_usage():

@@ -45,12 +45,19 @@ class AccessRecord:
     error_code: str | None = None
     stream_error: str | None = None
     prompt: str | None = None  # only when LLM_LOG_PROMPTS is on
+    #: The tool calls answered: the id the client sees and the provider's own (None: it gave none).
+    tool_calls: list[dict[str, str | None]] | None = None
     ttft_ms: float | None = None  # streams: until the first chunk was ready to go out
     overhead_ms: float | None = None  # the gateway's own time until the response started
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def first_token(self) -> None:
         self.ttft_ms = round((time.perf_counter() - self.started) * 1000, 2)
+
+    def record_tool_call(self, call_id: str, provider_id: str | None) -> None:
+        if self.tool_calls is None:
+            self.tool_calls = []
+        self.tool_calls.append({"id": call_id, "provider_id": provider_id})
 
     def record_usage(self, usage: Usage | None) -> None:
         if usage is not None:

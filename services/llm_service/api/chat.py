@@ -75,6 +75,9 @@ async def _respond(request: Request, services: Services, llm_request: LLMRequest
         deployment, response = await unless_disconnected(request.receive, work)
         _note_deployment(access, deployment, services)
         access.record_usage(response.usage)
+        for choice in response.choices:
+            for call in choice.message.tool_calls:
+                access.record_tool_call(call.id, call.provider_id)
         headers = _deployment_headers(deployment) | _overhead(access, upstream_time)
         return json_response(200, encode_chat_response(response), headers)
 
@@ -156,6 +159,10 @@ async def _sse_events(
         async with contextlib.aclosing(chunks):
             access.first_token()
             async for chunk in chunks:
+                for choice in chunk.choices:
+                    for call in choice.tool_calls:
+                        if call.id is not None:
+                            access.record_tool_call(call.id, call.provider_id)
                 if chunk.usage is not None:
                     access.record_usage(chunk.usage)
                     if not chunk.choices and not include_usage:

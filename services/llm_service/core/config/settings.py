@@ -67,6 +67,11 @@ class ProviderSettings(SettingsGroup):
     timeout_connect: float = Field(default=_TIMEOUTS.connect, gt=0, description="Connect timeout (s)")
     timeout_read: float = Field(default=_TIMEOUTS.read, gt=0, description="Max wait between reads (s)")
     timeout_total: float = Field(default=_TIMEOUTS.total, gt=0, description="Whole-call timeout (s)")
+    tool_call_id_format: Literal["any", "alnum9"] = Field(
+        default="any",
+        description="Tool-call ids the provider accepts: any (OpenAI-like); alnum9: exactly 9 letters and digits "
+        "(Mistral models)",
+    )
 
     @field_validator("base_url")
     @classmethod

@@ -53,7 +53,6 @@ Response
 
 from __future__ import annotations
 
-import hashlib
 import re
 import time
 import uuid
@@ -89,6 +88,7 @@ from llm_service.core.llm.models import (
     Usage,
 )
 from llm_service.core.llm.tool_call_store import ProviderCallData
+from llm_service.core.llm.tool_ids import issue_tool_call_id, normalize_tool_call_id
 
 Remember = Callable[[str, ProviderCallData], None]
 """Called with (client-visible tool call id, data) for every call that has data worth keeping."""
@@ -568,22 +568,20 @@ def _read_parts(
         function_call = part.get("functionCall")
         if isinstance(function_call, dict):
             call_index = first_call + len(calls)
-            calls.append(
-                _tool_call(function_call, part, _call_id(function_call, response_id, index, call_index), remember)
-            )
+            calls.append(_tool_call(function_call, part, f"{response_id}:{index}:{call_index}", remember))
     return ("".join(texts) if texts else None), calls
 
 
-def _call_id(function_call: dict[str, Any], response_id: str, index: int, call_index: int) -> str:
+def _tool_call(function_call: dict[str, Any], part: dict[str, Any], position: str, remember: Remember) -> ToolCall:
     upstream = function_call.get("id")
-    return upstream if isinstance(upstream, str) and upstream else stable_call_id(response_id, index, call_index)
-
-
-def _tool_call(function_call: dict[str, Any], part: dict[str, Any], client_id: str, remember: Remember) -> ToolCall:
-    provider_id = function_call.get("id") or None
-    signature = part.get("thoughtSignature") or None
-    if provider_id or signature:
-        remember(client_id, ProviderCallData(provider_id=provider_id, thought_signature=signature))
+    signature = part.get("thoughtSignature")
+    client_id, provider_id = issue_tool_call_id(
+        upstream if isinstance(upstream, str) else None,
+        ProviderID.VERTEX_AI,
+        remember,
+        position=position,
+        thought_signature=signature if isinstance(signature, str) and signature else None,
+    )
     return ToolCall(
         id=client_id,
         name=function_call.get("name") or "",
@@ -593,14 +591,10 @@ def _tool_call(function_call: dict[str, Any], part: dict[str, Any], client_id: s
 
 
 def stable_call_id(response_id: str, candidate_index: int, call_index: int) -> str:
-    """`call_` + 24 base62 chars derived from where the call sits: equal in streamed and plain answers."""
-    digest = hashlib.sha256(f"{response_id}:{candidate_index}:{call_index}".encode()).digest()
-    number = int.from_bytes(digest, "big")
-    chars = []
-    for _ in range(24):
-        number, rest = divmod(number, 62)
-        chars.append(_BASE62[rest])
-    return "call_" + "".join(chars)
+    """The normalised id of a call Gemini gave no id: from where it sits, equal in streamed and plain answers."""
+    return normalize_tool_call_id(None, ProviderID.VERTEX_AI, position=f"{response_id}:{candidate_index}:{call_index}")[
+        0
+    ]
 
 
 def _random_id() -> str:

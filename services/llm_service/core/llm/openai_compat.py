@@ -19,6 +19,7 @@ from llm_service.core.llm.openai_format import (
     decode_chat_response,
     encode_chat_request,
 )
+from llm_service.core.llm.tool_ids import outbound_tool_call_id, with_outbound_ids
 
 _DONE = b"[DONE]"
 
@@ -74,7 +75,11 @@ class OpenAICompatibleClient(BaseLLMClient):
 
     @override
     def _encode_request(self, request: LLMRequest) -> bytes:
+        request = with_outbound_ids(request, self._outbound_id)
         return orjson.dumps(encode_chat_request(request, always_include_usage=self.always_include_usage))
+
+    def _outbound_id(self, call_id: str) -> str:
+        return outbound_tool_call_id(call_id, self.provider, self._tool_calls.get, self.settings.tool_call_id_format)
 
     @override
     def _decode_response(self, body: bytes, request: LLMRequest) -> LLMResponse:
@@ -82,7 +87,7 @@ class OpenAICompatibleClient(BaseLLMClient):
         # OpenRouter (and some proxies) report a failure inside a 200 body.
         if isinstance(data, dict) and "error" in data and "choices" not in data:
             raise self.classify_error(None, error_detail(data))
-        return decode_chat_response(data, self.provider)
+        return decode_chat_response(data, self.provider, self._tool_calls.put)
 
     @override
     def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | None:
@@ -92,7 +97,7 @@ class OpenAICompatibleClient(BaseLLMClient):
         obj = orjson.loads(data)
         if "error" in obj:
             raise self.classify_error(None, error_detail(obj))
-        return decode_chat_chunk(obj, self.provider)
+        return decode_chat_chunk(obj, self.provider, self._tool_calls.put)
 
     @override
     def _parse_error_body(self, body: bytes) -> ErrorDetail | None:

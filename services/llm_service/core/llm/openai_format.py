@@ -35,6 +35,7 @@ from llm_service.core.llm.models import (
     ToolDefinition,
     Usage,
 )
+from llm_service.core.llm.tool_ids import Remember, issue_tool_call_id
 
 # Scalar request fields copied as they are between the wire and LLMRequest.
 _SCALAR_FIELDS = (
@@ -390,19 +391,20 @@ def decode_usage(raw: Any) -> Usage | None:
     )
 
 
-def _decode_tool_call(raw: dict[str, Any]) -> ToolCall:
+def _decode_tool_call(raw: dict[str, Any], provider: ProviderID, remember: Remember | None) -> ToolCall:
     function = raw["function"]
-    return ToolCall(
-        id=raw["id"], name=function["name"], arguments=function.get("arguments") or "", provider_id=raw["id"]
-    )
+    call_id, original = issue_tool_call_id(raw["id"], provider, remember)
+    return ToolCall(id=call_id, name=function["name"], arguments=function.get("arguments") or "", provider_id=original)
 
 
-def decode_chat_response(data: dict[str, Any], provider: ProviderID) -> LLMResponse:
+def decode_chat_response(data: dict[str, Any], provider: ProviderID, remember: Remember | None = None) -> LLMResponse:
+    """An upstream's Chat Completions body -> LLMResponse; tool-call ids normalised (`tool_ids.py`), the
+    originals handed to `remember`."""
     choices = []
     for position, raw in enumerate(data["choices"]):
         msg = raw.get("message") or {}
         message = Message(role=Role.ASSISTANT, content=msg.get("content"), refusal=msg.get("refusal"))
-        message.tool_calls = [_decode_tool_call(c) for c in msg.get("tool_calls") or ()]
+        message.tool_calls = [_decode_tool_call(c, provider, remember) for c in msg.get("tool_calls") or ()]
         message.extra = _rest(msg, _REPLY_FIELDS)
         finish = _finish(raw.get("finish_reason"))
         choices.append(Choice(raw.get("index", position), message, finish, logprobs=raw.get("logprobs")))
@@ -418,19 +420,20 @@ def decode_chat_response(data: dict[str, Any], provider: ProviderID) -> LLMRespo
     )
 
 
-def _decode_tool_call_delta(fragment: dict[str, Any]) -> ToolCallDelta:
+def _decode_tool_call_delta(fragment: dict[str, Any], provider: ProviderID, remember: Remember | None) -> ToolCallDelta:
     function = fragment.get("function") or {}
-    call_id = fragment.get("id")
+    raw_id = fragment.get("id")
+    call_id, original = issue_tool_call_id(raw_id, provider, remember) if raw_id else (None, None)
     return ToolCallDelta(
         index=fragment.get("index", 0),
         id=call_id,
         name=function.get("name"),
         arguments=function.get("arguments"),
-        provider_id=call_id,
+        provider_id=original,
     )
 
 
-def decode_chat_chunk(data: dict[str, Any], provider: ProviderID) -> LLMChunk:
+def decode_chat_chunk(data: dict[str, Any], provider: ProviderID, remember: Remember | None = None) -> LLMChunk:
     choices = []
     for position, raw in enumerate(data.get("choices") or ()):
         delta = raw.get("delta") or {}
@@ -441,7 +444,7 @@ def decode_chat_chunk(data: dict[str, Any], provider: ProviderID) -> LLMChunk:
                 role=_ROLES.get(role) if role else None,
                 content=delta.get("content"),
                 refusal=delta.get("refusal"),
-                tool_calls=[_decode_tool_call_delta(f) for f in delta.get("tool_calls") or ()],
+                tool_calls=[_decode_tool_call_delta(f, provider, remember) for f in delta.get("tool_calls") or ()],
                 finish_reason=_finish(raw.get("finish_reason")),
                 logprobs=raw.get("logprobs"),
                 extra=_rest(delta, _REPLY_FIELDS),

@@ -1,9 +1,9 @@
 """What a provider attached to a tool call, kept until the client sends the call back.
 
-Gemini returns data with a function call that the next request must carry again: the upstream's own
-call id (Gemini 3-class models) and a `thoughtSignature`. OpenAI clients only send back the tool
-call's `id`, so the Vertex client stores that data here under the client-visible id when it decodes a
-response and looks it up when it encodes the follow-up request.
+A provider's own tool-call id (the client sees a normalised one: `tool_ids.py`), and Gemini's
+`thoughtSignature`, must go back with a call on the next turn. OpenAI clients only send back the tool
+call's `id`, so the clients store that data here under the client-visible id when they decode a
+response and look it up when they encode the follow-up request.
 
 This store lives in process memory: bounded, oldest evicted first, entries expire after a TTL, and
 everything is lost on restart (the follow-up turn is then sent without the data). A later issue
@@ -17,13 +17,16 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from llm_service.core.config.constants import ProviderID
+
 
 @dataclass(frozen=True, slots=True)
 class ProviderCallData:
     """What a provider attached to one tool call that must go back with it on the next turn."""
 
-    provider_id: str | None = None  # the upstream's own function-call id (Gemini 3-class models)
+    provider_id: str | None = None  # the upstream's own tool-call id (Gemini: 3-class models only)
     thought_signature: str | None = None  # Gemini's part-level thoughtSignature
+    provider: ProviderID | None = None  # who issued the call: its own id goes back only to it
 
 
 class ToolCallStore:

@@ -83,7 +83,7 @@ class VertexAIClient(BaseLLMClient):
         known: dict[str, ProviderCallData] = {}
         for call_id in tool_call_ids(request):
             data = self._tool_calls.get(call_id)
-            if data is not None:
+            if data is not None and data.provider in (None, self.provider):  # another's ids are not Gemini's
                 known[call_id] = data
         return orjson.dumps(encode_gemini_request(request, known))
 
