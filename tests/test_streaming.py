@@ -115,7 +115,7 @@ def usages(chunks: Iterable[LLMChunk]) -> list[Usage]:
 def spliced(sent: Iterable[LLMChunk], attempt: Iterable[LLMChunk], *, continuing: bool = False) -> list[LLMChunk]:
     """What the client receives of `attempt` after `sent`."""
     splice = Splice(Transcript.of(sent), continuing=continuing)
-    return [out for out in map(splice.feed, attempt) if out is not None]
+    return [out for chunk in attempt for out in splice.feed(chunk)]
 
 
 # ==================================================================================================
@@ -328,13 +328,26 @@ def test_the_new_attempts_role_is_dropped_and_its_end_passes() -> None:
     assert [(u.prompt_tokens, u.completion_tokens) for u in usages(out)] == [(5, 2)]
 
 
-def test_a_usage_only_chunk_passes_before_the_attempt_caught_up() -> None:
+def test_what_comes_before_the_attempt_caught_up_is_held_back_until_it_has() -> None:
     splice = Splice(Transcript.of([say("Hello")]))
 
-    out = splice.feed(usage(7, 1))
+    early = splice.feed(usage(7, 1))
+    held = splice.caught_up
+    released = splice.feed(say("Hello!"))
 
-    assert out is not None and out.choices == [] and out.usage == Usage(7, 1, 8)
-    assert not splice.caught_up
+    assert early == [] and not held
+    assert [(c.usage, text_of([c])) for c in released] == [(Usage(7, 1, 8), ""), (None, "!")]
+    assert splice.caught_up
+
+
+def test_an_attempt_that_says_something_new_before_reproducing_what_was_sent_leaks_nothing() -> None:
+    sent = [role(), chunk(ChunkChoice(index=0, tool_calls=[ToolCallDelta(0, "call_A", "f", '{"ci')]))]
+    splice = Splice(Transcript.of(sent))
+
+    out = splice.feed(role()) + splice.feed(say("A different answer, in text."))
+    with pytest.raises(SpliceMismatch):
+        splice.feed(finish())
+    assert out == []
 
 
 def test_the_splice_is_caught_up_once_every_sent_channel_is_reproduced() -> None:
@@ -352,7 +365,7 @@ def test_the_splice_is_caught_up_once_every_sent_channel_is_reproduced() -> None
 
     assert progress == [False, False, False, True]
     passing = say("Hello again")
-    assert splice.feed(passing) is passing  # caught up: chunks pass untouched
+    assert splice.feed(passing) == [passing]  # caught up: chunks pass untouched
 
 
 def test_the_new_attempts_role_is_dropped_after_a_transcript_of_only_the_role() -> None:
@@ -1018,9 +1031,8 @@ async def test_resuming_against_a_different_answer_raises_stream_interrupted(
     "body",
     [
         pytest.param(sse(ROLE + TEXT + FINISH + USAGE), id="no-done"),
-        pytest.param(sse(ROLE + TEXT + FINISH), id="no-usage-no-done"),
         pytest.param(sse(ROLE + TEXT + FINISH + USAGE, trailing=b"\n"), id="no-done-last-event-unterminated"),
-        pytest.param(sse(ROLE + TEXT + FINISH, trailing=b""), id="no-done-no-trailing-newline"),
+        pytest.param(sse(ROLE + TEXT + FINISH + USAGE, trailing=b""), id="no-done-no-trailing-newline"),
     ],
 )
 async def test_a_stream_ending_after_its_finish_reason_without_done_is_complete(
@@ -1039,6 +1051,8 @@ async def test_a_stream_ending_after_its_finish_reason_without_done_is_complete(
     [
         pytest.param(sse(ROLE + TEXT), id="text-then-eof"),
         pytest.param(sse(ROLE + TEXT[:2]), id="cut-mid-answer"),
+        # The usage the client (or the gateway, for accounting) asked for is part of a whole answer.
+        pytest.param(sse(ROLE + TEXT + FINISH), id="no-usage-no-done"),
     ],
 )
 async def test_a_stream_ending_before_its_finish_reason_raises_a_retryable_error(
@@ -1082,6 +1096,5 @@ async def test_a_replaying_stream_over_the_real_client_recovers_a_dropped_connec
 
     assert text_of(out) == FIXTURE_TEXT
     assert finishes(out) == [(0, STOP)]
-    # Cut after the finish reason, the answer is whole and ends there: without the usage still to come.
-    assert usages(out) == ([] if drop_after == 7 else usages(reference))
-    assert stream.replays == (0 if drop_after == 7 else 1)  # a cut after the finish reason is no failure
+    assert usages(out) == usages(reference)  # cut between the finish and the usage: replayed for the usage
+    assert stream.replays == 1

@@ -1,7 +1,7 @@
 """Fake provider upstreams for tests and the gateway's demo mode.
 
-:class:`FakeUpstream` speaks the OpenAI Chat Completions wire protocol (or its OpenRouter or
-Azure OpenAI flavour) and :class:`FakeVertex` the Vertex AI Gemini one, each on a loopback
+:class:`FakeUpstream` speaks the OpenAI Chat Completions wire protocol (or its OpenRouter, Azure
+OpenAI or vLLM flavour) and :class:`FakeVertex` the Vertex AI Gemini one, each on a loopback
 port, replaying the fixture files under ``tests/fixtures/<provider>/`` byte for byte,
 recording every request and injecting :class:`Fault` s on demand. :class:`FakeUpstreamThread`
 runs either on a background event loop for synchronous tests.

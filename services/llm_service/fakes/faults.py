@@ -38,6 +38,11 @@ class Fault:
     # After N data events send a mid-stream error event in the flavour's shape, then end
     # the stream cleanly without [DONE] (streams only).
     error_event_after_chunks: int | None = None
+    # Refuse a request whose last message is an assistant message (Vertex: whose last content has
+    # role "model") with a 400 in the provider's shape: a model that takes no assistant prefill, e.g.
+    # a fallback that cannot continue a partial answer. Other requests are served as usual; the
+    # fault is consumed either way.
+    reject_assistant_prefix: bool = False
     # How many requests this fault applies to before it is consumed.
     times: int = 1
     # A fixture file stem. With ``status``: the error body to send instead of

@@ -28,6 +28,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 from typing_extensions import override
 
+from .continuation import PREFIX_NOT_CONTINUABLE, continue_completion, continue_events, prefill_refused
 from .faults import Fault, FaultQueue
 from .wire import (
     AZURE_ACCESS_DENIED,
@@ -35,11 +36,16 @@ from .wire import (
     AZURE_RESOURCE_NOT_FOUND,
     AZURE_TOKEN_REJECTED,
     DEFAULT_FIXTURES_DIR,
+    DONE,
+    FIXTURE_DIRS,
     FLAVORS,
     FixtureSet,
     Flavor,
     SseEvent,
+    bad_request,
     choose_scenario,
+    continuation_prefix,
+    ends_with_assistant,
     generic_error,
     invalid_json_body,
     midstream_error_event,
@@ -58,6 +64,10 @@ SSE_TYPE = "text/event-stream; charset=utf-8"
 # Pause between the pieces of a split event, so they leave as separate TCP segments
 # instead of being coalesced back into one read on the client side.
 SPLIT_PAUSE = 0.002
+# Pause between the last event before a ``drop_after_chunks`` cut and the cut itself, so that the
+# client reads those events before it learns of the close: aiohttp, for one, discards what it has
+# buffered but not yet handed out once the connection is lost, which would move the cut earlier.
+HANG_UP_PAUSE = 0.02
 
 # What :meth:`LoopbackChatFake._record` returns for a body that is not JSON.
 NOT_JSON = object()
@@ -300,6 +310,7 @@ class LoopbackChatFake(ABC):
         for position, piece in enumerate([*pieces, None]):
             if piece is None or piece.kind != "extra":
                 if drop_after is not None and sent >= drop_after:
+                    await asyncio.sleep(HANG_UP_PAUSE)
                     self._hang_up(request)
                     return False
                 if error_after is not None and sent >= error_after:
@@ -367,8 +378,10 @@ class LoopbackChatFake(ABC):
 class FakeUpstream(LoopbackChatFake):
     """An OpenAI-compatible upstream on a loopback port, driven by fixtures and faults.
 
-    Flavours: ``openai`` and ``openrouter`` serve ``POST /v1/chat/completions`` (and
-    ``GET /v1/models``) with ``Authorization: Bearer <api_key>``; :attr:`url` ends in ``/v1``.
+    Flavours: ``openai``, ``openrouter`` and ``remote`` (a vLLM server) serve ``POST /v1/chat/completions``
+    (and ``GET /v1/models``) with ``Authorization: Bearer <api_key>``; :attr:`url` ends in ``/v1``.
+    ``remote`` replays the ``openai/`` fixtures and continues a final assistant message when asked
+    with vLLM's ``continue_final_message`` (see ``tests/fixtures/README.md``).
     ``azure_openai`` serves ``POST {path_prefix}/openai/deployments/{deployment}/chat/completions
     ?api-version=...`` for the names in ``deployments``, accepting ``api-key: <api_key>`` or
     ``Authorization: Bearer <bearer_token>`` (an Entra ID token); its :attr:`url` is
@@ -395,7 +408,7 @@ class FakeUpstream(LoopbackChatFake):
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}")
-        fixtures = FixtureSet(flavor, fixtures_dir or DEFAULT_FIXTURES_DIR)
+        fixtures = FixtureSet(FIXTURE_DIRS[flavor], fixtures_dir or DEFAULT_FIXTURES_DIR)
         super().__init__(fixtures, crlf=crlf, split_writes=split_writes, chunk_delay=chunk_delay)
         self.flavor: Flavor = flavor
         self.api_key = api_key
@@ -453,25 +466,30 @@ class FakeUpstream(LoopbackChatFake):
         if parsed is NOT_JSON or not isinstance(parsed, dict):
             return self._error(400, invalid_json_body(self.flavor), extra)
         rejection = validate_chat_body(self.flavor, parsed)
+        if rejection is None and fault is not None and fault.reject_assistant_prefix and ends_with_assistant(parsed):
+            rejection = prefill_refused(self.flavor)
         if rejection is not None:
             return self._error(400, rejection, extra)
         answer = self.fixtures.answer_for(choose_scenario(parsed), fault.fixture if fault is not None else None)
         stream = parsed.get("stream") is True
+        # vLLM continues the final assistant message: only the rest of the answer is sent.
+        prefix = continuation_prefix(parsed) if self.flavor == "remote" else None
+        content = self._stream_pieces(answer, parsed, prefix) if stream else self._completion(answer, prefix)
+        if content is None:
+            return self._error(400, bad_request(self.flavor, PREFIX_NOT_CONTINUABLE, "messages"), extra)
         headers = self._headers(request, answer, SSE_TYPE if stream else JSON_TYPE, extra)
         if fault is not None and fault.body is not None:
             return web.Response(body=fault.body, headers=headers)
-        if stream:
-            pieces = self._stream_pieces(answer, parsed)
-            return await self._stream(request, headers, pieces, fault, self._error_event(answer))
-        body = self.fixtures.completions[answer]
+        if isinstance(content, list):
+            return await self._stream(request, headers, content, fault, self._error_event(answer))
         if fault is None or fault.drop_after_chunks is None:
-            return web.Response(body=body, headers=headers)
-        return await self._truncated(request, body, headers)
+            return web.Response(body=content, headers=headers)
+        return await self._truncated(request, content, headers)
 
     async def _handle_models(self, request: web.Request) -> web.StreamResponse:
         self._record(request, await request.read())
-        # OpenRouter's model list is public; OpenAI's needs the key.
-        denied = self._check_auth(request) if self.flavor == "openai" else None
+        # OpenRouter's model list is public; OpenAI's (and a vLLM's started with --api-key) needs the key.
+        denied = self._check_auth(request) if self.flavor in ("openai", "remote") else None
         if denied is not None:
             return self._error(401, denied[1], {})
         return web.Response(body=self.fixtures.models, headers=self._headers(request, None, JSON_TYPE, {}))
@@ -482,27 +500,46 @@ class FakeUpstream(LoopbackChatFake):
             body = openrouter_error(404, "Not Found")
         elif self.flavor == "azure_openai":
             body = AZURE_RESOURCE_NOT_FOUND
+        elif self.flavor == "remote":
+            body = b'{"detail":"Not Found"}'  # FastAPI's own 404
         else:
             body = openai_error(f"Invalid URL ({request.method} {request.path})", "invalid_request_error")
         return self._error(404, body, {})
 
     # ------------------------------------------------------------------ responses
 
-    def _stream_pieces(self, answer: str, body: dict[str, Any]) -> list[StreamPiece]:
+    def _stream_pieces(self, answer: str, body: dict[str, Any], prefix: str | None) -> list[StreamPiece] | None:
+        """The stream's writes; None when ``prefix`` (a continuation's) does not start the answer."""
         events = self.fixtures.streams[answer]
-        # OpenRouter always reports usage (include_usage is deprecated there); OpenAI and Azure
-        # only when asked.
-        if self.flavor != "openrouter" and not wants_usage(body):
+        if prefix is not None:
+            continued = continue_events(events, prefix)
+            if continued is None:
+                return None
+            events = continued
+        # OpenRouter always reports usage (include_usage is deprecated there); OpenAI, Azure and vLLM
+        # only when asked. vLLM leaves unset fields out: no "usage": null on the other chunks.
+        if self.flavor == "remote":
+            events = strip_usage(events, keep_usage_chunk=wants_usage(body, self.flavor))
+        elif self.flavor != "openrouter" and not wants_usage(body):
             events = strip_usage(events)
         return [StreamPiece(event.render(self._newline), _piece_kind(event)) for event in events]
 
+    def _completion(self, answer: str, prefix: str | None) -> bytes | None:
+        """The non-stream body; None when ``prefix`` (a continuation's) does not start the answer."""
+        body = self.fixtures.completions[answer]
+        return body if prefix is None else continue_completion(body, prefix)
+
     def _error_event(self, answer: str) -> bytes:
         payload = midstream_error_event(self.flavor, self.fixtures.first_chunk(answer))
-        return SseEvent(data=payload).render(self._newline)
+        event = SseEvent(data=payload).render(self._newline)
+        if self.flavor == "remote":
+            # vLLM ends its stream with [DONE] after an error event, as after an answer.
+            event += SseEvent(data=DONE).render(self._newline)
+        return event
 
     def _error(self, status: int, body: bytes, extra: dict[str, str]) -> web.Response:
         headers = self._headers(None, None, JSON_TYPE, {})
-        if status == 429 and self.flavor != "openrouter":
+        if status == 429 and self.flavor in ("openai", "azure_openai"):
             headers["x-ratelimit-remaining-requests"] = "0"
         headers.update(extra)  # retry-after & co. only when the fault asks for them
         return web.Response(status=status, body=body, headers=headers)
@@ -538,6 +575,8 @@ class FakeUpstream(LoopbackChatFake):
         elif self.flavor == "azure_openai":
             deployment = request.match_info.get("deployment") if request is not None else None
             headers.update(_azure_headers(deployment))
+        elif self.flavor == "remote":
+            headers["Server"] = "uvicorn"
         else:
             headers["Server"] = "cloudflare"
             headers["Access-Control-Allow-Origin"] = "*"

@@ -17,6 +17,7 @@ from multidict import CIMultiDict
 from typing_extensions import override
 
 from . import vertex_wire as vw
+from .continuation import PREFILL_REFUSED
 from .faults import Fault
 from .openai_upstream import NOT_JSON, LoopbackChatFake, StreamPiece
 from .wire import DEFAULT_FIXTURES_DIR, FixtureSet, Scenario, SseEvent, normalize_prefix
@@ -106,6 +107,8 @@ class FakeVertex(LoopbackChatFake):
         if fault is not None and fault.status is not None:
             return self._respond(fault.status, self._fault_error_body(fault), extra)
         rejection = self._reject(request, match, parsed)
+        if rejection is None and fault is not None and fault.reject_assistant_prefix and vw.ends_with_model(parsed):
+            rejection = 400, vw.invalid_argument(PREFILL_REFUSED)
         if rejection is not None:
             return self._respond(rejection[0], rejection[1], extra)
         assert isinstance(parsed, dict)

@@ -207,6 +207,12 @@ def choose_scenario(body: dict[str, Any]) -> Scenario:
     return "text"
 
 
+def ends_with_model(body: Any) -> bool:
+    """Whether the last content is the model's (an assistant prefill)."""
+    contents = _dict(body).get("contents")
+    return isinstance(contents, list) and bool(contents) and _dict(contents[-1]).get("role") == "model"
+
+
 def validate_request(
     body: dict[str, Any], *, function_call_ids: bool, signatures: frozenset[str] | None
 ) -> bytes | None:

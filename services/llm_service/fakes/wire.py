@@ -17,8 +17,18 @@ from typing import Any, Literal
 
 import orjson
 
-Flavor = Literal["openai", "openrouter", "azure_openai"]
-FLAVORS: tuple[Flavor, ...] = ("openai", "openrouter", "azure_openai")
+#: ``remote`` is a vLLM server (the ``remote`` provider's usual upstream): OpenAI's wire format with
+#: vLLM's own error bodies and its ``continue_final_message`` continuation. It replays the ``openai/``
+#: fixtures (:data:`FIXTURE_DIRS`).
+Flavor = Literal["openai", "openrouter", "azure_openai", "remote"]
+FLAVORS: tuple[Flavor, ...] = ("openai", "openrouter", "azure_openai", "remote")
+#: The fixture directory each flavour replays.
+FIXTURE_DIRS: dict[Flavor, str] = {
+    "openai": "openai",
+    "openrouter": "openrouter",
+    "azure_openai": "azure_openai",
+    "remote": "openai",
+}
 Scenario = Literal["text", "tool_call", "tool_result"]
 SCENARIOS: tuple[Scenario, ...] = ("text", "tool_call", "tool_result")
 
@@ -74,10 +84,10 @@ def parse_sse(raw: bytes) -> list[SseEvent]:
     return events
 
 
-def strip_usage(events: list[SseEvent]) -> list[SseEvent]:
+def strip_usage(events: list[SseEvent], *, keep_usage_chunk: bool = False) -> list[SseEvent]:
     """Drop what real OpenAI omits without ``include_usage``: the ``choices: []`` usage chunk
-    and the ``"usage": null`` field of every other chunk. orjson's compact output matches
-    OpenAI's own compact chunk bytes, so re-serialised events stay faithful."""
+    (unless ``keep_usage_chunk``) and the ``"usage": null`` field of every other chunk. orjson's
+    compact output matches OpenAI's own compact chunk bytes, so re-serialised events stay faithful."""
     out: list[SseEvent] = []
     for event in events:
         if event.data is None or event.is_done:
@@ -88,6 +98,8 @@ def strip_usage(events: list[SseEvent]) -> list[SseEvent]:
             out.append(event)
             continue
         if obj["usage"] is not None and obj.get("choices") == []:
+            if keep_usage_chunk:
+                out.append(event)
             continue
         del obj["usage"]
         out.append(SseEvent(data=orjson.dumps(obj)))
@@ -160,8 +172,11 @@ class FixtureSet:
 
 
 def choose_scenario(body: dict[str, Any]) -> Scenario:
-    """Pick the canned answer the way a model would behave for this request."""
+    """Pick the canned answer the way a model would behave for this request. A continuation
+    (:func:`continuation_prefix`) continues the answer to the conversation before its prefix."""
     messages = body.get("messages")
+    if isinstance(messages, list) and continuation_prefix(body) is not None:
+        messages = messages[:-1]
     last = messages[-1] if isinstance(messages, list) and messages else None
     if isinstance(last, dict) and last.get("role") == "tool":
         return "tool_result"
@@ -171,9 +186,66 @@ def choose_scenario(body: dict[str, Any]) -> Scenario:
     return "text"
 
 
-def wants_usage(body: dict[str, Any]) -> bool:
+def wants_usage(body: dict[str, Any], flavor: Flavor = "openai") -> bool:
     options = body.get("stream_options")
+    if flavor == "remote":
+        # vLLM's StreamOptions.include_usage defaults to true once stream_options is given.
+        return isinstance(options, dict) and options.get("include_usage", True) is not False
     return isinstance(options, dict) and options.get("include_usage") is True
+
+
+# --------------------------------------------------------------------------- continuation
+
+# Fields only vLLM (and SGLang) know: asking to continue the final assistant message.
+CONTINUATION_FIELDS = ("continue_final_message", "add_generation_prompt")
+VLLM_BOTH_SET = "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+# What transformers' apply_chat_template raises (vLLM answers 400 with it) when add_generation_prompt is
+# left at vLLM's default, true.
+VLLM_TEMPLATE_CONFLICT = (
+    "continue_final_message and add_generation_prompt are not compatible. Use continue_final_message when you "
+    "want the model to continue the final message, and add_generation_prompt when you want to add a header "
+    "that will prompt it to start a new assistant message instead."
+)
+
+
+def message_text(message: Any) -> str | None:
+    """A message's text: its string content, or its text parts joined; None when it has neither."""
+    content = message.get("content") if isinstance(message, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+        return "".join(text for text in texts if isinstance(text, str))
+    return None
+
+
+def ends_with_assistant(body: dict[str, Any]) -> bool:
+    messages = body.get("messages")
+    return isinstance(messages, list) and bool(messages) and _role(messages[-1]) == "assistant"
+
+
+def continuation_prefix(body: dict[str, Any]) -> str | None:
+    """The text to continue when the request asks vLLM to continue its final assistant message
+    (``continue_final_message: true`` and the last message an assistant's), else None."""
+    if body.get("continue_final_message") is not True or not ends_with_assistant(body):
+        return None
+    return message_text(body["messages"][-1]) or ""
+
+
+def continuation_rejection(body: dict[str, Any]) -> bytes | None:
+    """vLLM's 400 for ``continue_final_message`` with ``add_generation_prompt`` true: explicitly (its
+    request validator), or left at its default (the chat template refuses)."""
+    if body.get("continue_final_message") is not True:
+        return None
+    if body.get("add_generation_prompt") is True:
+        return vllm_error(400, VLLM_BOTH_SET)
+    if "add_generation_prompt" not in body:
+        return vllm_error(400, VLLM_TEMPLATE_CONFLICT)
+    return None
+
+
+def _role(message: Any) -> Any:
+    return message.get("role") if isinstance(message, dict) else None
 
 
 # --------------------------------------------------------------------------- errors
@@ -258,6 +330,25 @@ def openrouter_error(status: int, message: str, metadata: dict[str, Any] | None 
     return orjson.dumps({"error": error})
 
 
+# vLLM's error types by status (its create_error_response err_type) [U except 400, 404 and 500].
+_VLLM_TYPES: dict[int, str] = {
+    400: "BadRequestError",
+    401: "Unauthorized",
+    404: "NotFoundError",
+    429: "RateLimitError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    503: "ServiceUnavailableError",
+}
+
+
+def vllm_error(status: int, message: str, type_: str | None = None, param: str | None = None) -> bytes:
+    """vLLM's ErrorResponse (since 0.10): OpenAI's envelope with the HTTP status as a numeric ``code``,
+    compact as FastAPI's JSONResponse writes it."""
+    error = {"message": message, "type": type_ or _VLLM_TYPES.get(status, "BadRequestError"), "param": param}
+    return orjson.dumps({"error": {**error, "code": status}})
+
+
 def status_phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -273,6 +364,8 @@ def generic_error(flavor: Flavor, status: int) -> bytes:
     if flavor == "azure_openai":
         code, message = _AZURE_GENERIC.get(status, (str(status), phrase))
         return azure_error(code, message)
+    if flavor == "remote":
+        return vllm_error(status, phrase)
     default_type = "server_error" if status >= 500 else "invalid_request_error"
     type_, message = _OPENAI_GENERIC.get(status, (default_type, phrase))
     return openai_error(message, type_)
@@ -280,6 +373,9 @@ def generic_error(flavor: Flavor, status: int) -> bytes:
 
 def midstream_error_event(flavor: Flavor, first_chunk: dict[str, Any]) -> bytes:
     """The data payload a provider sends when generation fails after the stream started."""
+    if flavor == "remote":
+        # vLLM's create_streaming_error_response; [DONE] still follows it (FakeUpstream adds it).
+        return vllm_error(500, "Internal server error", "InternalServerError")
     if flavor in ("openai", "azure_openai"):
         return orjson.dumps(
             {
@@ -313,6 +409,8 @@ def mask_key(key: str) -> str:
 
 
 def unauthorized_body(flavor: Flavor, presented: str | None) -> bytes:
+    if flavor == "remote":
+        return b'{"error":"Unauthorized"}'  # vLLM's --api-key middleware, whatever was presented
     if flavor == "openrouter":
         message = "No auth credentials found" if not presented else "User not found."
         return openrouter_error(401, message)
@@ -338,6 +436,8 @@ def bad_request(flavor: Flavor, message: str, param: str | None = None, code: st
         return openrouter_error(400, message)
     if flavor == "azure_openai":
         return azure_backend_error(message, "invalid_request_error", param, code)
+    if flavor == "remote":
+        return vllm_error(400, message, param=param)
     return openai_error(message, "invalid_request_error", param, code)
 
 
@@ -369,11 +469,20 @@ def validate_chat_body(flavor: Flavor, body: dict[str, Any]) -> bytes | None:
         )
     stream_options = body.get("stream_options")
     if flavor != "openrouter" and stream_options is not None and body.get("stream") is not True:
+        if flavor == "remote":
+            return bad_request(flavor, "Stream options can only be defined when `stream=True`.")
         return bad_request(
             flavor,
             "The 'stream_options' parameter is only allowed when 'stream' is enabled.",
             "stream_options",
         )
+    if flavor == "remote":
+        return continuation_rejection(body)
+    if flavor in ("openai", "azure_openai"):
+        # OpenAI refuses any argument it does not know; these are the vLLM-only ones a gateway may send.
+        unknown = next((name for name in CONTINUATION_FIELDS if name in body), None)
+        if unknown is not None:
+            return bad_request(flavor, f"Unrecognized request argument supplied: {unknown}")
     return _validate_tool_call_ids(flavor, messages)
 
 

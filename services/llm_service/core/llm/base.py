@@ -102,8 +102,12 @@ class StreamState:
     started: set[int] = field(default_factory=set)
     finished: set[int] = field(default_factory=set)
 
+    usage_seen: bool = False
+
     def note(self, chunks: Sequence[LLMChunk]) -> None:
         for chunk in chunks:
+            if chunk.usage is not None:
+                self.usage_seen = True
             for choice in chunk.choices:
                 (self.finished if choice.finish_reason is not None else self.started).add(choice.index)
 
@@ -289,7 +293,7 @@ class BaseLLMClient(ABC):
             for chunk in self._end_of_stream(decoder, state):
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
-            if not state.answered:
+            if not self._whole(state):
                 raise self._transport_error(exc) from exc
             # Every choice has its finish reason: the connection broke where only the terminator (and
             # perhaps the usage) was left. The answer is whole.
@@ -325,13 +329,22 @@ class BaseLLMClient(ABC):
             for event in decoder.flush():
                 chunks += self._decode_event(event, state)
         if not state.done:
-            if not state.answered:
+            if not self._whole(state):
                 raise self.malformed("stream ended before its answer finished", retryable=True)
             # Every choice has its finish reason: only the terminator (and perhaps usage) is missing.
             # The answer is whole; end it now rather than as an error.
             self._ended_without_terminator("eof")
             state.done = True
         return chunks + (state.held or [])
+
+    def _whole(self, state: StreamState) -> bool:
+        """Whether a stream that stopped short of its terminator still holds the whole answer: every
+        choice finished, and the usage there if it was asked for (a replay brings it)."""
+        return state.answered and (state.usage_seen or not self.stream_reports_usage(state.request))
+
+    def stream_reports_usage(self, request: LLMRequest) -> bool:
+        """Whether this provider's stream for `request` ends with a usage report after the finish reason."""
+        return False
 
     def _ended_without_terminator(self, how: str) -> None:
         log.warning(
@@ -493,7 +506,7 @@ async def _resumed(
                 raise StreamInterruptedError(
                     f"The stream could not be resumed from its checkpoint: {exc}.", provider=provider
                 ) from None
-            if joined is not None:
+            for out in joined:
                 if pinned is not None:
-                    joined.id, joined.created = pinned  # one completion, as the checkpoint began it
-                yield joined
+                    out.id, out.created = pinned  # one completion, as the checkpoint began it
+                yield out

@@ -78,6 +78,10 @@ class OpenAICompatibleClient(BaseLLMClient):
         request = with_outbound_ids(request, self._outbound_id)
         return orjson.dumps(encode_chat_request(request, always_include_usage=self.always_include_usage))
 
+    @override
+    def stream_reports_usage(self, request: LLMRequest) -> bool:
+        return self.always_include_usage or request.include_usage
+
     def _outbound_id(self, call_id: str) -> str:
         return outbound_tool_call_id(call_id, self.provider, self._tool_calls.get, self.settings.tool_call_id_format)
 

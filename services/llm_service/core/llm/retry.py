@@ -13,6 +13,7 @@ import logging
 import math
 import random
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -173,6 +174,8 @@ class ReplayingStream:
         self._replays_left = max_replays
         self._transcript: Transcript | None = Transcript() if max_replays > 0 and max_buffer_chunks > 0 else None
         self._splice: Splice | None = None
+        #: Chunks a splice released at once, delivered one by one.
+        self._ready: deque[LLMChunk] = deque()
         self._pinned: tuple[str, int] | None = None
         self._prefix_tokens = 0
         #: Streams re-established so far.
@@ -182,20 +185,21 @@ class ReplayingStream:
         return self
 
     async def __anext__(self) -> LLMChunk:
+        if self._ready:
+            return self._deliver(self._ready.popleft())
         while True:
             try:
                 chunk = await anext(self._stream)
             except ProviderError as error:
                 await self._replace(error)
                 continue
-            if self._splice is not None:
-                joined = self._join(chunk)
-                if joined is None:
-                    continue
-                chunk = joined
-            return self._deliver(chunk)
+            if self._splice is None:
+                return self._deliver(chunk)
+            self._ready.extend(self._join(chunk))
+            if self._ready:
+                return self._deliver(self._ready.popleft())
 
-    def _join(self, chunk: LLMChunk) -> LLMChunk | None:
+    def _join(self, chunk: LLMChunk) -> list[LLMChunk]:
         splice = self._splice
         assert splice is not None
         try:

@@ -5,8 +5,10 @@
   name. Kept as string pieces, so its cost is one list append per delta.
 - `Splice`: feeds the chunks of a new attempt at the same answer (re-generated from the start) past
   a transcript: what was already delivered is checked character by character against it and dropped,
-  only what is new comes out. A new attempt that says something else raises `SpliceMismatch`: two
-  different answers are never joined. A tool call already begun keeps the id the client saw.
+  only what is new comes out, and only once everything delivered has been reproduced (until then it is
+  held back). A new attempt that says something else raises `SpliceMismatch`: two different answers
+  are never joined, and nothing of the second reaches the client. A tool call already begun keeps the
+  id the client saw.
 - `StreamCheckpoint` / `CheckpointStore`: the chunks a client was sent, taken every N chunks and at
   the end, kept in memory with a TTL and a size cap so that a stream can be resumed
   (`BaseLLMClient.resume_from_checkpoint`, and the API's resume route). In memory mode a checkpoint
@@ -136,24 +138,29 @@ class Splice:
         self._calls = sent
         self._calls_due = sent.calls if not continuing else set()
         self._seen: dict[Channel, int] = {c: len(text) for c, text in self._sent.items()} if continuing else {}
+        #: What the new attempt says beyond `sent` before it has reproduced all of `sent`: held back, so
+        #: that an attempt that turns out different has leaked nothing.
+        self._pending: list[LLMChunk] = []
         #: Everything delivered reproduced (and the first chunk seen): from here on chunks pass through
         #: untouched. Never, once a finish reason or the usage went out: whatever comes after repeats them.
         self.caught_up = False
 
-    def feed(self, chunk: LLMChunk) -> LLMChunk | None:
+    def feed(self, chunk: LLMChunk) -> list[LLMChunk]:
+        """What of `chunk` (and of the chunks held back before it) goes to the client now."""
         if self.caught_up:
-            return chunk
+            return [chunk]
         choices = [c for c in (self._choice(choice) for choice in chunk.choices) if c is not None]
-        self.caught_up = (
-            not self._calls_due
-            and not self._finished
-            and not self._usage_sent
-            and all(self._seen.get(channel, 0) >= len(text) for channel, text in self._sent.items())
-        )
         usage = None if self._usage_sent else chunk.usage
-        if not choices and usage is None:
-            return None
-        return dataclasses.replace(chunk, choices=choices, usage=usage)
+        if choices or usage is not None:
+            self._pending.append(dataclasses.replace(chunk, choices=choices, usage=usage))
+        reproduced = not self._calls_due and all(
+            self._seen.get(channel, 0) >= len(text) for channel, text in self._sent.items()
+        )
+        if not reproduced:
+            return []
+        self.caught_up = not self._finished and not self._usage_sent
+        ready, self._pending = self._pending, []
+        return ready
 
     def _choice(self, choice: ChunkChoice) -> ChunkChoice | None:
         new = dataclasses.replace(choice, extra=dict(choice.extra), tool_calls=[])
