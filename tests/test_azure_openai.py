@@ -142,7 +142,7 @@ def test_unknown_deployment_is_a_404(client: httpx.Client) -> None:
     )
 
     assert response.status_code == 404
-    assert response.json()["error"]["code"] == "DeploymentNotFound"
+    assert response.json()["error"]["code"] == "model_not_found"  # Azure's DeploymentNotFound, in OpenAI's terms
 
 
 def test_missing_endpoint_names_the_setting(start_service) -> None:

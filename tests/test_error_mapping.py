@@ -335,8 +335,10 @@ def detail(message: str = "upstream says no", code: str | None = None, param: st
             "content_filter",
             id="403-content-filter-is-not-auth",
         ),
-        pytest.param(402, detail("credits", "402"), None, ProviderError, False, "402", id="402-payment-required"),
-        pytest.param(402, None, None, ProviderError, False, "upstream_error", id="402-without-body"),
+        pytest.param(
+            402, detail("credits", "402"), None, ProviderError, False, "insufficient_quota", id="402-payment-required"
+        ),
+        pytest.param(402, None, None, ProviderError, False, "insufficient_quota", id="402-without-body"),
         pytest.param(
             None,
             detail("Provider disconnected", "server_error"),

@@ -8,6 +8,7 @@ import pytest
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.gemini_format import (
+    FOREIGN_CALL_SIGNATURE,
     GeminiStreamTranslator,
     convert_schema,
     decode_gemini_response,
@@ -141,7 +142,8 @@ def test_parallel_tool_calls_and_results_reattach_known_ids_and_signatures():
                         "functionCall": {"name": "get_weather", "args": {"city": "Oslo"}, "id": "fc-1"},
                         "thoughtSignature": "c2lnQQ==",
                     },
-                    {"functionCall": {"name": "get_time", "args": {}}},
+                    # A call Gemini is not known to have issued: Google's placeholder signature.
+                    {"functionCall": {"name": "get_time", "args": {}}, "thoughtSignature": FOREIGN_CALL_SIGNATURE},
                 ],
             },
             {
@@ -641,7 +643,10 @@ def test_function_calls_get_stable_generated_ids_and_signatures_are_remembered()
         ToolCall(id=first, name="get_weather", arguments='{"city":"Oslo","days":[1,2]}'),
         ToolCall(id=second, name="get_time", arguments="{}"),
     ]
-    assert remember.calls == [(first, ProviderCallData(thought_signature="U0lH", provider=VERTEX))]
+    assert remember.calls == [  # every call is known as Gemini's own, the first with its signature
+        (first, ProviderCallData(thought_signature="U0lH", provider=VERTEX)),
+        (second, ProviderCallData(provider=VERTEX)),
+    ]
     assert decode(data).choices[0].message.tool_calls[0].id == first  # deterministic
 
 
@@ -819,7 +824,10 @@ def test_function_call_stream_gives_one_complete_delta_per_call_with_ids_equal_t
         chunk(ChunkChoice(0, finish_reason=FinishReason.TOOL_CALLS)),
         chunk(usage=Usage(12, 6, 18)),
     ]
-    assert remember.calls == [(first, ProviderCallData(thought_signature="U0lH", provider=VERTEX))]
+    assert remember.calls == [  # every call is known as Gemini's own, the first with its signature
+        (first, ProviderCallData(thought_signature="U0lH", provider=VERTEX)),
+        (second, ProviderCallData(provider=VERTEX)),
+    ]
     plain = decode(response(candidate({"text": "Checking."}, call_a, call_b)))
     assert [c.id for c in plain.choices[0].message.tool_calls] == [first, second]
 

@@ -19,6 +19,7 @@ import pytest
 from conftest import MODELS, QUESTION, VERTEX_LOCATION, VERTEX_PROJECT, WEATHER_TOOL, fake_settings
 from harness import ManualClock, ServiceThread, burst
 from llm_service.core.config.constants import ProviderID
+from llm_service.core.llm.gemini_format import FOREIGN_CALL_SIGNATURE
 from llm_service.fakes import FakeUpstreamThread, FakeVertex, Fault, ServerThread
 from llm_service.fakes.token_endpoints import FakeGoogleOAuth
 from llm_service.main import create_app
@@ -273,7 +274,9 @@ def gemini3_parts(fake: FakeVertex, stream: bool) -> list[dict[str, Any]]:
     return [p for b in bodies for c in b.get("candidates", ()) for p in c["content"]["parts"] if "functionCall" in p]
 
 
-def test_without_the_kept_signature_gemini3_refuses_and_the_service_says_so(upstreams, gemini3) -> None:
+def test_a_call_gemini3_did_not_issue_goes_with_googles_placeholder_signature_and_is_accepted(
+    upstreams, gemini3
+) -> None:
     calls = [
         {
             "id": "call_from_elsewhere",
@@ -284,8 +287,9 @@ def test_without_the_kept_signature_gemini3_refuses_and_the_service_says_so(upst
     with gemini3_service(upstreams, gemini3) as service, httpx.Client(base_url=service.url, timeout=20) as http:
         response = post(http, [ASK, *tool_turns(calls)], tools=[WEATHER_TOOL])
 
-    assert response.status_code == 400
-    assert "thought_signature" in response.json()["error"]["message"]
+    assert response.status_code == 200, response.text
+    model_parts, _ = model_and_result_contents(gemini3.requests[-1])
+    assert [p["thoughtSignature"] for p in model_parts if "functionCall" in p] == [FOREIGN_CALL_SIGNATURE]
 
 
 # ------------------------------------------------------------------------------------- errors

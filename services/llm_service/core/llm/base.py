@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -60,6 +61,7 @@ _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"}
 #: What a body that parsed as JSON but has the wrong shape raises while being decoded.
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
 _NOT_RETRYABLE_429_CODES = frozenset({"insufficient_quota"})
+_OPENAI_CODE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 log = logging.getLogger("llm_service.upstream")
 
 
@@ -439,7 +441,8 @@ class BaseLLMClient(ABC):
 
     def _error_for(self, status: int | None, detail: ErrorDetail | None, headers: Mapping[str, str]) -> ProviderError:
         name = self.provider.value
-        code = detail.code if detail else None
+        raw_code = detail.code if detail else None
+        code = _openai_code(raw_code)
         said = f"{name} returned an error: {detail.message if detail and detail.message else f'HTTP {status}'}"
         common: dict[str, Any] = {
             "provider": self.provider,
@@ -457,19 +460,32 @@ class BaseLLMClient(ABC):
             # Its text names the service's own organisation and limits: not the caller's business.
             common["retry_after"] = common["retry_after"] or parse_rate_limit_reset(headers)
             kind = f" ({detail.type})" if detail and detail.type else ""
-            retryable = code not in _NOT_RETRYABLE_429_CODES
+            retryable = raw_code not in _NOT_RETRYABLE_429_CODES
             message = f"{name} is rate limiting this service{kind}"
             return RateLimitError(message, code=code or "rate_limit_exceeded", retryable=retryable, **common)
         if status == HTTPStatus.REQUEST_TIMEOUT:
             return ProviderTimeoutError(said, code=code or "upstream_timeout", retryable=True, **common)
         if status is None or status in RetryableStatusCodes:
             return ProviderError(said, code=code or "upstream_error", retryable=True, **common)
+        if status == HTTPStatus.NOT_FOUND:
+            # On the chat endpoint: the model or deployment (Azure's DeploymentNotFound, Google's NOT_FOUND).
+            code = code or "model_not_found"
         if (
             HTTPStatus.BAD_REQUEST <= status < HTTPStatus.INTERNAL_SERVER_ERROR
             and status != HTTPStatus.PAYMENT_REQUIRED
         ):
             return UpstreamRequestError(said, code=code, param=detail.param if detail else None, **common)
+        if status == HTTPStatus.PAYMENT_REQUIRED:  # OpenRouter: the service's credits are spent
+            code = code or "insufficient_quota"
         return ProviderError(said, code=code or "upstream_error", **common)
+
+
+def _openai_code(code: str | None) -> str | None:
+    """A provider's error code when it is in OpenAI's vocabulary (snake_case words such as
+    `context_length_exceeded`, `insufficient_quota`), else None, so that the same failure has the same
+    code whichever provider had it: numbers (OpenRouter, vLLM), gRPC status names (Google) and CamelCase
+    (Azure) say nothing an OpenAI client understands."""
+    return code if code is not None and _OPENAI_CODE.fullmatch(code) else None
 
 
 def _filtered_before_saying_anything(choice: Choice) -> bool:

@@ -94,6 +94,8 @@ Remember = Callable[[str, ProviderCallData], None]
 """Called with (client-visible tool call id, data) for every call that has data worth keeping."""
 
 _PROVIDER = ProviderID.VERTEX_AI.value
+#: The thoughtSignature Google documents for function calls the model did not produce itself.
+FOREIGN_CALL_SIGNATURE = "skip_thought_signature_validator"
 
 # Request fields that do not change the answer (or are handled elsewhere): dropped without a word.
 _DROPPED_EXTRA = frozenset(
@@ -223,7 +225,12 @@ class _Conversation:
             known = self.call_data.get(call.id)
             if known is not None and known.provider_id:
                 function_call["id"] = known.provider_id
-            if known is not None and known.thought_signature:
+            if known is None:
+                # A call Gemini did not issue (the conversation began on another provider, or the call's
+                # data expired): Gemini 3 refuses a function call without a signature, and Google
+                # documents this placeholder for calls that are not the model's own.
+                part["thoughtSignature"] = FOREIGN_CALL_SIGNATURE
+            elif known.thought_signature:
                 part["thoughtSignature"] = known.thought_signature
             parts.append(part)
         return parts
@@ -581,6 +588,7 @@ def _tool_call(function_call: dict[str, Any], part: dict[str, Any], position: st
         remember,
         position=position,
         thought_signature=signature if isinstance(signature, str) and signature else None,
+        always=True,  # even with nothing to send back, a call known as Gemini's gets no placeholder signature
     )
     return ToolCall(
         id=client_id,

@@ -60,10 +60,12 @@ def issue_tool_call_id(
     *,
     position: str = "",
     thought_signature: str | None = None,
+    always: bool = False,
 ) -> tuple[str, str | None]:
-    """`normalize_tool_call_id()`, remembering what must go back with the call (when there is any)."""
+    """`normalize_tool_call_id()`, remembering what must go back with the call (when there is any, or
+    `always`: that the call is this provider's own is worth knowing too)."""
     normalized, original = normalize_tool_call_id(raw_id, provider, position=position)
-    if remember is not None and (original or thought_signature):
+    if remember is not None and (original or thought_signature or always):
         remember(
             normalized, ProviderCallData(provider=provider, provider_id=original, thought_signature=thought_signature)
         )
