@@ -30,6 +30,7 @@ from typing_extensions import override
 
 from .continuation import PREFIX_NOT_CONTINUABLE, continue_completion, continue_events, prefill_refused
 from .faults import Fault, FaultQueue
+from .tool_call_rules import DEFAULT_RULES, TOOL_CALL_ID_RULES, ToolCallIdRule, check_tool_call_ids
 from .wire import (
     AZURE_ACCESS_DENIED,
     AZURE_DEPLOYMENT_NOT_FOUND,
@@ -389,6 +390,11 @@ class FakeUpstream(LoopbackChatFake):
     ``api_key=None`` (and no ``bearer_token``) turns authentication off. ``bearer_token``,
     ``deployments`` and ``path_prefix`` matter to ``azure_openai`` only.
 
+    ``tool_call_ids`` picks the rule the fake holds tool-call ids and call/result pairs to
+    (:mod:`.tool_call_rules`): ``openai`` (default for ``openai`` and ``azure_openai``: at most 40
+    characters, every call answered, every result answering a call), ``alnum9`` (Mistral: exactly 9
+    letters and digits) or ``none`` (default for ``openrouter`` and ``remote``).
+
     ``fixtures_dir`` is the directory holding one sub-directory per flavour (default: the
     repository's ``tests/fixtures``).
     """
@@ -405,9 +411,12 @@ class FakeUpstream(LoopbackChatFake):
         crlf: bool = False,
         split_writes: bool = False,
         chunk_delay: float = 0.0,
+        tool_call_ids: ToolCallIdRule | None = None,
     ) -> None:
         if flavor not in FLAVORS:
             raise ValueError(f"unknown flavor {flavor!r}")
+        if tool_call_ids is not None and tool_call_ids not in TOOL_CALL_ID_RULES:
+            raise ValueError(f"unknown tool_call_ids rule {tool_call_ids!r}")
         fixtures = FixtureSet(FIXTURE_DIRS[flavor], fixtures_dir or DEFAULT_FIXTURES_DIR)
         super().__init__(fixtures, crlf=crlf, split_writes=split_writes, chunk_delay=chunk_delay)
         self.flavor: Flavor = flavor
@@ -415,6 +424,7 @@ class FakeUpstream(LoopbackChatFake):
         self.bearer_token = bearer_token
         self.deployments = tuple(deployments)
         self.path_prefix = normalize_prefix(path_prefix)
+        self.tool_call_ids: ToolCallIdRule = tool_call_ids or DEFAULT_RULES[flavor]
 
     # ------------------------------------------------------------------ hooks
 
@@ -465,7 +475,9 @@ class FakeUpstream(LoopbackChatFake):
             return self._error(denied[0], denied[1], extra)
         if parsed is NOT_JSON or not isinstance(parsed, dict):
             return self._error(400, invalid_json_body(self.flavor), extra)
-        rejection = validate_chat_body(self.flavor, parsed)
+        rejection = validate_chat_body(self.flavor, parsed) or check_tool_call_ids(
+            self.flavor, self.tool_call_ids, parsed["messages"]
+        )
         if rejection is None and fault is not None and fault.reject_assistant_prefix and ends_with_assistant(parsed):
             rejection = prefill_refused(self.flavor)
         if rejection is not None:

@@ -39,8 +39,12 @@ class FakeVertex(LoopbackChatFake):
     ``https://{location}-aiplatform.googleapis.com``).
 
     ``function_call_ids`` answers tool calls like Gemini 3 (fixture ``chat_tool_call_ids``: every
-    functionCall part carries an ``id`` and a ``thoughtSignature``); without it, ``id`` in a
-    request's functionCall/functionResponse is an unknown field (400).
+    functionCall part carries an ``id`` and a ``thoughtSignature``).
+    ``reject_id_fields`` is the older API version that knows no ``id`` in a functionCall or
+    functionResponse: a request carrying one is refused with 400 ``Unknown name "id"`` (reference
+    section 7). Left unset, it follows ``function_call_ids``: refused unless the model issues ids.
+    ``False`` models a newer API version serving a model without ids (the ``id`` fields are accepted and
+    ignored); ``True`` with ``function_call_ids`` is a contradiction and refused.
     ``require_thought_signatures`` refuses a current-turn functionCall part without a signature
     the fake issued (and, without ids, answers with the signed ``chat_tool_call_signed``).
     ``crlf`` (default: CRLF, as Vertex sends) picks the SSE line terminator.
@@ -54,18 +58,22 @@ class FakeVertex(LoopbackChatFake):
         *,
         fixtures_dir: Path | None = None,
         function_call_ids: bool = False,
+        reject_id_fields: bool | None = None,
         require_thought_signatures: bool = False,
         path_prefix: str = "",
         crlf: bool = True,
         split_writes: bool = False,
         chunk_delay: float = 0.0,
     ) -> None:
+        if function_call_ids and reject_id_fields:
+            raise ValueError("a model that issues function-call ids cannot refuse them (reject_id_fields)")
         fixtures = FixtureSet("vertex_ai", fixtures_dir or DEFAULT_FIXTURES_DIR)
         super().__init__(fixtures, crlf=crlf, split_writes=split_writes, chunk_delay=chunk_delay)
         self.access_token = access_token
         self.project = project
         self.location = location
         self.function_call_ids = function_call_ids
+        self.reject_id_fields = not function_call_ids if reject_id_fields is None else reject_id_fields
         self.require_thought_signatures = require_thought_signatures
         self.path_prefix = normalize_prefix(path_prefix)
         signed = ("tool_call_ids", "tool_call_signed")
@@ -129,7 +137,7 @@ class FakeVertex(LoopbackChatFake):
         if parsed is NOT_JSON or not isinstance(parsed, dict):
             return 400, vw.invalid_json("Unexpected token.")
         signatures = self.issued_signatures if self.require_thought_signatures else None
-        rejection = vw.validate_request(parsed, function_call_ids=self.function_call_ids, signatures=signatures)
+        rejection = vw.validate_request(parsed, reject_id_fields=self.reject_id_fields, signatures=signatures)
         return None if rejection is None else (400, rejection)
 
     # ------------------------------------------------------------------ responses

@@ -214,15 +214,16 @@ def ends_with_model(body: Any) -> bool:
 
 
 def validate_request(
-    body: dict[str, Any], *, function_call_ids: bool, signatures: frozenset[str] | None
+    body: dict[str, Any], *, reject_id_fields: bool, signatures: frozenset[str] | None
 ) -> bytes | None:
     """Return a 400 body for what the real service rejects, else None. Checks run in the order
-    the service applies them: unknown fields (parser), roles and parts, call/response counts,
+    the service applies them: unknown fields (parser; ``id`` in a functionCall/functionResponse when
+    ``reject_id_fields``), roles and parts, call/response counts,
     and, when ``signatures`` (those the fake issued) is given, the thought-signature echo."""
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         return invalid_argument(EMPTY_PARTS)
-    if not function_call_ids:
+    if reject_id_fields:
         rejection = _unknown_id_field(contents)
         if rejection is not None:
             return rejection
@@ -236,7 +237,7 @@ def validate_request(
 
 
 def _unknown_id_field(contents: list[Any]) -> bytes | None:
-    # Models without function-call ids know no "id" in FunctionCall/FunctionResponse.
+    # Older API versions know no "id" in FunctionCall/FunctionResponse.
     for c_index, content in enumerate(contents):
         for p_index, part in enumerate(_parts(content)):
             for key, field in (("functionCall", "function_call"), ("functionResponse", "function_response")):

@@ -38,9 +38,6 @@ _PACKAGED_FIXTURES = Path(__file__).resolve().parent / "fixtures"
 _SOURCE_FIXTURES = Path(__file__).resolve().parents[3] / "tests" / "fixtures"
 DEFAULT_FIXTURES_DIR = _PACKAGED_FIXTURES if _PACKAGED_FIXTURES.is_dir() else _SOURCE_FIXTURES
 
-# OpenAI rejects longer ids in messages[].tool_calls[].id (protocol reference section 7).
-MAX_TOOL_CALL_ID_LENGTH = 40
-
 DONE = b"[DONE]"
 
 
@@ -452,7 +449,8 @@ def invalid_json_body(flavor: Flavor) -> bytes:
 
 
 def validate_chat_body(flavor: Flavor, body: dict[str, Any]) -> bytes | None:
-    """Return a 400 body for requests the real service would reject, else None."""
+    """Return a 400 body for requests the real service would reject, else None. Tool-call ids are
+    :mod:`.tool_call_rules`' business."""
     # OpenRouter falls back to the account's default model, Azure takes the deployment from the
     # URL; OpenAI insists on one.
     if flavor == "openai" and (not isinstance(body.get("model"), str) or not body["model"]):
@@ -483,21 +481,4 @@ def validate_chat_body(flavor: Flavor, body: dict[str, Any]) -> bytes | None:
         unknown = next((name for name in CONTINUATION_FIELDS if name in body), None)
         if unknown is not None:
             return bad_request(flavor, f"Unrecognized request argument supplied: {unknown}")
-    return _validate_tool_call_ids(flavor, messages)
-
-
-def _validate_tool_call_ids(flavor: Flavor, messages: list[Any]) -> bytes | None:
-    for m_index, message in enumerate(messages):
-        calls = message.get("tool_calls") if isinstance(message, dict) else None
-        for c_index, call in enumerate(calls if isinstance(calls, list) else []):
-            call_id = call.get("id") if isinstance(call, dict) else None
-            if isinstance(call_id, str) and len(call_id) > MAX_TOOL_CALL_ID_LENGTH:
-                param = f"messages[{m_index}].tool_calls[{c_index}].id"
-                return bad_request(
-                    flavor,
-                    f"Invalid '{param}': string too long. Expected a string with maximum length "
-                    f"{MAX_TOOL_CALL_ID_LENGTH}, but got a string with length {len(call_id)} instead.",
-                    param,
-                    "string_above_max_length",
-                )
     return None
