@@ -123,25 +123,22 @@ def test_checks_are_one_per_interval_however_often_it_is_asked(rig: Rig) -> None
     assert counts == [0, 1, 0, 1, 0, 1]
 
 
-def test_a_check_of_a_half_open_breaker_is_its_probe_and_closes_it(rig: Rig) -> None:
+@pytest.mark.parametrize(
+    ("answer", "state", "reason"),
+    [(None, CLOSED, "probe_succeeded"), (DOWN, OPEN, "probe_failed")],
+    ids=["answers: closed", "fails: open again"],
+)
+def test_a_check_of_a_half_open_breaker_nobody_probes_is_its_probe(
+    rig: Rig, answer: BaseException | None, state: BreakerState, reason: str
+) -> None:
     rig.open_primary()
     rig.clock.now += 30  # cooldown over: half-open ...
     assert rig.breaker().state is HALF_OPEN
     rig.clock.now += 5  # ... and no caller came for an interval
+    rig.answer = answer
     rig.check()
-    assert rig.breaker().state is CLOSED
-    assert rig.transitions[-1].reason == "probe_succeeded"
-
-
-def test_a_failed_check_of_a_half_open_breaker_opens_it_again(rig: Rig) -> None:
-    rig.open_primary()
-    rig.clock.now += 30
-    assert rig.breaker().state is HALF_OPEN
-    rig.clock.now += 5
-    rig.answer = DOWN
-    rig.check()
-    assert rig.breaker().state is OPEN
-    assert rig.transitions[-1].reason == "probe_failed"
+    assert rig.breaker().state is state
+    assert rig.transitions[-1].reason == reason
 
 
 def test_no_check_while_a_callers_probe_is_in_flight(rig: Rig) -> None:
