@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-stamp
 HOST   ?= 127.0.0.1
 PORT   ?= 8000
 
-.PHONY: install run test lint typecheck unit docs clean
+.PHONY: install run test lint typecheck unit docs clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,12 +21,13 @@ run: $(STAMP)
 	$(BIN)/llm-service serve --host $(HOST) --port $(PORT)
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests scripts
-	$(BIN)/ruff format --check services tests scripts
+	$(BIN)/ruff check services tests scripts benchmarks
+	$(BIN)/ruff format --check services tests scripts benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/mypy scripts/generate_env_docs.py
+	$(BIN)/mypy --strict benchmarks
 
 unit: $(STAMP)
 	$(BIN)/pytest --mock-providers $(PYTEST_ARGS)
@@ -34,6 +35,11 @@ unit: $(STAMP)
 ## Regenerate docs/configuration.md and .env.example from the settings classes.
 docs: $(STAMP)
 	$(BIN)/python scripts/generate_env_docs.py
+
+## The benchmark: service vs a bare passthrough vs the upstream itself (about 10 minutes); writes
+## docs/performance.md and prints it. BENCH_ARGS: e.g. --smoke, --soak 0, --profile.
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 ## Every test: lint, types, then the suite against the fixture-backed fakes.
 test: lint typecheck unit

@@ -1,0 +1,47 @@
+"""The benchmark's smoke mode: every target (direct to the upstream, the bare passthrough, the service)
+answers every kind of run with the exact text, and the report is produced. Never a timing assertion:
+the figures of a smoke run mean nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ("json_c32", "json_c1", "stream_paced", "stream_burst", "slow")
+TARGETS = ("direct", "passthrough", "service")
+
+
+def test_benchmark_smoke_runs_every_target_and_writes_the_report(tmp_path: Path) -> None:
+    report, raw = tmp_path / "performance.md", tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--output", str(report), "--json", str(raw)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    results = json.loads(raw.read_text())["results"]
+    for run in RUNS:
+        for target in TARGETS:
+            result = results[run][target]
+            assert result["completed"] == result["issued"] > 0, (run, target, result["errors"], result["error_sample"])
+            assert result["failed"] == 0, (run, target, result["error_sample"])
+            if result["stream"]:
+                assert result["chunks"] > 0, (run, target)
+    # The gateways' CPU was read from /proc; the service logged and counted its requests.
+    assert results["json_c32"]["service"]["gateway_cpu_s"] is not None
+    assert results["service_checks"]["access_log_lines"] > 0
+    assert results["service_checks"]["metrics_requests"] > 0
+
+    text = report.read_text()
+    assert text.startswith("# Performance")
+    for heading in ("## Targets", "## Side by side", "## Method", "## Machine"):
+        assert heading in text
+    assert "| | direct to upstream | bare passthrough | service |" in text
+    assert "## Side by side" in done.stdout
