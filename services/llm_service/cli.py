@@ -71,7 +71,14 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("configuration warning", extra={"fields": {"where": problem.where, "problem": problem.message}})
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=None,
+        backlog=settings.server.backlog,
+    )
     return 0
 
 

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -97,15 +97,16 @@ class AccessLogMiddleware:
                 await internal_error_response()(scope, receive, send_with_id)
         finally:
             record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-            fields: dict[str, Any] = {k: v for k, v in asdict(record).items() if v is not None and k not in _NOT_LOGGED}
-            log.info("request", extra={"fields": fields})
+            # Not dataclasses.asdict: it deep-copies every value (~50 µs a request in the benchmark's profile).
+            logged: dict[str, Any] = {name: value for name in _LOGGED if (value := getattr(record, name)) is not None}
+            log.info("request", extra={"fields": logged})
             if services is not None and record.model is not None:
                 record_request_metrics(services.metrics, record)
             if span is not None:
                 span.end(record.status, record.model, record.stream_error)
 
 
-_NOT_LOGGED = frozenset({"started", "metric_deployment"})
+_LOGGED = tuple(f.name for f in fields(AccessRecord) if f.name not in {"started", "metric_deployment"})
 
 
 def record_request_metrics(metrics: Metrics, record: AccessRecord) -> None:

@@ -108,8 +108,10 @@ class StreamSession:
             self._on_end(self)
 
     def _notify(self) -> None:
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        # Wakes every waiting reader (set() resolves their waits at once); clearing right away makes the
+        # next wait wait, with no new Event per chunk.
+        self._changed.set()
+        self._changed.clear()
 
     def _trim(self) -> None:
         """Drop the oldest events past `keep` that every reader has already read."""

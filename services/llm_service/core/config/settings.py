@@ -221,6 +221,12 @@ class ServerSettings(SettingsGroup):
     host: str = Field(default="127.0.0.1", description="Interface to listen on")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to listen on")
     max_body_bytes: int = Field(default=20 * 1024 * 1024, gt=0, description="Largest request body accepted")
+    backlog: int = Field(
+        default=8192,
+        ge=1,
+        description="Connections the kernel queues for accept (a burst of thousands of streams needs many; "
+        "capped by net.core.somaxconn)",
+    )
     cors_allow_origins: str | None = Field(
         default=None,
         description="Browser origins allowed to call the API, comma-separated, or * for any (unset: no CORS)",
