@@ -238,6 +238,21 @@ def test_after_the_ttl_an_ended_stream_is_404_stream_not_found(upstreams) -> Non
     assert error["type"] == "invalid_request_error"
 
 
+def test_ended_streams_past_the_byte_limit_are_dropped_oldest_first(start_service) -> None:
+    service = start_service(streaming={"stream_resume_max_bytes": 3000})  # room for one ended stream
+    with httpx.Client(base_url=service.url, timeout=TIMEOUT) as http:
+        first, first_events = read_all(http, ProviderID.OPENAI)
+        assert first and wait_until(lambda: live_streams(service) == 0)
+        second, second_events = read_all(http, ProviderID.OPENAI)
+        assert second and wait_until(lambda: live_streams(service) == 0)
+
+        kept = resume(http, second, last=second_events[0].id)
+        dropped = http.get(stream_path(first), headers={"Last-Event-ID": first_events[0].id})
+
+    assert kept == second_events[1:]
+    assert_openai_error(dropped, 404, "stream_not_found")
+
+
 @pytest.mark.parametrize("last", [None, "never-issued:0"], ids=["no-header", "its-own-last-event-id"])
 def test_an_unknown_stream_is_404_stream_not_found(http, last) -> None:
     headers = {"Last-Event-ID": last} if last else {}

@@ -45,6 +45,7 @@ from llm_service.core.llm.streaming import (
     SpliceMismatch,
     StreamCheckpoint,
     Transcript,
+    TTLStore,
 )
 from llm_service.fakes import Fault
 
@@ -1098,3 +1099,19 @@ async def test_a_replaying_stream_over_the_real_client_recovers_a_dropped_connec
     assert finishes(out) == [(0, STOP)]
     assert usages(out) == usages(reference)  # cut between the finish and the usage: replayed for the usage
     assert stream.replays == 1
+
+
+def test_a_weighed_store_drops_the_oldest_entries_past_its_weight_limit() -> None:
+    clock = ManualClock()
+    store: TTLStore[str] = TTLStore(ttl=60, max_entries=100, clock=clock, weigh=len, max_weight=10)
+    store.put("a", "xxxx")
+    store.put("b", "yyyy")
+    store.put("a", "xxx")  # rewritten: weighs again, now the newest
+
+    assert store.weight == 7
+    store.put("c", "zzzzz")  # 12 > 10: the oldest (b) goes
+
+    assert store.get("b") is None
+    assert (store.get("a"), store.get("c"), store.weight) == ("xxx", "zzzzz", 8)
+    clock.now += 61
+    assert len(store) == 0 and store.weight == 0

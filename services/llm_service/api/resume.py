@@ -9,8 +9,9 @@ A `StreamSession` decouples the upstream from the client: a producer task reads 
 into the session, and readers (the original response, then any resumption) follow it. When the last
 reader leaves, generation goes on for `grace` seconds in case the client comes back, and is cancelled
 after it (its slot and upstream connection freed). An ended stream is kept `ttl` seconds for late
-resumptions, at most `max_streams` of them, in memory: a process restart loses them, and another
-replica cannot serve them (shared checkpoints come with the Redis state backend).
+resumptions, at most `max_streams` of them and `max_bytes` of events in all, in memory: a process
+restart loses them, and another replica cannot serve them (shared checkpoints come with the Redis state
+backend).
 
 Sessions hold encoded SSE events, not chunks: a resumption re-sends bytes, and bytes are what is
 smallest to keep. Past `keep` events a stream drops its oldest ones that every reader already has;
@@ -52,6 +53,9 @@ class _Ended:
 
     events: list[bytes]
     first: int
+
+    def size(self) -> int:
+        return sum(map(len, self.events))
 
 
 class StreamSession:
@@ -212,11 +216,21 @@ class StreamSessions:
     """The resumable streams of this process: live ones, and ended ones for `ttl` seconds."""
 
     def __init__(
-        self, *, ttl: float, max_streams: int, keep: int, grace: float, clock: Clock, abandoned: bytes
+        self,
+        *,
+        ttl: float,
+        max_streams: int,
+        keep: int,
+        grace: float,
+        clock: Clock,
+        abandoned: bytes,
+        max_bytes: int | None = None,
     ) -> None:
         self._abandoned = abandoned
         self._live: dict[str, StreamSession] = {}
-        self._ended: TTLStore[_Ended] = TTLStore(ttl=ttl, max_entries=max_streams, clock=clock)
+        self._ended: TTLStore[_Ended] = TTLStore(
+            ttl=ttl, max_entries=max_streams, clock=clock, weigh=_Ended.size, max_weight=max_bytes
+        )
         self._keep = keep
         self._grace = grace
 
@@ -238,6 +252,7 @@ class StreamSessions:
             grace=grace,
             clock=clock,
             abandoned=b"data: " + orjson.dumps(abandoned) + b"\n\n",
+            max_bytes=settings.stream_resume_max_bytes,
         )
 
     def start(self, events: Callable[[StreamSession], AsyncGenerator[bytes, None]]) -> StreamSession:

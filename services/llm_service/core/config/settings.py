@@ -347,6 +347,11 @@ class StreamingSettings(SettingsGroup):
     max_resumable_streams: int = Field(
         default=10_000, ge=1, description="Streams kept for resumption at most (the oldest dropped first)"
     )
+    stream_resume_max_bytes: int = Field(
+        default=256 * 1024 * 1024,
+        ge=1,
+        description="Encoded events of ended streams kept for resumption at most, in bytes (oldest dropped first)",
+    )
 
 
 class Deployment(BaseModel):

@@ -278,21 +278,36 @@ class CheckpointStore(Protocol):
 
 
 class TTLStore(Generic[V]):
-    """Values by key, each kept `ttl` seconds after it was last written, at most `max_entries` (the
-    least recently written dropped first). In memory: lost when the process restarts."""
+    """Values by key, each kept `ttl` seconds after it was last written, at most `max_entries` of them
+    and, with a `weigh` function, at most `max_weight` in all (the least recently written dropped first,
+    so memory stays bounded whatever the values' sizes). In memory: lost when the process restarts."""
 
-    def __init__(self, *, ttl: float, max_entries: int, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        ttl: float,
+        max_entries: int,
+        clock: Clock = time.monotonic,
+        weigh: Callable[[V], int] | None = None,
+        max_weight: int | None = None,
+    ) -> None:
         self._ttl = ttl
         self._max = max_entries
         self._clock = clock
-        self._entries: OrderedDict[str, tuple[float, V]] = OrderedDict()
+        self._weigh = weigh
+        self._max_weight = max_weight
+        self._weight = 0
+        self._entries: OrderedDict[str, tuple[float, V, int]] = OrderedDict()
 
     def put(self, key: str, value: V) -> None:
-        self._entries[key] = (self._clock() + self._ttl, value)
-        self._entries.move_to_end(key)
+        self._drop(key)
+        weight = self._weigh(value) if self._weigh is not None else 0
+        self._entries[key] = (self._clock() + self._ttl, value, weight)
+        self._weight += weight
         self._expire()
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+        limit = self._max_weight
+        while len(self._entries) > self._max or (limit is not None and self._weight > limit and self._entries):
+            self._drop(next(iter(self._entries)))
 
     def get(self, key: str) -> V | None:
         entry = self._entries.get(key)
@@ -300,17 +315,27 @@ class TTLStore(Generic[V]):
             return None
         return entry[1]
 
+    @property
+    def weight(self) -> int:
+        """What the kept values weigh in all (0 without a `weigh` function)."""
+        return self._weight
+
     def __len__(self) -> int:
         self._expire()
         return len(self._entries)
 
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._weight -= entry[2]
+
     def _expire(self) -> None:
         now = self._clock()
         while self._entries:
-            key, (until, _) = next(iter(self._entries.items()))
+            key, (until, _, _) = next(iter(self._entries.items()))
             if until > now:
                 break
-            del self._entries[key]
+            self._drop(key)
 
 
 class MemoryCheckpointStore(TTLStore[StreamCheckpoint]):
