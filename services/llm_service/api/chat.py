@@ -91,7 +91,7 @@ async def _respond(request: Request, services: Services, llm_request: LLMRequest
             events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=None)
             return SSEResponse(_then_done(events), headers, on_close=routed.chunks.aclose)
         session = sessions.start(
-            lambda s: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=s.event_id)
+            lambda event_id: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=event_id)
         )
     except BaseException:
         await routed.chunks.aclose()  # the stream holds a deployment slot and an upstream connection

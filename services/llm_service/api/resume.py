@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -64,7 +65,7 @@ class StreamSession:
     def __init__(
         self,
         key: str,
-        source: AsyncIterator[bytes],
+        source: AsyncGenerator[bytes, None],
         *,
         keep: int,
         grace: float,
@@ -87,7 +88,7 @@ class StreamSession:
         self._task = asyncio.get_running_loop().create_task(self._produce(), name=f"stream-{key}")
 
     def event_id(self, index: int) -> bytes:
-        return f"id: {self.key}:{index}\n".encode()
+        return _event_id(self.key, index)
 
     async def _produce(self) -> None:
         try:
@@ -105,10 +106,8 @@ class StreamSession:
         finally:
             self.ended = True
             self._notify()
-            aclose = getattr(self._source, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+            with contextlib.suppress(Exception):
+                await self._source.aclose()
             self._on_end(self)
 
     def _notify(self) -> None:
@@ -209,6 +208,14 @@ class SessionReader:
             self._session._left(self)
 
 
+#: Names a stream's event by its index: `id: <stream id>:<index>\n`.
+EventId = Callable[[int], bytes]
+
+
+def _event_id(key: str, index: int) -> bytes:
+    return f"id: {key}:{index}\n".encode()
+
+
 _TOO_OLD = "The events after this Last-Event-ID are no longer kept: the stream outgrew its resume buffer."
 
 
@@ -255,20 +262,17 @@ class StreamSessions:
             max_bytes=settings.stream_resume_max_bytes,
         )
 
-    def start(self, events: Callable[[StreamSession], AsyncGenerator[bytes, None]]) -> StreamSession:
-        """A new session producing `events(session)` (the events may use `session.event_id`)."""
+    def start(self, events: Callable[[EventId], AsyncGenerator[bytes, None]]) -> StreamSession:
+        """A new session producing `events(event_id)`, whose events are named by `event_id(index)`."""
         key = secrets.token_urlsafe(16)
-        holder: list[StreamSession] = []
-
-        async def source() -> AsyncIterator[bytes]:
-            async with contextlib.aclosing(events(holder[0])) as produced:
-                async for event in produced:
-                    yield event
-
         session = StreamSession(
-            key, source(), keep=self._keep, grace=self._grace, on_end=self._ended_one, abandoned=self._abandoned
+            key,
+            events(functools.partial(_event_id, key)),
+            keep=self._keep,
+            grace=self._grace,
+            on_end=self._ended_one,
+            abandoned=self._abandoned,
         )
-        holder.append(session)
         self._live[key] = session
         return session
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from http import HTTPStatus
+from typing import Literal
 
 
 class ProviderID(StrEnum):
@@ -40,3 +41,8 @@ class DefaultTimeouts:
     connect: float = 10.0
     read: float = 120.0
     total: float = 600.0
+
+
+#: How tool-call ids sent to a provider must look: `any` (the OpenAI family, Anthropic) or `alnum9`
+#: (exactly 9 letters and digits, as Mistral demands). See core/llm/tool_ids.py.
+ToolCallIdFormat = Literal["any", "alnum9"]

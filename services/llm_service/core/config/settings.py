@@ -38,7 +38,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import override
 
-from llm_service.core.config.constants import DefaultTimeouts, ProviderID
+from llm_service.core.config.constants import DefaultTimeouts, ProviderID, ToolCallIdFormat
 from llm_service.core.config.groups import SettingsGroup as SettingsGroup
 from llm_service.core.config.telemetry import TelemetrySettings as TelemetrySettings
 from llm_service.core.llm.genai_platform import validate_genai_config
@@ -67,7 +67,7 @@ class ProviderSettings(SettingsGroup):
     timeout_connect: float = Field(default=_TIMEOUTS.connect, gt=0, description="Connect timeout (s)")
     timeout_read: float = Field(default=_TIMEOUTS.read, gt=0, description="Max wait between reads (s)")
     timeout_total: float = Field(default=_TIMEOUTS.total, gt=0, description="Whole-call timeout (s)")
-    tool_call_id_format: Literal["any", "alnum9"] = Field(
+    tool_call_id_format: ToolCallIdFormat = Field(
         default="any",
         description="Tool-call ids the provider accepts: any (OpenAI-like); alnum9: exactly 9 letters and digits "
         "(Mistral models)",

@@ -56,7 +56,14 @@ from llm_service.core.llm.models import (
     UpstreamRequestError,
     Usage,
 )
-from llm_service.core.llm.retry import RetryPolicy, Sleep, retry_async_generator, retry_delay, should_retry
+from llm_service.core.llm.retry import (
+    RetryPolicy,
+    Sleep,
+    close_stream,
+    retry_async_generator,
+    retry_delay,
+    should_retry,
+)
 from llm_service.core.llm.streaming import Transcript
 
 _PROVIDERS = {p.value: p for p in ProviderID}
@@ -500,7 +507,7 @@ class LLMDispatcher:
             except StopAsyncIteration:
                 return stream, None
             except BaseException:
-                await _close(stream)
+                await close_stream(stream)
                 raise
 
         slot, (stream, first) = await self._within_budget(request, first_chunk, upstream_time)
@@ -551,12 +558,6 @@ async def _next_within(stream: AsyncIterator[LLMChunk], seconds: float, provider
         ) from None
 
 
-async def _close(stream: AsyncIterator[LLMChunk]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        await aclose()
-
-
 class HeldStream:
     """A routed stream holding its deployment slot, which it ends exactly once however the stream ends:
     at its end (success, with the usage seen), on an upstream error (failure), or when closed early or
@@ -603,7 +604,7 @@ class HeldStream:
 
     async def aclose(self) -> None:
         self._slot.abandoned()  # a no-op when the stream already ended
-        await _close(self._rest)
+        await close_stream(self._rest)
 
 
 def _continuable(sent: Transcript) -> bool:

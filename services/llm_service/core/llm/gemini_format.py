@@ -575,7 +575,7 @@ def _read_parts(
         function_call = part.get("functionCall")
         if isinstance(function_call, dict):
             call_index = first_call + len(calls)
-            calls.append(_tool_call(function_call, part, f"{response_id}:{index}:{call_index}", remember))
+            calls.append(_tool_call(function_call, part, _position(response_id, index, call_index), remember))
     return ("".join(texts) if texts else None), calls
 
 
@@ -598,11 +598,16 @@ def _tool_call(function_call: dict[str, Any], part: dict[str, Any], position: st
     )
 
 
+def _position(response_id: str, candidate_index: int, call_index: int) -> str:
+    """Where a call sits in an answer: what names a call Gemini gave no id, equal in streamed and plain answers."""
+    return f"{response_id}:{candidate_index}:{call_index}"
+
+
 def stable_call_id(response_id: str, candidate_index: int, call_index: int) -> str:
-    """The normalised id of a call Gemini gave no id: from where it sits, equal in streamed and plain answers."""
-    return normalize_tool_call_id(None, ProviderID.VERTEX_AI, position=f"{response_id}:{candidate_index}:{call_index}")[
-        0
-    ]
+    """The normalised id of the call at this position when Gemini gave it no id."""
+    return normalize_tool_call_id(
+        None, ProviderID.VERTEX_AI, position=_position(response_id, candidate_index, call_index)
+    )[0]
 
 
 def _random_id() -> str:

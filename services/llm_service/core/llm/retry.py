@@ -236,7 +236,7 @@ class ReplayingStream:
         if transcript is None or not error.retryable or self._replays_left <= 0:
             raise error
         self._replays_left -= 1
-        await _aclose(self._stream)
+        await close_stream(self._stream)
         try:
             stream, continuing = await self._reopen(transcript, error)
         except LLMServiceError as failure:  # refused (a 400 to the prefix), at capacity, all open-circuited
@@ -256,7 +256,7 @@ class ReplayingStream:
         self._prefix_tokens = _estimate_tokens(transcript) if continuing else 0
 
     async def aclose(self) -> None:
-        await _aclose(self._stream)
+        await close_stream(self._stream)
 
 
 def _estimate_tokens(transcript: Transcript) -> int:
@@ -264,7 +264,8 @@ def _estimate_tokens(transcript: Transcript) -> int:
     return math.ceil(sum(len(text) for text in transcript.channels().values()) / 4)
 
 
-async def _aclose(stream: AsyncIterator[LLMChunk]) -> None:
+async def close_stream(stream: AsyncIterator[LLMChunk]) -> None:
+    """Close `stream` if it can be closed (an async generator, a HeldStream), ending what it holds."""
     aclose = getattr(stream, "aclose", None)
     if aclose is not None:
         await aclose()

@@ -135,7 +135,7 @@ class Splice:
         self._begun = set(sent.begun)
         self._finished = set(sent.finished)
         self._usage_sent = sent.usage_sent
-        self._calls = sent
+        self._transcript = sent
         self._calls_due = sent.calls if not continuing else set()
         self._seen: dict[Channel, int] = {c: len(text) for c, text in self._sent.items()} if continuing else {}
         #: What the new attempt says beyond `sent` before it has reproduced all of `sent`: held back, so
@@ -202,7 +202,7 @@ class Splice:
 
     def _tool_fragment(self, choice: int, delta: ToolCallDelta) -> ToolCallDelta | None:
         self._calls_due.discard((choice, delta.index))
-        call = self._calls.call(choice, delta.index)
+        call = self._transcript.call(choice, delta.index)
         arguments = self._new_text((f"tool:{delta.index}", choice), delta.arguments)
         if call is None:
             return dataclasses.replace(delta, arguments=arguments)

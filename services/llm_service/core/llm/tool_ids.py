@@ -23,16 +23,12 @@ import dataclasses
 import hashlib
 import string
 from collections.abc import Callable
-from typing import Literal
 
-from llm_service.core.config.constants import ProviderID
+from llm_service.core.config.constants import ProviderID, ToolCallIdFormat
 from llm_service.core.llm.models import LLMRequest, Message
 from llm_service.core.llm.tool_call_store import ProviderCallData
 
 _BASE62 = string.digits + string.ascii_letters
-#: How tool-call IDs sent to a provider must look: `any` (OpenAI family, Anthropic: the normalised ID
-#: fits) or `alnum9` (exactly 9 letters and digits, as Mistral demands).
-IdFormat = Literal["any", "alnum9"]
 Remember = Callable[[str, ProviderCallData], None]
 Lookup = Callable[[str], ProviderCallData | None]
 
@@ -77,7 +73,7 @@ def alnum9(call_id: str) -> str:
     return _base62(f"alnum9:{call_id}", 9)
 
 
-def outbound_tool_call_id(call_id: str, provider: ProviderID, lookup: Lookup, id_format: IdFormat) -> str:
+def outbound_tool_call_id(call_id: str, provider: ProviderID, lookup: Lookup, id_format: ToolCallIdFormat) -> str:
     """The ID to send `provider` for the call the client names `call_id`."""
     known = lookup(call_id)
     if known is not None and known.provider is provider and known.provider_id:
