@@ -28,6 +28,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from llm_service.core.config.constants import ProviderID
@@ -312,9 +313,15 @@ class LLMDispatcher:
                 "The deployments of this model are rate limited; retry after the time given.", retry_after=wait
             )
         queue = self._queue(key)
+        try_take = partial(self._pool.try_take, candidates, tokens)
+        slot = queue.admit_now(try_take)
+        if slot is not None:  # no wait: no recheck task to start and cancel (~20 µs a request)
+            if queue.depth == 0 and key not in self._usable_keys:
+                self._queues.pop(key, None)
+            return slot
         rechecks = asyncio.ensure_future(self._recheck_while_waiting(queue, candidates, tokens))
         try:
-            return await queue.admit(lambda: self._pool.try_take(candidates, tokens), on_abandoned=Slot.abandoned)
+            return await queue.admit(try_take, on_abandoned=Slot.abandoned)
         except AdmissionError as exc:
             self._reject("queue_full_or_timeout")
             raise OverloadedError(

@@ -120,6 +120,16 @@ class AdmissionQueue(Generic[T]):
         """Callers waiting now."""
         return len(self._waiters)
 
+    def admit_now(self, try_admit: Callable[[], T | None]) -> T | None:
+        """What `try_admit` yields if nobody waits ahead of the caller, without waiting (None: wait in
+        line with `admit`). The common case, without `admit`'s coroutine and timer."""
+        if self._waiters:
+            return None
+        value = try_admit()
+        if value is not None:
+            self._rate.record()
+        return value
+
     async def admit(
         self,
         try_admit: Callable[[], T | None],
@@ -131,11 +141,9 @@ class AdmissionQueue(Generic[T]):
         `on_abandoned` receives a value obtained for this caller after it was cancelled (it can no
         longer use it): pass it whenever the value holds capacity, so that capacity is not lost.
         """
-        if not self._waiters:
-            value = try_admit()
-            if value is not None:
-                self._rate.record()
-                return value
+        value = self.admit_now(try_admit)
+        if value is not None:
+            return value
         if len(self._waiters) >= self._max_size:
             raise QueueFullError(f"admission queue is full ({self._max_size} waiting)", retry_after=self.retry_after())
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
