@@ -277,7 +277,7 @@ def _machine(info: dict[str, Any]) -> list[str]:
     ]
 
 
-def _profile_lines(profile: dict[str, Any]) -> list[str]:
+def profile_lines(profile: dict[str, Any]) -> list[str]:
     lines = [
         "## Where the service's CPU goes",
         "",
@@ -348,7 +348,7 @@ def render(
     if "soak" in results:
         lines += ["", "## Memory over time", "", *_soak_lines(results["soak"])]
     if "profile" in results:
-        lines += ["", *_profile_lines(results["profile"])]
+        lines += ["", *profile_lines(results["profile"])]
     lines += ["", *_method(sizes), "", *_machine(info), ""]
     lines += [
         "## Reproduce",

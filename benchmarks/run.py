@@ -47,7 +47,7 @@ if not __package__:  # run as a script: `python benchmarks/run.py`
 import orjson
 
 from benchmarks import proc
-from benchmarks.report import kept_notes, render
+from benchmarks.report import kept_notes, profile_lines, render
 from benchmarks.upstream import raise_fd_limit
 from benchmarks.wire import Scenario
 
@@ -258,6 +258,8 @@ class Bench:
     sizes: Sizes
     servers: dict[str, Server]
     workdir: Path
+    #: The runs to do (`--only`; default: all of RUNS).
+    only: frozenset[str] = frozenset(RUNS)
 
     def url(self, target: str) -> str:
         server = self.servers["upstream" if target == DIRECT else target]
@@ -350,38 +352,43 @@ def run_all(bench: Bench) -> dict[str, Any]:
     for target in TARGETS if sizes.warmup else ():
         bench.load(target, sizes.json, stream=False, requests=sizes.warmup, concurrency=c)
         bench.load(target, sizes.burst, stream=True, requests=max(1, sizes.warmup // 4), concurrency=c)
-    results["json_c32"] = _rounds(
-        bench, "json", "request", scenario=sizes.json, stream=False, requests=sizes.json_requests, concurrency=c
-    )
-    results["json_c1"] = {}
-    for target in TARGETS:
+    if "json_c32" in bench.only:
+        results["json_c32"] = _rounds(
+            bench, "json", "request", scenario=sizes.json, stream=False, requests=sizes.json_requests, concurrency=c
+        )
+    if "json_c1" in bench.only:
+        results["json_c1"] = {}
+    for target in TARGETS if "json_c1" in bench.only else ():
         results["json_c1"][target] = result = bench.measure(
             target, sizes.json, stream=False, requests=sizes.seq_requests, concurrency=1
         )
         result["cpu_us"] = _per(result["gateway_cpu_s"], result["completed"])
         _say(f"json one at a time {target}: {_brief(result, 'request')}")
-    results["stream_paced"] = _rounds(
-        bench,
-        "paced streams",
-        "chunk",
-        scenario=sizes.paced,
-        stream=True,
-        requests=sizes.stream_requests,
-        concurrency=c,
-        # Started over one stream's length, so that streams do not begin in waves of `c` at once.
-        ramp=sizes.stream_chunks * sizes.pace_ms / 1000,
-    )
-    results["stream_burst"] = _rounds(
-        bench,
-        "unpaced streams",
-        "chunk",
-        scenario=sizes.burst,
-        stream=True,
-        requests=sizes.burst_requests,
-        concurrency=c,
-    )
-    results["slow"] = {}
-    for target in TARGETS:
+    if "stream_paced" in bench.only:
+        results["stream_paced"] = _rounds(
+            bench,
+            "paced streams",
+            "chunk",
+            scenario=sizes.paced,
+            stream=True,
+            requests=sizes.stream_requests,
+            concurrency=c,
+            # Started over one stream's length, so that streams do not begin in waves of `c` at once.
+            ramp=sizes.stream_chunks * sizes.pace_ms / 1000,
+        )
+    if "stream_burst" in bench.only:
+        results["stream_burst"] = _rounds(
+            bench,
+            "unpaced streams",
+            "chunk",
+            scenario=sizes.burst,
+            stream=True,
+            requests=sizes.burst_requests,
+            concurrency=c,
+        )
+    if "slow" in bench.only:
+        results["slow"] = {}
+    for target in TARGETS if "slow" in bench.only else ():
         n = sizes.slow_streams
         result = bench.measure(
             target, sizes.slow, stream=True, requests=n, concurrency=n, ramp=sizes.slow_ramp_s, timeout=300
@@ -493,11 +500,23 @@ def machine() -> dict[str, Any]:
     }
 
 
+def cpu_ratios(results: dict[str, Any]) -> list[str]:
+    """Per run: the gateways' CPU per request or chunk, and the service's over the passthrough's."""
+    lines = []
+    for run in RUNS:
+        if run not in results:
+            continue
+        through, service = results[run][PASSTHROUGH].get("cpu_us"), results[run][SERVICE].get("cpu_us")
+        ratio = f"{service / through:.2f}x" if through and service else "-"
+        lines.append(f"{run}: passthrough {through} µs, service {service} µs, {ratio}")
+    return lines
+
+
 def failures(results: dict[str, Any]) -> list[str]:
     """Targets that failed to answer some request, by run."""
     found = []
     for run in RUNS:
-        for target, result in results[run].items():
+        for target, result in results.get(run, {}).items():
             if result["failed"] or not result["completed"]:
                 found.append(f"{run}/{target}: {result['completed']} ok, {result['failed']} failed {result['errors']}")
     return found
@@ -514,7 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slow-streams", type=int, help="concurrent slow streams (default 5000)")
     parser.add_argument("--rounds", type=int, help="rounds of the CPU runs (default 3)")
     parser.add_argument("--profile", action="store_true", help="also profile the service with py-spy (build/bench/)")
+    parser.add_argument(
+        "--only",
+        help=f"a quick look while working: only these runs (comma-separated, of {', '.join(RUNS)}), the gateway "
+        "CPU per request or chunk printed, no report written",
+    )
     args = parser.parse_args(argv)
+    only = frozenset(args.only.split(",")) if args.only else frozenset(RUNS)
+    if not only <= set(RUNS):
+        parser.error(f"--only takes runs of {', '.join(RUNS)}")
     sizes = SMOKE if args.smoke else FULL
     overrides = {"soak_s": args.soak, "slow_streams": args.slow_streams, "rounds": args.rounds}
     sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
@@ -525,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
         workdir = Path(tmp)
-        bench = Bench(sizes, servers(workdir, sizes), workdir)
+        bench = Bench(sizes, servers(workdir, sizes), workdir, only)
         info = machine()
         with running(bench.servers):
             _say(
@@ -540,6 +567,12 @@ def main(argv: list[str] | None = None) -> int:
                     results["profile"] = profile_service(bench, ROOT / "build" / "bench")
                 except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
                     _say(f"no profile: {exc}")  # py-spy missing, or not allowed to attach here
+            if args.only:
+                for line in cpu_ratios(results):
+                    print(line)
+                if "profile" in results:
+                    print("\n".join(profile_lines(results["profile"])))
+                return 0 if not failures(results) else 1
             if sizes.soak_s > 0:
                 results["soak"] = soak(bench)
         info["duration_s"] = round(time.monotonic() - started)

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+from typing_extensions import override
 
 from llm_service import __version__
 from llm_service.api import catalog, chat
@@ -39,6 +41,27 @@ _NO_FASTAPI_TELEMETRY: dict[str, Any] = (
     if "telemetry" in inspect.signature(FastAPI.__init__).parameters
     else {}
 )
+
+
+class GatewayApp(FastAPI):
+    """FastAPI, but the chat routes are served ahead of its routing and middleware stack.
+
+    `fast_routes` maps an exact path to a plain ASGI app for POST (the chat endpoints inside the access
+    log, and CORS when configured): about 200 µs a request less than FastAPI's own path. Anything else,
+    and these paths reached another way, goes through FastAPI as usual, to the same endpoints.
+    """
+
+    fast_routes: dict[str, ASGIApp]
+
+    @override
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            fast = self.fast_routes.get(scope["path"])
+            if fast is not None:
+                scope["app"] = self  # as Starlette would: endpoints find the services in app.state
+                await fast(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -100,20 +123,24 @@ def create_app(
             )
             yield
 
-    app = FastAPI(title="AgentOne LLM Service", version=__version__, lifespan=lifespan, **_NO_FASTAPI_TELEMETRY)
+    app = GatewayApp(title="AgentOne LLM Service", version=__version__, lifespan=lifespan, **_NO_FASTAPI_TELEMETRY)
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(catalog.router)
     app.add_middleware(AccessLogMiddleware)
     origins = base_settings.server.cors_origins()
+    cors: dict[str, Any] = {
+        "allow_origins": origins,
+        "allow_methods": ["GET", "POST", "OPTIONS"],
+        "allow_headers": ["*"],
+        "expose_headers": ["x-request-id", "x-llm-provider", "x-llm-model", "retry-after", "x-should-retry"],
+    }
     if origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
-            allow_headers=["*"],
-            expose_headers=["x-request-id", "x-llm-provider", "x-llm-model", "retry-after", "x-should-retry"],
-        )
+        app.add_middleware(CORSMiddleware, **cors)
+    app.fast_routes = {}
+    for path, endpoint in chat.CHAT_ENDPOINTS.items():
+        served: ASGIApp = AccessLogMiddleware(endpoint)
+        app.fast_routes[path] = CORSMiddleware(served, **cors) if origins else served
     return app
 
 

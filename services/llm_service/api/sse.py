@@ -10,7 +10,6 @@ iterators' `finally` blocks.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TypeVar
 
@@ -25,23 +24,53 @@ class ClientGone(Exception):
     """The client disconnected before the response started; the upstream work was cancelled."""
 
 
+class DisconnectWatch:
+    """Cancels the task that made it when the client disconnects, until `close()`.
+
+    One watcher task beside the request's own, which goes on doing the work itself (a task for the
+    work and one to wait on both cost about 45 µs a request more in the benchmark's profile). Close it
+    before anything that may await once the response is complete: uvicorn then answers `receive()`
+    with `http.disconnect` too.
+    """
+
+    __slots__ = ("_task", "_watcher", "gone")
+
+    def __init__(self, receive: Receive) -> None:
+        task = asyncio.current_task()
+        assert task is not None, "DisconnectWatch runs inside a task"
+        self._task = task
+        self.gone = False
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        self._task.cancel()
+
+    def close(self) -> None:
+        self._watcher.cancel()
+
+    def client_gone(self) -> bool:
+        """After a CancelledError: whether it was this watch's (then taken back, so that the task can go
+        on cleaning up) rather than the server's."""
+        if not self.gone:
+            return False
+        self._task.uncancel()
+        return True
+
+
 async def unless_disconnected(receive: Receive, work: Awaitable[T]) -> T:
     """Await `work` (the request body already read); cancel it if the client hangs up first."""
-    task = asyncio.ensure_future(work)
-    watcher = asyncio.create_task(_wait_for_disconnect(receive))
+    watch = DisconnectWatch(receive)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if watch.client_gone():
+            raise ClientGone from None
+        raise
     finally:
-        watcher.cancel()
-        if not task.done():
-            task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    if task.cancelled() or not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        raise ClientGone
-    return task.result()
+        watch.close()
 
 
 SSE_HEADERS: Mapping[str, str] = {
@@ -72,25 +101,23 @@ class SSEResponse(Response):
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A disconnect cancels the stream (and so the upstream); a write to a gone client ends it quietly.
-        try:
-            with contextlib.suppress(ClientGone, OSError):
-                await unless_disconnected(receive, self._stream(send))
-        finally:
-            if self._on_close is not None:
-                await self._on_close()
-
-    async def _stream(self, send: Send) -> None:
+        watch = DisconnectWatch(receive)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for piece in self._body:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except asyncio.CancelledError:
+            if not watch.client_gone():
+                raise
+        except OSError:
+            pass
         finally:
-            aclose = getattr(self._body, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-
-async def _wait_for_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+            watch.close()
+            try:
+                aclose = getattr(self._body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finally:
+                if self._on_close is not None:
+                    await self._on_close()
