@@ -65,6 +65,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from llm_service.core.config.constants import ProviderID
+from llm_service.core.config.limits import MAX_JSON_DEPTH_CEILING
 from llm_service.core.llm.gemini_schema import convert_schema, invalid, unsupported
 from llm_service.core.llm.models import (
     Choice,
@@ -87,6 +88,7 @@ from llm_service.core.llm.models import (
     ToolDefinition,
     Usage,
 )
+from llm_service.core.llm.request_limits import nests_deeper
 from llm_service.core.llm.tool_call_store import ProviderCallData
 from llm_service.core.llm.tool_ids import issue_tool_call_id, normalize_tool_call_id
 
@@ -266,12 +268,15 @@ def _text_only(content: str | list[ContentPart] | None, path: str, where: str) -
 
 
 def _tool_result(text: str) -> dict[str, Any]:
-    """Gemini wants an object: the result itself when it is a JSON object, else {"output": text}."""
+    """Gemini wants an object: the result itself when it is a JSON object (one nested too deeply to be
+    written into the body goes as text), else {"output": text}."""
     try:
         parsed = orjson.loads(text)
     except orjson.JSONDecodeError:
         parsed = None
-    return parsed if isinstance(parsed, dict) else {"output": text}
+    if isinstance(parsed, dict) and not nests_deeper(parsed, MAX_JSON_DEPTH_CEILING, text):
+        return parsed
+    return {"output": text}
 
 
 def _call_arguments(arguments: str, param: str) -> dict[str, Any]:
@@ -283,6 +288,8 @@ def _call_arguments(arguments: str, param: str) -> dict[str, Any]:
         raise invalid(param, f"is not valid JSON; {_PROVIDER} needs the arguments as a JSON object.") from None
     if not isinstance(parsed, dict):
         raise invalid(param, f"must be a JSON object for {_PROVIDER}, got a JSON {type(parsed).__name__}.")
+    if nests_deeper(parsed, MAX_JSON_DEPTH_CEILING, arguments):
+        raise invalid(param, f"nests objects and arrays more than {MAX_JSON_DEPTH_CEILING} levels deep.")
     return parsed
 
 

@@ -1,7 +1,8 @@
 """JSON Schema -> Gemini's Schema (an OpenAPI 3.0 subset), for function parameters and response schemas.
 
 Types are uppercased, `["x", "null"]` and a `{"type": "null"}` anyOf branch become `nullable`, oneOf
-becomes anyOf, a one-element allOf is merged, local `$ref`s are inlined (recursion is rejected), `const`
+becomes anyOf, a one-element allOf is merged, local `$ref`s are inlined (recursion is rejected, and so is
+a schema that would nest past 64 levels or hold over 10,000 schemas once inlined), `const`
 becomes a one-value enum, unknown keywords are dropped. Gemini accepts `enum` only on STRING: an enum on
 another type is dropped and its values are named in the description, so arguments keep their declared
 type. An enum without a type gets INTEGER, NUMBER or BOOLEAN when all its values are of that kind (else
@@ -17,6 +18,7 @@ import orjson
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.models import InvalidRequestError
+from llm_service.core.llm.request_limits import quoted
 
 _PROVIDER = ProviderID.VERTEX_AI.value
 
@@ -31,17 +33,28 @@ _SCHEMA_KEPT = (
 )  # fmt: skip
 _SCHEMA_FORMATS = {"STRING": ("date-time", "enum"), "INTEGER": ("int32", "int64"), "NUMBER": ("float", "double")}
 _REF_PREFIXES = {"#/$defs/": "$defs", "#/definitions/": "definitions"}
+#: Bounds on a schema once its $refs are inlined (see `_SchemaConverter.convert`).
+MAX_SCHEMA_DEPTH = 64
+MAX_SCHEMA_SCHEMAS = 10_000
+MAX_PARAM_CHARS = 300
 
 
 def unsupported(param: str, message: str) -> InvalidRequestError:
     """A request part Vertex cannot take: 400 naming the field and why."""
+    param = _cut(param)
     return InvalidRequestError(
         f"Unsupported '{param}' for {_PROVIDER}: {message}", param=param, code="unsupported_for_provider"
     )
 
 
 def invalid(param: str, message: str) -> InvalidRequestError:
+    param = _cut(param)
     return InvalidRequestError(f"Invalid '{param}': {message}", param=param, code="invalid_value")
+
+
+def _cut(param: str) -> str:
+    """A schema's path is spelled with the caller's property names, at any depth: its end is cut."""
+    return param if len(param) <= MAX_PARAM_CHARS else param[:MAX_PARAM_CHARS] + "..."
 
 
 def convert_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
@@ -52,10 +65,28 @@ def convert_schema(schema: dict[str, Any], path: str) -> dict[str, Any]:
 class _SchemaConverter:
     def __init__(self, root: dict[str, Any]) -> None:
         self.root = root
+        self.depth = 0  # schemas open around the one being converted
+        self.count = 0  # schemas converted so far
 
     def convert(self, node: Any, path: str, refs: tuple[str, ...]) -> dict[str, Any]:
         if not isinstance(node, dict):
             raise unsupported(path, f"expected a JSON Schema object; {_PROVIDER} cannot use boolean schemas.")
+        # Inlining is where a small schema grows: a chain of $refs nests without end, and a definition
+        # referenced twice at each level doubles the whole (the schema form of a "billion laughs").
+        self.count += 1
+        if self.depth >= MAX_SCHEMA_DEPTH or self.count > MAX_SCHEMA_SCHEMAS:
+            raise unsupported(
+                path,
+                f"with its $refs inlined the schema would nest more than {MAX_SCHEMA_DEPTH} levels or hold more "
+                f"than {MAX_SCHEMA_SCHEMAS} schemas; {_PROVIDER} needs it inlined.",
+            )
+        self.depth += 1
+        try:
+            return self._convert(node, path, refs)
+        finally:
+            self.depth -= 1
+
+    def _convert(self, node: dict[str, Any], path: str, refs: tuple[str, ...]) -> dict[str, Any]:
         node = self._merge_all_of(node, path)
         if "$ref" in node:
             return self._inline_ref(node, path, refs)
@@ -84,17 +115,18 @@ class _SchemaConverter:
         if prefix is None:
             raise unsupported(
                 f"{path}.$ref",
-                f"only local references to #/$defs/... or #/definitions/... can be inlined, not {ref!r}.",
+                f"only local references to #/$defs/... or #/definitions/... can be inlined, not {quoted(ref, 100)}.",
             )
         if ref in refs:
             raise unsupported(
-                f"{path}.$ref", f"{ref!r} refers to itself; {_PROVIDER} schemas cannot express recursive types."
+                f"{path}.$ref",
+                f"{quoted(ref, 100)} refers to itself; {_PROVIDER} schemas cannot express recursive types.",
             )
         table = self.root.get(_REF_PREFIXES[prefix])
         name = ref[len(prefix) :].replace("~1", "/").replace("~0", "~")
         target = table.get(name) if isinstance(table, dict) else None
         if not isinstance(target, dict):
-            raise invalid(f"{path}.$ref", f"{ref!r} is not defined in the schema.")
+            raise invalid(f"{path}.$ref", f"{quoted(ref, 100)} is not defined in the schema.")
         # Keywords beside the $ref (a description, say) refine the referenced schema.
         merged = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
         return self.convert(merged, path, (*refs, ref))
@@ -109,7 +141,7 @@ class _SchemaConverter:
         names = [n for n in names if n != "null"]
         for name in names:
             if name not in _SCHEMA_TYPES:
-                raise invalid(f"{path}.type", f"unknown JSON Schema type {name!r}.")
+                raise invalid(f"{path}.type", f"unknown JSON Schema type {quoted(name)}.")
         if len(names) == 1:
             out["type"] = _SCHEMA_TYPES[names[0]]
         elif names:

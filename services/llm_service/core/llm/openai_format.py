@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from llm_service.core.config.constants import ProviderID
+from llm_service.core.config.limits import RequestLimitSettings
 from llm_service.core.llm.models import (
     Choice,
     ChunkChoice,
@@ -35,6 +36,7 @@ from llm_service.core.llm.models import (
     ToolDefinition,
     Usage,
 )
+from llm_service.core.llm.request_limits import RequestCheck, quoted
 from llm_service.core.llm.tool_ids import Remember, issue_tool_call_id
 
 # Scalar request fields copied as they are between the wire and LLMRequest.
@@ -106,8 +108,9 @@ def _positive_int(obj: dict[str, Any], key: str) -> int | None:
     return cast(int | None, value)
 
 
-def parse_chat_request(body: Any) -> LLMRequest:
-    """A client's Chat Completions body -> LLMRequest (with `model` as the client wrote it)."""
+def parse_chat_request(body: Any, limits: RequestLimitSettings | None = None) -> LLMRequest:
+    """A client's Chat Completions body -> LLMRequest (with `model` as the client wrote it), within `limits`
+    (`request_limits.py`; None: the defaults)."""
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     model = _get(body, "model", str, "model", required=True)
@@ -116,16 +119,19 @@ def parse_chat_request(body: Any) -> LLMRequest:
     messages = _get(body, "messages", list, "messages", required=True)
     if not messages:
         raise _bad("messages", "must contain at least one message.")
+    tools = _get(body, "tools", list, "tools") or []
+    check = RequestCheck(limits)
+    check.start(model, messages, tools)
     stop = body.get("stop")
     if isinstance(stop, str):
         stop = [stop]
     elif stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
         raise _bad("stop", "expected a string or an array of strings.")
     stream_options = _get(body, "stream_options", dict, "stream_options") or {}
-    return LLMRequest(
+    request = LLMRequest(
         model=model,
-        messages=[_parse_message(m, f"messages[{i}]") for i, m in enumerate(messages)],
-        tools=[_parse_tool(t, f"tools[{i}]") for i, t in enumerate(_get(body, "tools", list, "tools") or [])],
+        messages=[check.message(_parse_message(m, f"messages[{i}]"), i) for i, m in enumerate(messages)],
+        tools=[_parse_tool(t, f"tools[{i}]") for i, t in enumerate(tools)],
         tool_choice=_parse_tool_choice(body.get("tool_choice")),
         parallel_tool_calls=_get(body, "parallel_tool_calls", bool, "parallel_tool_calls"),
         response_format=_parse_response_format(_get(body, "response_format", dict, "response_format")),
@@ -141,6 +147,7 @@ def parse_chat_request(body: Any) -> LLMRequest:
         include_usage=bool(_get(stream_options, "include_usage", bool, "stream_options.include_usage")),
         extra={k: v for k, v in body.items() if k not in _KNOWN_FIELDS},
     )
+    return check.finish(request)
 
 
 def _rest(raw: dict[str, Any], known: tuple[str, ...] | frozenset[str]) -> dict[str, Any]:
@@ -154,7 +161,7 @@ def _parse_message(raw: Any, path: str) -> Message:
     role_name = _get(raw, "role", str, f"{path}.role", required=True)
     role = _ROLES.get(role_name)
     if role is None:
-        raise _bad(f"{path}.role", f"unsupported role {role_name!r}; expected one of {', '.join(_ROLES)}.")
+        raise _bad(f"{path}.role", f"unsupported role {quoted(role_name)}; expected one of {', '.join(_ROLES)}.")
     message = Message(role=role, content=_parse_content(raw.get("content"), f"{path}.content"))
     message.name = _get(raw, "name", str, f"{path}.name")
     message.extra = _rest(raw, _MESSAGE_FIELDS)
