@@ -197,7 +197,13 @@ class RequestCheck:
         """Fields passed through as the caller sent them: bounded names, bounded nesting."""
         for key, value in fields.items():
             if len(key) > self._names:
-                raise _string_too_long(prefix + quoted(key), self._names, len(key))
+                param = f"{prefix}{key[:QUOTE_CHARS]}..."
+                raise InvalidRequestError(
+                    f"Invalid '{param}': field name too long. Expected a name of at most {self._names} characters, "
+                    f"but got one of {len(key)} instead.",
+                    param=param,
+                    code="string_above_max_length",
+                )
             if nests_deeper(value, self._depth):
                 raise _too_deep(prefix + key, self._depth)
 
