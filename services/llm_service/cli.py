@@ -72,7 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
     uvicorn.run(
-        create_app(settings),
+        create_app(settings, own_process=True),
         host=host,
         port=port,
         access_log=False,

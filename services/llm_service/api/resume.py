@@ -82,7 +82,8 @@ class StreamSession:
         self._first = 0  # index of _events[0]
         self._count = 0
         self.ended = False
-        self._changed = asyncio.Event()
+        # Readers waiting for the next event; woken all at once (a future each: cheaper than an Event).
+        self._waiters: list[asyncio.Future[None]] = []
         self._readers: set[SessionReader] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._task = asyncio.get_running_loop().create_task(self._produce(), name=f"stream-{key}")
@@ -111,10 +112,10 @@ class StreamSession:
             self._on_end(self)
 
     def _notify(self) -> None:
-        # Wakes every waiting reader (set() resolves their waits at once); clearing right away makes the
-        # next wait wait, with no new Event per chunk.
-        self._changed.set()
-        self._changed.clear()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():  # done: its reader was cancelled while waiting
+                waiter.set_result(None)
 
     def _trim(self) -> None:
         """Drop the oldest events past `keep` that every reader has already read."""
@@ -137,13 +138,17 @@ class StreamSession:
             self._timer = None
         return reader
 
-    def _next_for(self, reader: SessionReader) -> bytes | asyncio.Event | None:
-        """The reader's next event; the event to wait on when there is none yet; None at the end."""
+    def _next_for(self, reader: SessionReader) -> bytes | asyncio.Future[None] | None:
+        """The reader's next event; a future to wait on when there is none yet; None at the end."""
         if reader.index < self._count:
             event = self._events[reader.index - self._first]
             reader.index += 1
             return event
-        return None if self.ended else self._changed
+        if self.ended:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return waiter
 
     def _left(self, reader: SessionReader) -> None:
         self._readers.discard(reader)
@@ -199,7 +204,7 @@ class SessionReader:
             if step is None:
                 await self.aclose()
                 return DONE_EVENT
-            await step.wait()
+            await step
         raise StopAsyncIteration
 
     async def aclose(self) -> None:

@@ -38,6 +38,7 @@ from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQue
 from llm_service.core.llm.dispatch.attempt_trace import AttemptOutcome, AttemptTracer
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
 from llm_service.core.llm.dispatch.health import HealthChecker
+from llm_service.core.llm.dispatch.held import HeldStream, next_within
 from llm_service.core.llm.dispatch.limits import estimate_tokens
 from llm_service.core.llm.dispatch.pool import DeploymentPool, Slot
 from llm_service.core.llm.models import (
@@ -55,7 +56,6 @@ from llm_service.core.llm.models import (
     RateLimitError,
     Role,
     UpstreamRequestError,
-    Usage,
 )
 from llm_service.core.llm.retry import (
     RetryPolicy,
@@ -510,7 +510,7 @@ class LLMDispatcher:
                 upstream = client.continuation(upstream, sent.text(("content", 0)))
             stream = client.generate_stream(upstream)
             try:
-                return stream, await _next_within(stream, self._timeouts.first_chunk, client.provider, "first chunk")
+                return stream, await next_within(stream, self._timeouts.first_chunk, client.provider, "first chunk")
             except StopAsyncIteration:
                 return stream, None
             except BaseException:
@@ -549,69 +549,6 @@ class LLMDispatcher:
             "queues": {"|".join(d.label for d in key): q.snapshot() for key, q in self._queues.items() if q.depth},
             "deployments": [state.snapshot() for state in self._pool.states()],
         }
-
-
-async def _next_within(stream: AsyncIterator[LLMChunk], seconds: float, provider: ProviderID, what: str) -> LLMChunk:
-    """The stream's next chunk, or a retryable timeout naming the provider when it stays silent."""
-    try:
-        async with asyncio.timeout(seconds if seconds < math.inf else None):
-            return await anext(stream)
-    except TimeoutError:
-        raise ProviderTimeoutError(
-            f"{provider.value} sent no {what} within {seconds:g}s",
-            provider=provider,
-            retryable=True,
-            code="upstream_timeout",
-        ) from None
-
-
-class HeldStream:
-    """A routed stream holding its deployment slot, which it ends exactly once however the stream ends:
-    at its end (success, with the usage seen), on an upstream error (failure), or when closed early or
-    never read at all (abandoned) — `aclose()` works on a stream that was never started. A traced attempt
-    also collects what the chunks say about the answer (id, model, finish reasons, usage) for its trace."""
-
-    def __init__(
-        self, slot: Slot, first: LLMChunk | None, rest: AsyncIterator[LLMChunk], *, idle_timeout: float = math.inf
-    ) -> None:
-        self._slot = slot
-        self._idle_timeout = idle_timeout
-        self._first = first
-        self._rest = rest
-        self._usage: Usage | None = None
-        self._outcome = AttemptOutcome() if slot.trace is not None else None
-        self._exhausted = first is None
-
-    def __aiter__(self) -> HeldStream:
-        return self
-
-    async def __anext__(self) -> LLMChunk:
-        chunk = self._first
-        if chunk is not None:
-            self._first = None
-        elif self._exhausted:
-            raise StopAsyncIteration
-        else:
-            try:
-                chunk = await _next_within(self._rest, self._idle_timeout, self._slot.deployment.provider, "next chunk")
-            except StopAsyncIteration:
-                self._exhausted = True
-                self._slot.succeeded(self._usage, self._outcome)
-                raise
-            except ProviderError as error:
-                self._slot.failed(error)
-                raise
-            except BaseException:
-                self._slot.abandoned()
-                raise
-        self._usage = chunk.usage or self._usage
-        if self._outcome is not None:
-            self._outcome.see(chunk)
-        return chunk
-
-    async def aclose(self) -> None:
-        self._slot.abandoned()  # a no-op when the stream already ended
-        await close_stream(self._rest)
 
 
 def _continuable(sent: Transcript) -> bool:
