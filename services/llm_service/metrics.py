@@ -25,7 +25,7 @@ caller's free-form model name never becomes a label.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -116,6 +116,9 @@ class Metrics:
         self.queue_depth = Gauge("llm_gateway_queue_depth", "Requests waiting for capacity", registry=r)
         self.in_flight = Gauge("llm_gateway_in_flight", "Requests holding a deployment slot", registry=r)
 
+        # Label sets are bounded (provider, deployment, status, stream): so is this.
+        self._request_children: dict[tuple[str, str, str, bool], tuple[Any, ...]] = {}
+
     def watch(self, dispatcher: Watched) -> None:
         """Read queue depth and in-flight from `dispatcher` at every scrape."""
         self.queue_depth.set_function(lambda: dispatcher.queue_depth)
@@ -137,6 +140,45 @@ class Metrics:
     def failover(self, from_deployment: Deployment, to_deployment: Deployment, error: ProviderError) -> None:
         # Failovers happen only between an alias's deployments: profile labels, bounded.
         self.failovers.labels(from_deployment.label, to_deployment.label, type(error).__name__).inc()
+
+    def request_outcome(
+        self,
+        provider: str,
+        deployment: str,
+        status: str,
+        stream: bool,
+        *,
+        seconds: float,
+        ttft: float | None,
+        overhead: float | None,
+        tokens_in: int | None,
+        tokens_out: int | None,
+    ) -> None:
+        """One chat request: its outcome, duration, time to first token, own overhead and tokens."""
+        # The labelled children are looked up once per label set: `labels()` validates, builds a tuple
+        # and takes a lock, about 3 µs each, five times a request.
+        key = (provider, deployment, status, stream)
+        found = self._request_children.get(key)
+        if found is None:
+            found = self._request_children[key] = (
+                self.requests.labels(provider, deployment, status),
+                self.duration.labels(provider, deployment, "true" if stream else "false"),
+                self.ttft.labels(provider, deployment),
+                self.overhead.labels(provider, deployment),
+                self.tokens.labels(provider, deployment, "input"),
+                self.tokens.labels(provider, deployment, "output"),
+            )
+        count, duration, first_token, own, tokens_in_child, tokens_out_child = found
+        count.inc()
+        duration.observe(seconds)
+        if ttft is not None:
+            first_token.observe(ttft)
+        if overhead is not None:
+            own.observe(overhead)
+        if tokens_in is not None:
+            tokens_in_child.inc(tokens_in)
+        if tokens_out is not None:
+            tokens_out_child.inc(tokens_out)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

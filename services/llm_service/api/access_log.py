@@ -8,10 +8,11 @@ request's SERVER span (`tracing.RequestSpan`) starts and ends here too, for the 
 
 from __future__ import annotations
 
+import itertools
 import logging
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -74,7 +75,7 @@ class AccessLogMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope) or f"req_{uuid.uuid4().hex}"
+        request_id = _incoming_id(scope) or _new_request_id()
         record = AccessRecord(request_id=request_id, method=scope["method"], path=scope["path"])
         scope.setdefault("state", {})["access"] = record
         started = record.started
@@ -111,18 +112,27 @@ _LOGGED = tuple(f.name for f in fields(AccessRecord) if f.name not in {"started"
 
 def record_request_metrics(metrics: Metrics, record: AccessRecord) -> None:
     """One chat request's outcome, duration, time to first token and tokens."""
-    provider, deployment = record.provider or "", record.metric_deployment or ""
-    status = str(record.status) if not record.stream_error else "stream_error"
-    metrics.requests.labels(provider, deployment, status).inc()
-    metrics.duration.labels(provider, deployment, str(bool(record.stream)).lower()).observe(record.latency_ms / 1000)
-    if record.ttft_ms is not None:
-        metrics.ttft.labels(provider, deployment).observe(record.ttft_ms / 1000)
-    if record.overhead_ms is not None:
-        metrics.overhead.labels(provider, deployment).observe(record.overhead_ms / 1000)
-    if record.prompt_tokens is not None:
-        metrics.tokens.labels(provider, deployment, "input").inc(record.prompt_tokens)
-    if record.completion_tokens is not None:
-        metrics.tokens.labels(provider, deployment, "output").inc(record.completion_tokens)
+    metrics.request_outcome(
+        record.provider or "",
+        record.metric_deployment or "",
+        str(record.status) if not record.stream_error else "stream_error",
+        bool(record.stream),
+        seconds=record.latency_ms / 1000,
+        ttft=record.ttft_ms / 1000 if record.ttft_ms is not None else None,
+        overhead=record.overhead_ms / 1000 if record.overhead_ms is not None else None,
+        tokens_in=record.prompt_tokens,
+        tokens_out=record.completion_tokens,
+    )
+
+
+#: Request ids: this process's random prefix and a counter (unique across replicas and restarts with
+#: 64 random bits; uuid4 per request cost about 5 µs).
+_ID_PREFIX = os.urandom(8).hex()
+_ID_COUNTER = itertools.count()
+
+
+def _new_request_id() -> str:
+    return f"req_{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _incoming_id(scope: Scope) -> str | None:

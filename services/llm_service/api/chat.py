@@ -8,9 +8,11 @@ failure after the first streamed byte ends the stream with one error event, then
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from types import MappingProxyType
 from urllib.parse import quote
 
 import orjson
@@ -225,8 +227,9 @@ async def _sse_events(
 
 
 def _note_deployment(access: AccessRecord, deployment: Deployment, services: Services) -> None:
-    access.provider, access.upstream_model = deployment.provider.value, deployment.model
-    access.deployment = deployment.label
+    provider, label, _ = _deployment_facts(deployment)
+    access.provider, access.upstream_model = provider, deployment.model
+    access.deployment = label
     access.metric_deployment = services.dispatcher.metric_label(deployment)
 
 
@@ -238,11 +241,20 @@ def _overhead(access: AccessRecord, upstream_time: UpstreamTime) -> dict[str, st
 
 
 def _deployment_headers(deployment: Deployment) -> dict[str, str]:
-    return {
+    return dict(_deployment_facts(deployment)[2])
+
+
+@functools.lru_cache(maxsize=4096)
+def _deployment_facts(deployment: Deployment) -> tuple[str, str, Mapping[str, str]]:
+    """(provider, label, response headers) of a deployment, worked out once (its label parses a URL and
+    the headers percent-encode: a few µs a request otherwise)."""
+    label = deployment.label
+    headers = {
         "x-llm-provider": deployment.provider.value,
         "x-llm-model": _header_value(deployment.model),
-        "x-llm-deployment": _header_value(deployment.label),
+        "x-llm-deployment": _header_value(label),
     }
+    return deployment.provider.value, label, MappingProxyType(headers)
 
 
 def _header_value(text: str) -> str:
