@@ -21,17 +21,21 @@ caller's free-form model name never becomes a label.
 | `llm_gateway_health_checks_total` | counter | deployment, outcome (ok, failed): probes of deployments out of service |
 | `llm_gateway_queue_depth` | gauge | |
 | `llm_gateway_in_flight` | gauge | |
+| `llm_gateway_shared_state_degraded` | gauge | (1: Redis unreachable, each replica on its share of the limits) |
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatch.breaker import BreakerState, Transition
 from llm_service.core.llm.models import ProviderError
+
+if TYPE_CHECKING:
+    from llm_service.core.llm.dispatch.state import StateBackend
 
 #: Seconds: LLM calls run from tens of milliseconds (a cached short answer) to minutes.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -50,6 +54,9 @@ class Watched(Protocol):
 
     @property
     def queue_depth(self) -> int: ...
+
+    @property
+    def state_backend(self) -> StateBackend: ...
 
 
 class Metrics:
@@ -115,6 +122,11 @@ class Metrics:
         )
         self.queue_depth = Gauge("llm_gateway_queue_depth", "Requests waiting for capacity", registry=r)
         self.in_flight = Gauge("llm_gateway_in_flight", "Requests holding a deployment slot", registry=r)
+        self.state_degraded = Gauge(
+            "llm_gateway_shared_state_degraded",
+            "1 while the state replicas share is unreachable (each admits on its share of the limits)",
+            registry=r,
+        )
 
         # Label sets are bounded (provider, deployment, status, stream): so is this.
         self._request_children: dict[tuple[str, str, str, bool], tuple[Any, ...]] = {}
@@ -123,6 +135,7 @@ class Metrics:
         """Read queue depth and in-flight from `dispatcher` at every scrape."""
         self.queue_depth.set_function(lambda: dispatcher.queue_depth)
         self.in_flight.set_function(lambda: dispatcher.in_flight)
+        self.state_degraded.set_function(lambda: float(dispatcher.state_backend.degraded))
 
     def breaker_transition(self, transition: Transition) -> None:
         self.breaker_state.labels(transition.name).set(_BREAKER_VALUE[transition.to_state])

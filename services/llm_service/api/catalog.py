@@ -29,14 +29,18 @@ async def list_models(request: Request) -> Response:
 
 @router.get("/health")
 async def health(request: Request) -> Response:
-    """Overall status, the dispatcher (in flight, queues) and every deployment's breaker and limits."""
+    """Overall status, the shared state, the dispatcher (in flight, queues) and every deployment's breaker
+    and limits. `degraded`: serving, but replicas that should share state cannot reach it (each admits on
+    its own share of the limits)."""
     services: Services = request.app.state.services
     dispatcher = services.dispatcher
-    ready = dispatcher.ready()
+    state = dispatcher.state_backend.status()
+    status = "unavailable" if not dispatcher.ready() else "degraded" if state["degraded"] else "ok"
     body = {
-        "status": "ok" if ready else "unavailable",
+        "status": status,
         "demo": services.demo,
         "providers": [p.value for p in services.providers],
+        "state": state,
         "dispatcher": dispatcher.snapshot(),
     }
     return json_response(200, body)

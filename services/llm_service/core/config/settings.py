@@ -41,6 +41,7 @@ from typing_extensions import override
 from llm_service.core.config.constants import DefaultTimeouts, ProviderID, ToolCallIdFormat
 from llm_service.core.config.groups import SettingsGroup as SettingsGroup
 from llm_service.core.config.limits import RequestLimitSettings as RequestLimitSettings
+from llm_service.core.config.scale_out import ScaleOutSettings as ScaleOutSettings
 from llm_service.core.config.telemetry import TelemetrySettings as TelemetrySettings
 from llm_service.core.llm.genai_platform import validate_genai_config
 
@@ -447,6 +448,7 @@ class Settings(BaseSettings):
     telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
     dispatcher: DispatcherSettings = Field(default_factory=DispatcherSettings)
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
+    scale_out: ScaleOutSettings = Field(default_factory=ScaleOutSettings)
     request_limits: RequestLimitSettings = Field(default_factory=RequestLimitSettings)
 
     aliases: dict[str, list[Deployment]] = Field(
@@ -571,6 +573,7 @@ class FlatEnvSource(PydanticBaseSettingsSource):
 #: Top-level keys of a profile besides `aliases` and `providers`: settings that are not per provider.
 PROFILE_SETTINGS = frozenset(
     {"debug", "log_level", "demo_mode", "server", "telemetry", "dispatcher", "streaming", "genai_platform"}
+    | {"scale_out"}
     | {"request_limits"}
 )
 PROFILE_KEYS = frozenset({"aliases", "providers"}) | PROFILE_SETTINGS

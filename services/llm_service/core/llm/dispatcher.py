@@ -41,6 +41,7 @@ from llm_service.core.llm.dispatch.health import HealthChecker
 from llm_service.core.llm.dispatch.held import HeldStream, next_within
 from llm_service.core.llm.dispatch.limits import estimate_tokens
 from llm_service.core.llm.dispatch.pool import DeploymentPool, Slot
+from llm_service.core.llm.dispatch.state import state_backend
 from llm_service.core.llm.models import (
     DeploymentsUnavailableError,
     InvalidRequestError,
@@ -176,11 +177,14 @@ class LLMDispatcher:
         )
         self._queue_size, self._queue_timeout = d.max_queue_size, d.queue_timeout_seconds
         self._queues: dict[tuple[Deployment, ...], AdmissionQueue[Slot]] = {}
+        #: Rate limits, slots, breaker openings and checkpoints: in memory, or shared by replicas (Redis).
+        self.state_backend = state_backend(settings, clock=clock)
         self._pool = DeploymentPool(
             {provider: BreakerPolicy(**d.breaker_settings(provider)) for provider in ProviderID},
             clock=clock,
             on_transition=observer.breaker_transition if observer is not None else None,
             on_release=self._capacity_freed,
+            backend=self.state_backend,
         )
         for deployments in self._usable.values():
             for deployment in deployments:
@@ -216,6 +220,7 @@ class LLMDispatcher:
         """Start the background health checks (in the app's lifespan, on its event loop)."""
         if self._health is not None and self._health_task is None:
             self._health_task = asyncio.get_running_loop().create_task(self._health.run(), name="health-checks")
+        self.state_backend.start()
 
     async def aclose(self) -> None:
         """Stop the health checks (a probe in flight is cancelled)."""
@@ -224,6 +229,7 @@ class LLMDispatcher:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await self.state_backend.aclose()
 
     async def check_health(self) -> int:
         """Run the health checks that are due now; how many deployments were probed."""
@@ -290,6 +296,60 @@ class LLMDispatcher:
     async def _admit(self, key: tuple[Deployment, ...], candidates: Sequence[Deployment], tokens: int) -> Slot:
         """A slot on the first of `candidates` that can take the request, waiting in `key`'s queue if
         none can now; the refusals that waiting cannot help are said at once."""
+        self._refuse_early(candidates, tokens)
+        queue = self._queue(key)
+        if not self._pool.local:
+            return await self._admit_shared(key, queue, candidates, tokens)
+        try_take = partial(self._pool.try_take, candidates, tokens)
+        slot = queue.admit_now(try_take)
+        if slot is not None:  # no wait: no recheck task to start and cancel (~20 µs a request)
+            if queue.depth == 0 and key not in self._usable_keys:
+                self._queues.pop(key, None)
+            return slot
+        rechecks = asyncio.ensure_future(self._recheck_while_waiting(queue, candidates, tokens))
+        try:
+            return await queue.admit(try_take, on_abandoned=Slot.abandoned)
+        except AdmissionError as exc:
+            raise self._overloaded(exc) from None
+        finally:
+            rechecks.cancel()
+            if queue.depth == 0 and key not in self._usable_keys:
+                self._queues.pop(key, None)  # a directly addressed model's line: gone when empty
+
+    async def _admit_shared(
+        self, key: tuple[Deployment, ...], queue: AdmissionQueue[Slot], candidates: Sequence[Deployment], tokens: int
+    ) -> Slot:
+        """`_admit` through state shared with other replicas: one round trip; when it finds no room, the
+        refusals that waiting cannot help (with what it learnt), else a wait in line whose head asks again
+        on every release here and, for releases elsewhere, every poll interval."""
+        poll = self._pool.poll_interval
+
+        def retry_in() -> float:
+            wait = self._pool.next_change(candidates, tokens)
+            return max(wait, poll) if wait < math.inf else poll
+
+        try:
+            return await queue.admit_async(
+                partial(self._pool.take, candidates, tokens),
+                retry_in=retry_in,
+                before_waiting=partial(self._refuse_early, candidates, tokens),
+            )
+        except AdmissionError as exc:
+            raise self._overloaded(exc) from None
+        finally:
+            if queue.depth == 0 and key not in self._usable_keys:
+                self._queues.pop(key, None)
+
+    def _overloaded(self, exc: AdmissionError) -> OverloadedError:
+        self._reject("queue_full_or_timeout")
+        return OverloadedError(
+            f"The service is at capacity for this model ({exc}); retry after the time given.",
+            retry_after=exc.retry_after,
+        )
+
+    def _refuse_early(self, candidates: Sequence[Deployment], tokens: int) -> None:
+        """Raise the refusals that waiting cannot help: every deployment open-circuited (503), a request
+        too large for every TPM limit (400), room that only time frees, later than the queue's timeout (429)."""
         open_for = self._pool.all_open(candidates)
         if open_for is not None:
             self._reject("deployments_unavailable")
@@ -312,26 +372,6 @@ class LLMDispatcher:
             raise OverloadedError(
                 "The deployments of this model are rate limited; retry after the time given.", retry_after=wait
             )
-        queue = self._queue(key)
-        try_take = partial(self._pool.try_take, candidates, tokens)
-        slot = queue.admit_now(try_take)
-        if slot is not None:  # no wait: no recheck task to start and cancel (~20 µs a request)
-            if queue.depth == 0 and key not in self._usable_keys:
-                self._queues.pop(key, None)
-            return slot
-        rechecks = asyncio.ensure_future(self._recheck_while_waiting(queue, candidates, tokens))
-        try:
-            return await queue.admit(try_take, on_abandoned=Slot.abandoned)
-        except AdmissionError as exc:
-            self._reject("queue_full_or_timeout")
-            raise OverloadedError(
-                f"The service is at capacity for this model ({exc}); retry after the time given.",
-                retry_after=exc.retry_after,
-            ) from None
-        finally:
-            rechecks.cancel()
-            if queue.depth == 0 and key not in self._usable_keys:
-                self._queues.pop(key, None)  # a directly addressed model's line: gone when empty
 
     async def _recheck_while_waiting(
         self, queue: AdmissionQueue[Slot], candidates: Sequence[Deployment], tokens: int

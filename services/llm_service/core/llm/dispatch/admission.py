@@ -7,6 +7,10 @@ whoever frees capacity calls `notify()`, which retries the head of the queue and
 heads are served. A wait ends in exactly one way: served, `QueueFullError` (no room to wait),
 `QueueTimeoutError` (waited `timeout` seconds), an error from `try_admit`, or cancellation.
 
+`admit_async()` is the same line for a `try_admit` that must be awaited (a round trip to state shared
+with other replicas, whose releases no `notify()` here announces): the head of the line asks for itself,
+when notified or after `retry_in()` seconds, whichever comes first; the others wait to be the head.
+
 Errors::
 
     AdmissionError (retry_after: whole seconds to suggest to the caller)
@@ -19,6 +23,7 @@ Time comes from the injected `clock` (service rate) and `sleep` (the wait timer)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections import deque
@@ -83,8 +88,10 @@ class _RateWindow:
 
 @dataclass(eq=False)
 class _Waiter(Generic[T]):
-    try_admit: Callable[[], T | None]
+    #: None: a waiter of `admit_async`, which asks for itself when its `turn` is set.
+    try_admit: Callable[[], T | None] | None
     future: asyncio.Future[T]
+    turn: asyncio.Event | None = None
 
 
 class AdmissionQueue(Generic[T]):
@@ -158,6 +165,63 @@ class AdmissionQueue(Generic[T]):
         finally:
             timer.cancel()
 
+    async def admit_async(
+        self,
+        try_admit: Callable[[], Awaitable[T | None]],
+        *,
+        retry_in: Callable[[], float],
+        before_waiting: Callable[[], None] | None = None,
+    ) -> T:
+        """`admit` for a `try_admit` that awaits; see the module docstring. `before_waiting` runs when the
+        caller is about to wait, and may raise to refuse it instead. `try_admit` must itself hand back what
+        it obtained when cancelled."""
+        if not self._waiters:
+            value = await try_admit()
+            if value is not None:
+                self._rate.record()
+                return value
+        if before_waiting is not None:
+            before_waiting()
+        if len(self._waiters) >= self._max_size:
+            raise QueueFullError(f"admission queue is full ({self._max_size} waiting)", retry_after=self.retry_after())
+        waiter: _Waiter[T] = _Waiter(None, asyncio.get_running_loop().create_future(), asyncio.Event())
+        turn = waiter.turn
+        assert turn is not None
+        self._waiters.append(waiter)
+        timer = asyncio.ensure_future(self._expire(waiter))
+        try:
+            while True:
+                await self._my_turn(waiter, turn, retry_in)
+                value = await try_admit()
+                if value is not None:
+                    self._rate.record()
+                    return value
+        finally:
+            timer.cancel()
+            if not waiter.future.done():
+                waiter.future.cancel()
+            elif not waiter.future.cancelled():
+                waiter.future.exception()  # a timeout that came while the last try was served: retrieved
+            if self._leave(waiter):
+                self.notify()
+
+    async def _my_turn(self, waiter: _Waiter[T], turn: asyncio.Event, retry_in: Callable[[], float]) -> None:
+        """Return when `waiter`, at the head of the line, is notified or has waited `retry_in()` seconds;
+        raise its `QueueTimeoutError` when the wait timed out."""
+        while True:
+            if self._waiters and self._waiters[0] is waiter:
+                delay = retry_in()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay if delay < math.inf else None):
+                        await turn.wait()
+            else:
+                await turn.wait()
+            turn.clear()
+            if waiter.future.done():
+                waiter.future.result()  # raises the QueueTimeoutError
+            if self._waiters and self._waiters[0] is waiter:
+                return
+
     def notify(self) -> None:
         """Capacity may have been freed: retry waiters from the head while they are served."""
         while self._waiters:
@@ -165,6 +229,10 @@ class AdmissionQueue(Generic[T]):
             if head.future.done():  # cancelled; its task has not yet run to take itself out
                 self._waiters.popleft()
                 continue
+            if head.try_admit is None:  # a waiter of admit_async asks for itself
+                assert head.turn is not None
+                head.turn.set()
+                return
             try:
                 value = head.try_admit()
             except Exception as exc:  # the error is this waiter's answer, not the notifier's problem
@@ -207,6 +275,8 @@ class AdmissionQueue(Generic[T]):
         waiter.future.set_exception(
             QueueTimeoutError(f"no capacity within {self._timeout:g}s", retry_after=self.retry_after())
         )
+        if waiter.turn is not None:
+            waiter.turn.set()
         if was_head:
             self.notify()
 

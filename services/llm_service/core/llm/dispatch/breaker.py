@@ -33,7 +33,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -48,6 +48,8 @@ REASON_PROBE_SUCCEEDED = "probe_succeeded"
 REASON_PROBE_FAILED = "probe_failed"
 REASON_HEALTH_CHECK_PASSED = "health_check_passed"
 REASON_HEALTH_CHECK_FAILED = "health_check_failed"
+#: Another replica opened the deployment's breaker (shared state): this one follows.
+REASON_OPENED_ELSEWHERE = "opened_by_another_replica"
 
 
 class BreakerState(StrEnum):
@@ -96,6 +98,8 @@ class Transition:
     failure_ratio: float
     window_calls: int
     at: float
+    #: Seconds the breaker stays open (0.0 unless the transition opened it); not part of equality.
+    open_for: float = field(default=0.0, compare=False)
 
 
 def failure_ratio(calls: int, failures: int) -> float:
@@ -200,6 +204,13 @@ class CircuitBreaker:
             return True
         return state is BreakerState.CLOSED
 
+    def admits(self) -> bool:
+        """Whether `allow()` would let a call through now, without taking a half-open probe slot."""
+        state = self.state
+        return state is BreakerState.CLOSED or (
+            state is BreakerState.HALF_OPEN and self._probes < self.policy.half_open_probes
+        )
+
     def record_success(self) -> None:
         now = self._clock()
         state = self._current(now)
@@ -278,6 +289,7 @@ class CircuitBreaker:
 
     def _move(self, to_state: BreakerState, reason: str, now: float) -> None:
         calls, failures = self._window.counts(now)
+        open_for = self._open_until - now if to_state is BreakerState.OPEN else 0.0
         transition = Transition(
             name=self.name,
             from_state=self._state,
@@ -286,6 +298,7 @@ class CircuitBreaker:
             failure_ratio=failure_ratio(calls, failures),
             window_calls=calls,
             at=now,
+            open_for=open_for,
         )
         self._state = to_state
         self._since = now
@@ -304,7 +317,7 @@ class CircuitBreaker:
                     "failure_ratio": transition.failure_ratio,
                     "window_calls": calls,
                     "window_seconds": self.policy.window_seconds,
-                    "open_for": self._open_until - now if to_state is BreakerState.OPEN else 0.0,
+                    "open_for": open_for,
                 }
             },
         )

@@ -103,6 +103,16 @@ class Limits:
     def of(cls, deployment: Deployment) -> Limits:
         return cls(max_concurrency=deployment.max_concurrency, rpm=deployment.rpm, tpm=deployment.tpm)
 
+    def share(self, replicas: int) -> Limits:
+        """One of `replicas` replicas' part of these limits: each divided by the count, rounded down (at
+        least 1), so that the replicas together stay within them."""
+        if replicas <= 1:
+            return self
+        return Limits(*(None if value is None else max(value // replicas, 1) for value in self._values()))
+
+    def _values(self) -> tuple[int | None, int | None, int | None]:
+        return self.max_concurrency, self.rpm, self.tpm
+
 
 @dataclass(slots=True)
 class _Admission:
@@ -171,11 +181,12 @@ class DeploymentLimiter:
             raise ValueError(f"tokens must not be negative, got {tokens}")
         if self.room_in(tokens) > 0:
             return None
-        admission = _Admission(self._clock(), tokens)
-        self._window.append(admission)
-        self._window_tokens += tokens
-        self._in_flight += 1
-        return Permit(self, admission)
+        return Permit(self, self._count(tokens))
+
+    def record(self, tokens: int) -> Permit:
+        """Count a request admitted without asking this limiter (by the replicas' shared state), so that
+        it still knows this replica's own traffic."""
+        return Permit(self, self._count(tokens))
 
     def room_in(self, tokens: int) -> float:
         """Seconds until `try_acquire(tokens)` could succeed if nothing else changes.
@@ -240,6 +251,13 @@ class DeploymentLimiter:
             admission = window.popleft()
             admission.in_window = False
             self._window_tokens -= admission.tokens
+
+    def _count(self, tokens: int) -> _Admission:
+        admission = _Admission(self._clock(), tokens)
+        self._window.append(admission)
+        self._window_tokens += tokens
+        self._in_flight += 1
+        return admission
 
     def _free_slot(self) -> None:
         self._in_flight -= 1

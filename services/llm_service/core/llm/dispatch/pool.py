@@ -14,6 +14,11 @@ frees the limiter's permit:
 
 Deployments addressed directly (`<provider>/<model>`) get their state on first use, kept for the most
 recently used `max_ad_hoc` of them so that callers cannot grow it without bound.
+
+The limiters come from the `StateBackend` (memory unless replicas share state), which also hears every
+breaker transition. While the backend is `local`, `try_take()` decides alone and at once; otherwise
+`take()` asks the shared state, in one round trip, and the breakers follow what it says other replicas'
+breakers hold open.
 """
 
 from __future__ import annotations
@@ -29,8 +34,15 @@ from typing import Any
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatch.attempt_trace import Attempt, AttemptOutcome
-from llm_service.core.llm.dispatch.breaker import BreakerPolicy, BreakerState, CircuitBreaker, Transition
-from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits, Permit, tokens_used
+from llm_service.core.llm.dispatch.breaker import (
+    REASON_OPENED_ELSEWHERE,
+    BreakerPolicy,
+    BreakerState,
+    CircuitBreaker,
+    Transition,
+)
+from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Permit, tokens_used
+from llm_service.core.llm.dispatch.state import MemoryState, StateBackend, StateUnavailable
 from llm_service.core.llm.models import (
     ContentFilterError,
     ProviderAuthError,
@@ -131,8 +143,10 @@ class DeploymentPool:
         on_transition: Callable[[Transition], None] | None = None,
         on_release: Callable[[], None] = lambda: None,
         max_ad_hoc: int = 1024,
+        backend: StateBackend | None = None,
     ) -> None:
         self._policies = policies
+        self._backend = backend if backend is not None else MemoryState(clock=clock)
         self._clock = clock
         self._on_transition = on_transition
         self._on_release = on_release
@@ -175,6 +189,39 @@ class DeploymentPool:
                 continue
             return Slot(state, permit, self._on_release, probe=probe)
         return None
+
+    async def take(self, deployments: Sequence[Deployment], tokens: int) -> Slot | None:
+        """`try_take` through the shared state: one round trip for all of `deployments` (their breakers
+        asked here first); at once, when the backend is local."""
+        if self._backend.local:
+            return self.try_take(deployments, tokens)
+        states = [state for d in deployments if (state := self.state(d)).breaker.admits()]
+        if not states:
+            return None
+        try:
+            acquired = await self._backend.acquire([state.limiter for state in states], tokens)
+        except StateUnavailable:
+            return self.try_take(deployments, tokens)
+        for index, seconds in acquired.opened_elsewhere.items():
+            states[index].breaker.trip(REASON_OPENED_ELSEWHERE, seconds)
+        if acquired.index is None or acquired.permit is None:
+            return None
+        state = states[acquired.index]
+        probe = state.breaker.state is BreakerState.HALF_OPEN
+        if not state.breaker.allow():  # its probe slot was taken while this request asked
+            acquired.permit.release()
+            return None
+        return Slot(state, acquired.permit, self._on_release, probe=probe)
+
+    @property
+    def local(self) -> bool:
+        """Whether `try_take` decides admission (else `take`, which awaits the shared state)."""
+        return self._backend.local
+
+    @property
+    def poll_interval(self) -> float:
+        """How often a waiting request asks the shared state again (inf: releases here say it all)."""
+        return self._backend.poll_interval
 
     def next_change(self, deployments: Sequence[Deployment], tokens: int) -> float:
         """Seconds until some deployment may take the request without a release: its time-based limits
@@ -221,9 +268,12 @@ class DeploymentPool:
         if report is not None and ad_hoc:
             report = _renamed(report, ad_hoc_label(deployment))
         breaker = CircuitBreaker(
-            deployment.label, self._policies[deployment.provider], clock=self._clock, on_transition=report
+            deployment.label,
+            self._policies[deployment.provider],
+            clock=self._clock,
+            on_transition=_told(self._backend, deployment, report),
         )
-        return DeploymentState(deployment, breaker, DeploymentLimiter(Limits.of(deployment), clock=self._clock))
+        return DeploymentState(deployment, breaker, self._backend.limiter(deployment))
 
     def _evict_one(self) -> None:
         """Forget the least recently used ad-hoc deployment that has nothing in flight."""
@@ -246,6 +296,19 @@ def deployment_at_fault(error: BaseException) -> bool:
 def ad_hoc_label(deployment: Deployment) -> str:
     """How metrics name a deployment addressed directly as `<provider>/<model>`: callers choose those."""
     return f"{deployment.provider.value}/_direct"
+
+
+def _told(
+    backend: StateBackend, deployment: Deployment, report: Callable[[Transition], None] | None
+) -> Callable[[Transition], None]:
+    """Transitions reported to the state backend, then to `report`."""
+
+    def tell(transition: Transition) -> None:
+        backend.breaker_moved(deployment, transition)
+        if report is not None:
+            report(transition)
+
+    return tell
 
 
 def _renamed(report: Callable[[Transition], None], name: str) -> Callable[[Transition], None]:

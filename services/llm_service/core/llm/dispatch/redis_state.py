@@ -1,0 +1,293 @@
+"""`StateBackend` in Redis: several replicas admit against one set of limits and avoid the same failing
+deployments.
+
+- Admission is one script (`redis_scripts.ACQUIRE`), one round trip, batched with whatever else was
+  asked in the same turn of the event loop (`RedisLink`): the first of the candidate deployments whose
+  breaker is not held open, whose 429 pause is over and whose concurrency, RPM and TPM have room, taken
+  atomically for every replica.
+- A concurrency slot is a lease: renewed every third of `slot_lease_seconds` while its request runs,
+  freed when it ends, and reclaimed by the next admission once expired when its replica died.
+- The end of a request (lease freed, tokens corrected), a breaker opening here, a 429 pause and
+  checkpoints are written in the background, in the same batches.
+- Redis unreachable (a call fails or times out): the backend turns `degraded` and `local`, each replica
+  admits on its own share of the limits (`SharedLimiter`), checkpoints stay in this process, and Redis is
+  tried again every `redis_retry_seconds`; when it answers, shared admission resumes (leases still held
+  are renewed at once, coming back if Redis lost them). Each change is logged once, on
+  `llm_service.state`. The URL is never logged: it may hold the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from llm_service.core.config.scale_out import ScaleOutSettings
+from llm_service.core.config.settings import Deployment
+from llm_service.core.llm.dispatch.breaker import (
+    REASON_HEALTH_CHECK_PASSED,
+    REASON_OPENED_ELSEWHERE,
+    BreakerState,
+    Transition,
+)
+from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits
+from llm_service.core.llm.dispatch.redis_link import RedisLink, script_command
+from llm_service.core.llm.dispatch.redis_scripts import ACQUIRE, HOLD, KEY_KINDS, RENEW, SETTLE
+from llm_service.core.llm.dispatch.shared_limiter import SharedLimiter
+from llm_service.core.llm.dispatch.state import Acquired, MemoryCheckpoints, StateUnavailable
+
+log = logging.getLogger("llm_service.state")
+
+Clock = Callable[[], float]
+
+
+class RedisState:
+    def __init__(
+        self,
+        client: Redis,
+        *,
+        checkpoints: MemoryCheckpoints,
+        prefix: str = "llm:",
+        replicas: int = 1,
+        lease_seconds: float = 30.0,
+        retry_seconds: float = 2.0,
+        poll_seconds: float = 0.1,
+        timeout: float = 0.5,
+        clock: Clock = time.monotonic,
+        server_clock: Clock | None = None,
+    ) -> None:
+        """`clock` is this replica's (hints, its own limiters); `server_clock` the time the scripts count
+        in, None for the Redis server's own (what replicas on several hosts must share)."""
+        self._client = client
+        self._link = RedisLink(client, on_error=self._lost)
+        self._checkpoints = checkpoints
+        self._prefix = prefix
+        self._replicas = replicas
+        self._lease = lease_seconds
+        self._retry = retry_seconds
+        self._poll = poll_seconds
+        self._timeout = timeout
+        self._clock = clock
+        self._server_clock = server_clock
+        self._degraded = False
+        self._changed_at = clock()
+        #: The leases of this replica's running requests: lease id -> its slots key.
+        self._leases: dict[str, str] = {}
+        self._ids = map("{}:{}".format, itertools.repeat(secrets.token_hex(6)), itertools.count())
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ScaleOutSettings, *, clock: Clock, checkpoints: MemoryCheckpoints) -> RedisState:
+        assert settings.redis_url is not None
+        timeout = settings.redis_timeout_seconds
+        pool = ConnectionPool.from_url(
+            settings.redis_url.get_secret_value(),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=Retry(NoBackoff(), 0),  # an unreachable Redis is found at once: the replica has its share
+        )
+        return cls(
+            Redis(connection_pool=pool),
+            checkpoints=checkpoints,
+            prefix=settings.redis_key_prefix,
+            replicas=settings.replicas,
+            lease_seconds=settings.slot_lease_seconds,
+            retry_seconds=settings.redis_retry_seconds,
+            poll_seconds=settings.redis_poll_seconds,
+            timeout=timeout,
+            clock=clock,
+        )
+
+    # ------------------------------------------------------------------ the protocol
+
+    @property
+    def local(self) -> bool:
+        return self._degraded
+
+    @property
+    def degraded(self) -> bool:
+        return self._degraded
+
+    @property
+    def poll_interval(self) -> float:
+        return math.inf if self._degraded else self._poll
+
+    def limiter(self, deployment: Deployment) -> DeploymentLimiter:
+        keys = tuple(self._key(kind, deployment) for kind in KEY_KINDS)
+        return SharedLimiter(Limits.of(deployment), keys=keys, replicas=self._replicas, link=self, clock=self._clock)
+
+    async def acquire(self, limiters: Sequence[DeploymentLimiter], tokens: int) -> Acquired:
+        shared = [limiter for limiter in limiters if isinstance(limiter, SharedLimiter)]
+        if len(shared) != len(limiters):
+            raise TypeError("RedisState admits only on the limiters it made")
+        self.start()
+        lease = next(self._ids)
+        keys = [key for limiter in shared for key in limiter.keys]
+        args: list[Any] = [self._now(), tokens, lease, self._lease]
+        args += [value for limiter in shared for value in limiter.limit_args]
+        reply = self._link.call(script_command(ACQUIRE, keys, args))
+        try:
+            answer = await asyncio.shield(reply)
+        except asyncio.CancelledError:  # the caller left: what was granted for it is given back
+            reply.add_done_callback(lambda done: self._abandoned(done, shared, tokens, lease))
+            raise
+        except Exception as exc:
+            self._lost(exc)
+            raise StateUnavailable("shared state unreachable") from None
+        return self._granted(answer, shared, tokens, lease)
+
+    def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
+        if self._degraded:
+            return
+        key = self._key("open", deployment)
+        if transition.to_state is BreakerState.OPEN and transition.reason != REASON_OPENED_ELSEWHERE:
+            self._link.send(script_command(HOLD, [key], [self._now(), transition.open_for]))
+        elif transition.reason == REASON_HEALTH_CHECK_PASSED:  # probes may go through on every replica
+            self._link.send(("DEL", key))
+
+    def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None:
+        if self._degraded:
+            self._checkpoints.put(key, data, ttl)
+        else:
+            self._link.send(("SET", self._prefix + "checkpoint:" + key, data, "PX", max(math.ceil(ttl * 1000), 1)))
+
+    async def get_checkpoint(self, key: str) -> bytes | None:
+        if not self._degraded:
+            try:
+                data = await self._link.call(("GET", self._prefix + "checkpoint:" + key))
+            except Exception as exc:
+                self._lost(exc)
+            else:
+                if isinstance(data, bytes):
+                    return data
+        return self._checkpoints.get(key)  # one written while Redis was unreachable
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._maintain(), name="shared-state")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if not self._degraded:
+            await self._link.drain(self._timeout)  # the last releases, so other replicas need not wait for leases
+        self._link.cancel()
+        await self._client.aclose()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "backend": "redis",
+            "shared": not self._degraded,
+            "degraded": self._degraded,
+            "replicas": self._replicas,
+            "for_seconds": round(self._clock() - self._changed_at, 3),
+            "leases_held": len(self._leases),
+        }
+
+    # ------------------------------------------------------------------ what the limiters ask
+
+    def publish_pause(self, limiter: SharedLimiter, seconds: float) -> None:
+        if not self._degraded:
+            self._link.send(script_command(HOLD, [limiter.keys[KEY_KINDS.index("paused")]], [self._now(), seconds]))
+
+    def settle(self, limiter: SharedLimiter, lease: str, *, free: bool, used_tokens: int | None) -> None:
+        if free:
+            self._leases.pop(lease, None)
+        if self._degraded:
+            return  # an unrenewed lease expires by itself; a correction is lost
+        keys = [limiter.keys[KEY_KINDS.index("slots")], limiter.keys[KEY_KINDS.index("tok")]]
+        used = "" if used_tokens is None else used_tokens
+        self._link.send(script_command(SETTLE, keys, [lease, "1" if free else "0", used]))
+
+    # ------------------------------------------------------------------ internals
+
+    def _key(self, kind: str, deployment: Deployment) -> str:
+        return f"{self._prefix}{kind}:{deployment.label}"
+
+    def _now(self) -> str:
+        return "" if self._server_clock is None else repr(self._server_clock())
+
+    def _granted(self, answer: list[Any], limiters: list[SharedLimiter], tokens: int, lease: str) -> Acquired:
+        taken = int(answer[0]) - 1
+        acquired = Acquired()
+        looked = (len(answer) - 2) // 2
+        for index in range(looked):
+            open_for, room = float(answer[2 + 2 * index]), float(answer[3 + 2 * index])
+            limiters[index].learn(math.inf if room < 0 else room)
+            if open_for > 0:
+                acquired.opened_elsewhere[index] = open_for
+        if taken >= 0:
+            limiter = limiters[taken]
+            acquired.index = taken
+            acquired.permit = limiter.granted(tokens, lease)
+            if limiter.limit_args[0]:
+                self._leases[lease] = limiter.keys[KEY_KINDS.index("slots")]
+        return acquired
+
+    def _abandoned(self, reply: asyncio.Future[Any], limiters: list[SharedLimiter], tokens: int, lease: str) -> None:
+        if reply.cancelled() or reply.exception() is not None:
+            return
+        permit = self._granted(reply.result(), limiters, tokens, lease).permit
+        if permit is not None:
+            permit.release()
+
+    def _lost(self, error: BaseException) -> None:
+        if self._degraded:
+            return
+        self._degraded = True
+        self._changed_at = self._clock()
+        log.warning(
+            "shared state unreachable: serving on this replica's share of the limits",
+            extra={"fields": {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}},
+        )
+
+    def _found(self) -> None:
+        self._degraded = False
+        self._changed_at = self._clock()
+        log.info("shared state reachable again: limits shared", extra={"fields": {"backend": "redis"}})
+
+    async def _maintain(self) -> None:
+        """Renew leases while Redis answers; try it again while it does not."""
+        loop = asyncio.get_running_loop()
+        next_renewal = loop.time() + self._lease / 3
+        while True:
+            await asyncio.sleep(min(self._lease / 3, self._retry))
+            if self._degraded:
+                if await self._answers():
+                    self._found()
+                    await self._renew()
+                    next_renewal = loop.time() + self._lease / 3
+            elif loop.time() >= next_renewal:
+                await self._renew()
+                next_renewal = loop.time() + self._lease / 3
+
+    async def _answers(self) -> bool:
+        """Whether Redis runs the admission script again (an empty admission: nothing is taken)."""
+        try:
+            await self._link.call(script_command(ACQUIRE, [], [self._now(), 0, "", self._lease]))
+        except Exception:
+            return False
+        return True
+
+    async def _renew(self) -> None:
+        if not self._leases:
+            return
+        leases = list(self._leases.items())
+        args = [self._now(), self._lease, *(lease for lease, _ in leases)]
+        try:
+            await self._link.call(script_command(RENEW, [key for _, key in leases], args))
+        except Exception as exc:
+            self._lost(exc)

@@ -1,0 +1,201 @@
+"""The dispatcher's state that replicas share, behind one small protocol: `StateBackend`.
+
+What it holds, per deployment and for streams:
+
+- rate-limit accounting and concurrency slots: `limiter()` hands the pool one `DeploymentLimiter` per
+  deployment, this replica's own accounting (its admissions, 429 pauses). While admission is `local`
+  the limiters decide it, synchronously; otherwise `acquire()` takes capacity in the shared state
+  (one round trip, the first of several deployments with room) and the limiter only counts it;
+- breaker state: `breaker_moved()` hears every transition of this replica's breakers, and `acquire()`
+  names the deployments another replica's breaker holds open, which the pool's breakers then follow;
+- stream checkpoints: `put_checkpoint()` (written in the background where the store is remote) and
+  `get_checkpoint()`, each kept for its TTL.
+
+`MemoryState` keeps everything in this process: admission is always local, with nothing to await, so
+a single process pays nothing for the protocol. `RedisState` (`redis_state.py`, when `REDIS_URL` is
+set) keeps it in Redis, and is `local` only while Redis is unreachable (`degraded`), each replica then
+admitting its share of the limits. Nothing above this protocol knows which backend it has.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from llm_service.core.llm.dispatch.breaker import Transition
+from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits, Permit
+
+if TYPE_CHECKING:
+    from llm_service.core.config.settings import Deployment, Settings
+
+Clock = Callable[[], float]
+
+
+class StateUnavailable(Exception):
+    """The shared state did not answer; the backend is `local` (degraded) from now on until it does."""
+
+
+@dataclass(slots=True)
+class Acquired:
+    """What `acquire()` found: the position of the limiter that admitted the request and its permit (None:
+    no room anywhere), and, by position, the seconds another replica's breaker holds a deployment open."""
+
+    index: int | None = None
+    permit: Permit | None = None
+    opened_elsewhere: dict[int, float] = field(default_factory=dict)
+
+
+class StateBackend(Protocol):
+    """The dispatcher's shared state; see the module docstring."""
+
+    @property
+    def local(self) -> bool:
+        """Whether admission is decided by the limiters alone, now, without `acquire()`."""
+        ...
+
+    @property
+    def degraded(self) -> bool:
+        """Whether shared state is configured but unreachable (each replica on its share of the limits)."""
+        ...
+
+    @property
+    def poll_interval(self) -> float:
+        """How often a waiting request asks again for capacity freed elsewhere (inf: every release here
+        is announced, no need to ask)."""
+        ...
+
+    def limiter(self, deployment: Deployment) -> DeploymentLimiter:
+        """A new limiter for `deployment`: this replica's accounting of its traffic."""
+        ...
+
+    async def acquire(self, limiters: Sequence[DeploymentLimiter], tokens: int) -> Acquired:
+        """Admit a request of `tokens` on the first of `limiters` whose deployment has room in the shared
+        state, atomically for every replica; raises `StateUnavailable` when the state does not answer."""
+        ...
+
+    def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
+        """A breaker of this replica changed state (an opening is then avoided by every replica)."""
+        ...
+
+    def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None:
+        """Keep `data` under `key` for `ttl` seconds (replacing what was there)."""
+        ...
+
+    async def get_checkpoint(self, key: str) -> bytes | None:
+        """What `put_checkpoint` kept under `key`, unless it expired."""
+        ...
+
+    def start(self) -> None:
+        """Start background work (lease renewal, reconnection) on the running event loop."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    def status(self) -> dict[str, Any]:
+        """What /health shows: the backend, and whether the state is shared now."""
+        ...
+
+
+class MemoryCheckpoints:
+    """Checkpoints in this process: each kept for its own TTL, at most `max_entries` of them and
+    `max_bytes` in all (the least recently written dropped first)."""
+
+    def __init__(self, *, max_entries: int, max_bytes: int, clock: Clock = time.monotonic) -> None:
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._clock = clock
+        self._bytes = 0
+        self._entries: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
+
+    def put(self, key: str, data: bytes, ttl: float) -> None:
+        self._drop(key)
+        self._entries[key] = (self._clock() + ttl, data)
+        self._bytes += len(data)
+        now = self._clock()
+        while self._entries:
+            oldest_key, (until, _) = next(iter(self._entries.items()))
+            if until > now and len(self._entries) <= self._max_entries and self._bytes <= self._max_bytes:
+                break
+            self._drop(oldest_key)
+
+    def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= self._clock():
+            self._drop(key)
+            return None
+        return entry[1]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self._bytes -= len(entry[1])
+
+
+class MemoryState:
+    """Everything in this process: the default, and what one process needs."""
+
+    def __init__(self, *, clock: Clock = time.monotonic, checkpoints: MemoryCheckpoints | None = None) -> None:
+        self._clock = clock
+        self._checkpoints = checkpoints or MemoryCheckpoints(max_entries=10_000, max_bytes=256 << 20, clock=clock)
+
+    @property
+    def local(self) -> bool:
+        return True
+
+    @property
+    def degraded(self) -> bool:
+        return False
+
+    @property
+    def poll_interval(self) -> float:
+        return float("inf")
+
+    def limiter(self, deployment: Deployment) -> DeploymentLimiter:
+        return DeploymentLimiter(Limits.of(deployment), clock=self._clock)
+
+    async def acquire(self, limiters: Sequence[DeploymentLimiter], tokens: int) -> Acquired:
+        for index, limiter in enumerate(limiters):
+            permit = limiter.try_acquire(tokens)
+            if permit is not None:
+                return Acquired(index, permit)
+        return Acquired()
+
+    def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
+        return None  # nobody else to tell
+
+    def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None:
+        self._checkpoints.put(key, data, ttl)
+
+    async def get_checkpoint(self, key: str) -> bytes | None:
+        return self._checkpoints.get(key)
+
+    def start(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+    def status(self) -> dict[str, Any]:
+        return {"backend": "memory", "shared": False, "degraded": False}
+
+
+def state_backend(settings: Settings, *, clock: Clock = time.monotonic) -> StateBackend:
+    """The backend the settings ask for: Redis with `REDIS_URL` (redis-py is imported only then), else memory."""
+    streaming = settings.streaming
+    checkpoints = MemoryCheckpoints(
+        max_entries=streaming.max_resumable_streams, max_bytes=streaming.stream_resume_max_bytes, clock=clock
+    )
+    scale_out = settings.scale_out
+    if scale_out.redis_url is None:
+        return MemoryState(clock=clock, checkpoints=checkpoints)
+    from llm_service.core.llm.dispatch.redis_state import RedisState
+
+    return RedisState.from_settings(scale_out, clock=clock, checkpoints=checkpoints)
