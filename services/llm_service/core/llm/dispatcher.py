@@ -37,8 +37,9 @@ from llm_service.core.llm.base import BaseLLMClient
 from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQueue
 from llm_service.core.llm.dispatch.attempt_trace import AttemptOutcome, AttemptTracer
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
+from llm_service.core.llm.dispatch.deadlines import Deadlines, next_within
 from llm_service.core.llm.dispatch.health import HealthChecker
-from llm_service.core.llm.dispatch.held import HeldStream, next_within
+from llm_service.core.llm.dispatch.held import HeldStream
 from llm_service.core.llm.dispatch.limits import estimate_tokens
 from llm_service.core.llm.dispatch.pool import DeploymentPool, Slot
 from llm_service.core.llm.dispatch.state import state_backend
@@ -166,6 +167,10 @@ class LLMDispatcher:
             if (usable := tuple(d for d in deployments if settings.deployment_configured(d)))
         }
         self._usable_keys = frozenset(self._usable.values())
+        #: The aliases' own wait lines, by the identity of the deployment tuple `resolve` hands out (it
+        #: is always the same object): no hashing of deployments per request (a pydantic model hashes
+        #: all its fields, about 2 µs).
+        self._alias_queues: dict[int, AdmissionQueue[Slot]] = {}
         self._ready_providers = tuple(p for p in settings.configured_providers() if p in clients)
         self._observer = observer
         #: Traces each upstream attempt (OpenTelemetry, when configured); None: no tracing work at all.
@@ -176,6 +181,7 @@ class LLMDispatcher:
             d.request_timeout_seconds, d.first_chunk_timeout_seconds, d.stream_idle_timeout_seconds
         )
         self._queue_size, self._queue_timeout = d.max_queue_size, d.queue_timeout_seconds
+        self._budgets = Deadlines(self._timeouts.request)
         self._queues: dict[tuple[Deployment, ...], AdmissionQueue[Slot]] = {}
         #: Rate limits, slots, breaker openings and checkpoints: in memory, or shared by replicas (Redis).
         self.state_backend = state_backend(settings, clock=clock)
@@ -223,7 +229,8 @@ class LLMDispatcher:
         self.state_backend.start()
 
     async def aclose(self) -> None:
-        """Stop the health checks (a probe in flight is cancelled)."""
+        """Stop the health checks (a probe in flight is cancelled) and the budgets' timer."""
+        self._budgets.close()
         task, self._health_task = self._health_task, None
         if task is not None:
             task.cancel()
@@ -283,10 +290,15 @@ class LLMDispatcher:
 
     def _queue(self, key: tuple[Deployment, ...]) -> AdmissionQueue[Slot]:
         """The wait line of requests for these deployments (one per model), made when first needed."""
+        queue = self._alias_queues.get(id(key))
+        if queue is not None:
+            return queue
         queue = self._queues.get(key)
         if queue is None:
             queue = AdmissionQueue(max_size=self._queue_size, timeout=self._queue_timeout, clock=self._clock)
             self._queues[key] = queue
+            if key in self._usable_keys and any(k is key for k in self._usable.values()):
+                self._alias_queues[id(key)] = queue
         return queue
 
     def _capacity_freed(self) -> None:
@@ -296,25 +308,30 @@ class LLMDispatcher:
     async def _admit(self, key: tuple[Deployment, ...], candidates: Sequence[Deployment], tokens: int) -> Slot:
         """A slot on the first of `candidates` that can take the request, waiting in `key`'s queue if
         none can now; the refusals that waiting cannot help are said at once."""
-        self._refuse_early(candidates, tokens)
-        queue = self._queue(key)
         if not self._pool.local:
-            return await self._admit_shared(key, queue, candidates, tokens)
+            self._refuse_early(candidates, tokens)
+            return await self._admit_shared(key, self._queue(key), candidates, tokens)
+        queue = self._queue(key)
         try_take = partial(self._pool.try_take, candidates, tokens)
         slot = queue.admit_now(try_take)
-        if slot is not None:  # no wait: no recheck task to start and cancel (~20 µs a request)
-            if queue.depth == 0 and key not in self._usable_keys:
-                self._queues.pop(key, None)
+        if slot is not None:  # no wait: no refusals to look for, no recheck task (~40 µs a request)
+            self._forget_if_idle(key, queue)
             return slot
-        rechecks = asyncio.ensure_future(self._recheck_while_waiting(queue, candidates, tokens))
+        rechecks: asyncio.Future[None] | None = None
         try:
+            self._refuse_early(candidates, tokens)  # what try_take refused may be worth saying at once
+            rechecks = asyncio.ensure_future(self._recheck_while_waiting(queue, candidates, tokens))
             return await queue.admit(try_take, on_abandoned=Slot.abandoned)
         except AdmissionError as exc:
             raise self._overloaded(exc) from None
         finally:
-            rechecks.cancel()
-            if queue.depth == 0 and key not in self._usable_keys:
-                self._queues.pop(key, None)  # a directly addressed model's line: gone when empty
+            if rechecks is not None:
+                rechecks.cancel()
+            self._forget_if_idle(key, queue)
+
+    def _forget_if_idle(self, key: tuple[Deployment, ...], queue: AdmissionQueue[Slot]) -> None:
+        if queue.depth == 0 and id(key) not in self._alias_queues and key not in self._usable_keys:
+            self._queues.pop(key, None)  # a directly addressed model's line: gone when empty
 
     async def _admit_shared(
         self, key: tuple[Deployment, ...], queue: AdmissionQueue[Slot], candidates: Sequence[Deployment], tokens: int
@@ -337,8 +354,7 @@ class LLMDispatcher:
         except AdmissionError as exc:
             raise self._overloaded(exc) from None
         finally:
-            if queue.depth == 0 and key not in self._usable_keys:
-                self._queues.pop(key, None)
+            self._forget_if_idle(key, queue)
 
     def _overloaded(self, exc: AdmissionError) -> OverloadedError:
         self._reject("queue_full_or_timeout")
@@ -490,16 +506,20 @@ class LLMDispatcher:
         upstream_time: UpstreamTime | None,
     ) -> tuple[Slot, T]:
         """`_run` within the request's budget: a silent upstream never holds a caller longer."""
+        deadline = self._budgets.start()
         try:
-            async with asyncio.timeout(self._timeouts.request):
-                return await self._run_with_fallbacks(request, call, upstream_time or UpstreamTime())
-        except TimeoutError:
+            return await self._run_with_fallbacks(request, call, upstream_time or UpstreamTime())
+        except asyncio.CancelledError:
+            if deadline is None or not deadline.expired():
+                raise
             raise ProviderTimeoutError(
                 f"No answer within the request's budget of {self._timeouts.request:g}s.",
                 provider=self.resolve(request.model)[0].provider,
                 retryable=True,
                 code="request_timeout",
             ) from None
+        finally:
+            self._budgets.finish(deadline)
 
     async def generate(
         self, request: LLMRequest, upstream_time: UpstreamTime | None = None
