@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from typing_extensions import override
 
 from llm_service.api.access_log import AccessRecord
+from llm_service.api.chat_schema import CHAT_OPENAPI, CHAT_STREAM_OPENAPI, RESUME_OPENAPI
 from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, error_response, json_response
 from llm_service.api.resume import DONE_EVENT, StreamGone, parse_last_event_id
 from llm_service.api.services import Services
@@ -87,12 +88,12 @@ class _Served(Response):
         await self._app(scope, receive, send)
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=CHAT_OPENAPI)
 async def chat_completions(request: Request) -> Response:
     return _Served(CHAT_ENDPOINTS["/v1/chat/completions"])
 
 
-@router.post("/v1/chat/completions/stream")
+@router.post("/v1/chat/completions/stream", openapi_extra=CHAT_STREAM_OPENAPI)
 async def chat_completions_stream(request: Request) -> Response:
     return _Served(CHAT_ENDPOINTS["/v1/chat/completions/stream"])
 
@@ -147,8 +148,7 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
     return SSEResponse(reader, headers | {STREAM_ID_HEADER: session.key}, on_close=reader.aclose)
 
 
-@router.get("/v1/chat/completions/{stream_id}/stream")
-@router.get("/v1/chat/completions/{stream_id}/stream")
+@router.get("/v1/chat/completions/{stream_id}/stream", openapi_extra=RESUME_OPENAPI)
 async def resume_stream(stream_id: str, request: Request) -> Response:
     """The events of a stream after the client's `Last-Event-ID` (or `?after=<index>`; neither: all of
     them), the live remainder, then `[DONE]`. 404 for a stream not kept here, 410 for events no longer kept."""
