@@ -185,7 +185,7 @@ class RedisState:
         if not self._degraded:
             await self._link.drain(self._timeout)  # the last releases, so other replicas need not wait for leases
         self._link.cancel()
-        await self._client.aclose()
+        await self._client.aclose(close_connection_pool=True)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -275,8 +275,10 @@ class RedisState:
                 next_renewal = loop.time() + self._lease / 3
 
     async def _answers(self) -> bool:
-        """Whether Redis runs the admission script again (an empty admission: nothing is taken)."""
+        """Whether Redis runs the admission script again (an empty admission: nothing is taken), on a new
+        connection: those made before the outage may be dead, and would cut the next burst short."""
         try:
+            await self._client.connection_pool.disconnect()
             await self._link.call(script_command(ACQUIRE, [], [self._now(), 0, "", self._lease]))
         except Exception:
             return False

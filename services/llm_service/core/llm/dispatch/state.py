@@ -144,7 +144,9 @@ class MemoryState:
 
     def __init__(self, *, clock: Clock = time.monotonic, checkpoints: MemoryCheckpoints | None = None) -> None:
         self._clock = clock
-        self._checkpoints = checkpoints or MemoryCheckpoints(max_entries=10_000, max_bytes=256 << 20, clock=clock)
+        if checkpoints is None:
+            checkpoints = MemoryCheckpoints(max_entries=10_000, max_bytes=256 << 20, clock=clock)
+        self._checkpoints = checkpoints
 
     @property
     def local(self) -> bool:
