@@ -190,6 +190,17 @@ replies = st.builds(
 response_extra = extra_fields({"id", "object", "created", "model", "choices", "usage", "system_fingerprint"})
 
 
+def _upstream(
+    kind: str, key: str, choices: list[tuple[dict[str, Any], str | None, Any]], usage: Any, fields: dict[str, Any]
+) -> dict[str, Any]:
+    """An upstream's completion (`key` "message") or chunk (`key` "delta") body."""
+    listed = [
+        {"index": i, key: reply, "logprobs": logprobs, "finish_reason": finish}
+        for i, (reply, finish, logprobs) in enumerate(choices)
+    ]
+    return {**fields, "object": kind, "choices": listed, "usage": usage}
+
+
 def _normalised(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**c, "id": normalize_tool_call_id(c["id"], PROVIDER)[0]} for c in calls]
 
@@ -206,16 +217,7 @@ def _normalised(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def test_a_response_read_and_written_to_the_client_is_what_the_upstream_sent(
     choices: list[tuple[dict[str, Any], str | None, Any]], usage: Any, top: dict[str, Any], extra: dict[str, Any]
 ) -> None:
-    upstream = {
-        **extra,
-        **top,
-        "object": "chat.completion",
-        "choices": [
-            {"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish}
-            for i, (message, finish, logprobs) in enumerate(choices)
-        ],
-        "usage": usage,
-    }
+    upstream = _upstream("chat.completion", "message", choices, usage, top | extra)
     originals = {c["id"] for message, _, _ in choices for c in message.get("tool_calls", ())}
     remembered: dict[str, ProviderCallData] = {}
 
@@ -269,16 +271,7 @@ def test_a_chunk_read_and_written_to_the_client_is_what_the_upstream_sent(
     extra: dict[str, Any],
 ) -> None:
     choices, usage = choices_and_usage
-    upstream = {
-        **extra,
-        **top,
-        "object": "chat.completion.chunk",
-        "choices": [
-            {"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}
-            for i, (delta, finish, logprobs) in enumerate(choices)
-        ],
-        "usage": usage,
-    }
+    upstream = _upstream("chat.completion.chunk", "delta", choices, usage, top | extra)
 
     written = encode_chat_chunk(decode_chat_chunk(upstream, PROVIDER), include_usage=True)
 

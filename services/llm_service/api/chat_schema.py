@@ -162,23 +162,33 @@ _USAGE = _object(
 )
 _FINISH = {"enum": [*(f.value for f in FinishReason), None]}
 _COMMON = {"id": _STRING, "created": _INTEGER, "model": _STRING, "system_fingerprint": _STRING}
+
+
+def _choices(key: str, reply: dict[str, Any]) -> dict[str, Any]:
+    """A completion's choices (`key` "message") or a chunk's (`key` "delta")."""
+    return _array(
+        _object(
+            ["index", key, "logprobs", "finish_reason"],
+            index=_INTEGER,
+            logprobs={},
+            finish_reason=_FINISH,
+            **{key: reply},
+        )
+    )
+
+
 CHAT_COMPLETION: dict[str, Any] = _object(
     ["id", "object", "created", "model", "choices", "usage"],
     object={"const": "chat.completion"},
-    choices=_array(
+    choices=_choices(
+        "message",
         _object(
-            ["index", "message", "logprobs", "finish_reason"],
-            index=_INTEGER,
-            message=_object(
-                ["role", "content", "refusal"],
-                role={"const": Role.ASSISTANT.value},
-                content=_nullable(_STRING),
-                refusal=_nullable(_STRING),
-                tool_calls=_array(_TOOL_CALL),
-            ),
-            logprobs={},
-            finish_reason=_FINISH,
-        )
+            ["role", "content", "refusal"],
+            role={"const": Role.ASSISTANT.value},
+            content=_nullable(_STRING),
+            refusal=_nullable(_STRING),
+            tool_calls=_array(_TOOL_CALL),
+        ),
     ),
     usage=_nullable(_USAGE),
     **_COMMON,
@@ -193,20 +203,11 @@ _DELTA_CALL = _object(
 CHAT_CHUNK: dict[str, Any] = _object(
     ["id", "object", "created", "model", "choices"],
     object={"const": "chat.completion.chunk"},
-    choices=_array(
+    choices=_choices(
+        "delta",
         _object(
-            ["index", "delta", "logprobs", "finish_reason"],
-            index=_INTEGER,
-            delta=_object(
-                [],
-                role={"enum": [r.value for r in Role]},
-                content=_STRING,
-                refusal=_STRING,
-                tool_calls=_array(_DELTA_CALL),
-            ),
-            logprobs={},
-            finish_reason=_FINISH,
-        )
+            [], role={"enum": [r.value for r in Role]}, content=_STRING, refusal=_STRING, tool_calls=_array(_DELTA_CALL)
+        ),
     ),
     usage=_nullable(_USAGE),
     **_COMMON,

@@ -39,6 +39,7 @@ MAX_CHOICES = 128
 QUOTE_CHARS = 40
 _IMAGE_SCHEMES = ("https:", "http:", "gs:", "data:")
 _DEFAULTS = RequestLimitSettings()
+_A = {"array": "an", "string": "a"}
 
 
 def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
@@ -47,22 +48,22 @@ def quoted(value: object, limit: int = QUOTE_CHARS) -> str:
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
 
 
-def _array_too_long(param: str, limit: int, length: int) -> InvalidRequestError:
+def _too_long(kind: str, param: str, limit: int, length: int) -> InvalidRequestError:
+    """OpenAI's wording and code for an array or a string past its limit."""
     return InvalidRequestError(
-        f"Invalid '{param}': array too long. Expected an array with maximum length {limit}, but got an array "
-        f"with length {length} instead.",
+        f"Invalid '{param}': {kind} too long. Expected {_A[kind]} {kind} with maximum length {limit}, but got "
+        f"{_A[kind]} {kind} with length {length} instead.",
         param=param,
-        code="array_above_max_length",
+        code=f"{kind}_above_max_length",
     )
+
+
+def _array_too_long(param: str, limit: int, length: int) -> InvalidRequestError:
+    return _too_long("array", param, limit, length)
 
 
 def _string_too_long(param: str, limit: int, length: int) -> InvalidRequestError:
-    return InvalidRequestError(
-        f"Invalid '{param}': string too long. Expected a string with maximum length {limit}, but got a string "
-        f"with length {length} instead.",
-        param=param,
-        code="string_above_max_length",
-    )
+    return _too_long("string", param, limit, length)
 
 
 def _check_at_most(value: int | None, limit: int, param: str) -> None:
