@@ -62,6 +62,11 @@ def test_without_redis_the_backend_is_memory_local_and_never_degraded() -> None:
     assert type(limiter) is DeploymentLimiter and limiter.limits == Limits(rpm=3)
 
 
+def test_without_redis_each_of_several_replicas_admits_its_share() -> None:
+    backend = state_backend(Settings(demo_mode="off", scale_out={"replicas": 4}))
+    assert backend.limiter(deployment(rpm=100, max_concurrency=8)).limits == Limits(max_concurrency=2, rpm=25)
+
+
 def test_memory_acquire_takes_the_first_limiter_with_room() -> None:
     backend = MemoryState(clock=Clock())
     full, free = backend.limiter(deployment(max_concurrency=1)), backend.limiter(deployment("n"))

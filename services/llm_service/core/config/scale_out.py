@@ -3,8 +3,9 @@
 With `REDIS_URL` set, every replica keeps the dispatcher's shared state (rate-limit windows,
 concurrency slots, breaker openings, 429 pauses, stream checkpoints) in that Redis; unset, each process
 keeps its own in memory. The URL may hold a password (`redis://:secret@host:6379/0`): it is a secret,
-never logged or shown. `LLM_REPLICAS` is how many replicas share the limits: while Redis is unreachable
-each one admits its share, the deployment's limits divided by it.
+never logged or shown. `LLM_REPLICAS` is how many replicas share the limits: while Redis is unreachable,
+or with no Redis at all (workers of one host, say), each one admits its share, the deployment's limits
+divided by it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ class ScaleOutSettings(SettingsGroup):
     replicas: int = Field(
         default=1,
         ge=1,
-        description="Replicas sharing the limits: while Redis is unreachable each admits limit / replicas",
+        description="Replicas (or workers) sharing the limits: without Redis, or while it is unreachable, each "
+        "admits limit / replicas",
     )
     redis_key_prefix: str = Field(
         default="llm:", min_length=1, description="Prefix of every Redis key (several services may share a Redis)"

@@ -12,9 +12,11 @@ What it holds, per deployment and for streams:
   `get_checkpoint()`, each kept for its TTL.
 
 `MemoryState` keeps everything in this process: admission is always local, with nothing to await, so
-a single process pays nothing for the protocol. `RedisState` (`redis_state.py`, when `REDIS_URL` is
-set) keeps it in Redis, and is `local` only while Redis is unreachable (`degraded`), each replica then
-admitting its share of the limits. Nothing above this protocol knows which backend it has.
+a single process pays nothing for the protocol. Told it is one of several replicas (`LLM_REPLICAS`, e.g.
+uvicorn workers without a Redis), it admits its share of each limit, so that together they stay within.
+`RedisState` (`redis_state.py`, when `REDIS_URL` is set) keeps it in Redis, and is `local` only while
+Redis is unreachable (`degraded`), each replica then admitting its share of the limits. Nothing above
+this protocol knows which backend it has.
 """
 
 from __future__ import annotations
@@ -142,8 +144,11 @@ class MemoryCheckpoints:
 class MemoryState:
     """Everything in this process: the default, and what one process needs."""
 
-    def __init__(self, *, clock: Clock = time.monotonic, checkpoints: MemoryCheckpoints | None = None) -> None:
+    def __init__(
+        self, *, clock: Clock = time.monotonic, checkpoints: MemoryCheckpoints | None = None, replicas: int = 1
+    ) -> None:
         self._clock = clock
+        self._replicas = replicas
         if checkpoints is None:
             checkpoints = MemoryCheckpoints(max_entries=10_000, max_bytes=256 << 20, clock=clock)
         self._checkpoints = checkpoints
@@ -161,7 +166,7 @@ class MemoryState:
         return float("inf")
 
     def limiter(self, deployment: Deployment) -> DeploymentLimiter:
-        return DeploymentLimiter(Limits.of(deployment), clock=self._clock)
+        return DeploymentLimiter(Limits.of(deployment).share(self._replicas), clock=self._clock)
 
     async def acquire(self, limiters: Sequence[DeploymentLimiter], tokens: int) -> Acquired:
         for index, limiter in enumerate(limiters):
@@ -197,7 +202,7 @@ def state_backend(settings: Settings, *, clock: Clock = time.monotonic) -> State
     )
     scale_out = settings.scale_out
     if scale_out.redis_url is None:
-        return MemoryState(clock=clock, checkpoints=checkpoints)
+        return MemoryState(clock=clock, checkpoints=checkpoints, replicas=scale_out.replicas)
     from llm_service.core.llm.dispatch.redis_state import RedisState
 
     return RedisState.from_settings(scale_out, clock=clock, checkpoints=checkpoints)
