@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from llm_service.core.llm.gemini_format import encode_gemini_request
 from llm_service.core.llm.models import InvalidRequestError, LLMRequest
 from llm_service.core.llm.openai_format import encode_chat_request, parse_chat_request
+from llm_service.core.llm.request_limits import nests_deeper
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -113,3 +114,16 @@ def test_any_body_is_a_request_every_translation_writes_or_an_error_naming_a_fie
     orjson.dumps(encode_chat_request(request, always_include_usage=True))
     refused = _refusal(lambda: orjson.dumps(encode_gemini_request(request, {})))
     assert refused is None or refused.param, refused
+
+
+def _depth(value: Any) -> int:
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else None
+    return 0 if children is None else 1 + max(map(_depth, children), default=0)
+
+
+@FUZZ
+@given(json_values, st.integers(0, 6))
+def test_nesting_is_measured_alike_from_the_value_and_from_its_json(value: Any, levels: int) -> None:
+    deeper = _depth(value) > levels
+    assert nests_deeper(value, levels) is deeper
+    assert nests_deeper(value, levels, orjson.dumps(value).decode()) is deeper

@@ -79,12 +79,19 @@ def _check_at_most(value: int | None, limit: int, param: str) -> None:
 def nests_deeper(value: Any, levels: int, json_text: str | None = None) -> bool:
     """Whether `value` nests objects and arrays more than `levels` deep (a scalar is 0 deep, `{}` 1).
 
-    A value whose JSON has at most `levels` brackets cannot be deeper: that count, taken in C over
-    `json_text` (the JSON `value` was read from, when at hand) or over the value written by orjson,
-    spares the walk for nearly every tool schema.
+    A value without containers inside is one deep. Else, one whose JSON has at most `levels` brackets
+    cannot be deeper: that count, taken in C over `json_text` (the JSON `value` was read from, when at
+    hand) or over the value written by orjson, spares the walk for nearly every tool schema.
     """
-    if type(value) is not dict and type(value) is not list:
+    kind = type(value)
+    if kind is not dict and kind is not list:
         return False
+    for child in value.values() if kind is dict else value:
+        kind = type(child)
+        if kind is dict or kind is list:
+            break
+    else:
+        return levels < 1
     if json_text is not None:
         brackets = json_text.count("{") + json_text.count("[")
     else:
@@ -221,8 +228,10 @@ class RequestCheck:
                 raise _string_too_long("response_format.json_schema.name", self._names, len(response_format.name))
             if nests_deeper(response_format.schema, self._depth):
                 raise _too_deep("response_format.json_schema.schema", self._depth)
-        _check_at_most(request.max_tokens, limits.max_output_tokens, "max_tokens")
-        _check_at_most(request.max_completion_tokens, limits.max_output_tokens, "max_completion_tokens")
+        tokens = limits.max_output_tokens
+        if (request.max_tokens or 0) > tokens or (request.max_completion_tokens or 0) > tokens:
+            _check_at_most(request.max_tokens, tokens, "max_tokens")
+            _check_at_most(request.max_completion_tokens, tokens, "max_completion_tokens")
         _check_at_most(request.n, MAX_CHOICES, "n")
         if request.extra:
             self._fields(request.extra, "")
