@@ -43,16 +43,23 @@ class RedisLink:
         self._in_flight = 0
         self._scheduled = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def call(self, command: Command) -> asyncio.Future[Any]:
         """The command's reply (or its error), once its batch has been answered."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            future.set_exception(ConnectionError("the link to Redis is closed"))
+            return future
         self._pending.append((command, future))
         self._schedule()
         return future
 
     def send(self, command: Command) -> None:
-        """Send without waiting for the reply; a failure goes to `on_error`."""
+        """Send without waiting for the reply; a failure goes to `on_error`. Nothing, once closed (what
+        ends at shutdown expires in Redis by itself)."""
+        if self._closed:
+            return
         self._pending.append((command, None))
         self._schedule()
 
@@ -69,7 +76,8 @@ class RedisLink:
                 await asyncio.sleep(0)
 
     def cancel(self) -> None:
-        """Give up on everything pending (at close)."""
+        """Give up on everything pending, and take nothing more (at close)."""
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         while self._pending:

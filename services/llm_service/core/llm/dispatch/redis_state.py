@@ -206,8 +206,10 @@ class RedisState:
     def settle(self, limiter: SharedLimiter, lease: str, *, free: bool, used_tokens: int | None) -> None:
         if free:
             self._leases.pop(lease, None)
-        if self._degraded:
-            return  # an unrenewed lease expires by itself; a correction is lost
+        max_concurrency, _, tpm = limiter.limit_args
+        free, used_tokens = free and max_concurrency > 0, used_tokens if tpm else None  # what matters there
+        if self._degraded or not (free or used_tokens is not None):
+            return  # (while degraded: an unrenewed lease expires by itself; a correction is lost)
         keys = [limiter.keys[KEY_KINDS.index("slots")], limiter.keys[KEY_KINDS.index("tok")]]
         used = "" if used_tokens is None else used_tokens
         self._link.send(script_command(SETTLE, keys, [lease, "1" if free else "0", used]))

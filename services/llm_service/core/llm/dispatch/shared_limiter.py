@@ -72,6 +72,12 @@ class SharedLimiter(DeploymentLimiter):
             return 0.0
         return max(self._hint_room - (now - self._hint_at), 0.0)
 
+    @override
+    def try_acquire(self, tokens: int) -> Permit | None:
+        """Admit on this replica's share while the shared state is unreachable; while it answers, only it
+        admits (a caller that began waiting during an outage is refused here, and waits on)."""
+        return super().try_acquire(tokens) if self._link.local else None
+
     def learn(self, room: float) -> None:
         """What the shared state just said: seconds until the deployment's limits have room (inf: only a
         release can help; 0: room now)."""
