@@ -382,11 +382,6 @@ def test_the_limits_are_settings() -> None:
     parse_chat_request(chat(messages=USER * 2, max_tokens=100, metadata=nested(3)), tight)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api/chat.py's _chat calls parse_chat_request(body) without services.settings.request_limits, so "
-    "configured limits are not applied over HTTP yet (only the defaults are)",
-)
 def test_configured_limits_apply_over_http(start_service, upstreams) -> None:
     service = start_service(request_limits={"max_messages": 2})
     with httpx.Client(base_url=service.url, timeout=20) as http:

@@ -24,7 +24,7 @@ from typing_extensions import override
 from llm_service.api.access_log import AccessRecord
 from llm_service.api.chat_schema import CHAT_OPENAPI, CHAT_STREAM_OPENAPI, RESUME_OPENAPI
 from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, error_response, json_response
-from llm_service.api.resume import DONE_EVENT, StreamGone, parse_last_event_id
+from llm_service.api.resume import DONE_EVENT, SessionReader, StreamGone, parse_last_event_id
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
@@ -102,7 +102,7 @@ async def _chat(
     scope: Scope, receive: Receive, services: Services, access: AccessRecord, *, force_stream: bool
 ) -> Response:
     body = await read_json_body(scope, receive, services.settings.server.max_body_bytes)
-    llm_request = parse_chat_request(body)
+    llm_request = parse_chat_request(body, services.settings.request_limits)
     llm_request.stream = llm_request.stream or force_stream
     access.model, access.stream = llm_request.model, llm_request.stream
     if services.settings.telemetry.log_prompts:
@@ -145,7 +145,9 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
         raise
     # The session owns the upstream now: a client that leaves may come back within the grace period.
     reader = session.read(-1)
-    return SSEResponse(reader, headers | {STREAM_ID_HEADER: session.key}, on_close=reader.aclose)
+    return SSEResponse(
+        reader, headers | {STREAM_ID_HEADER: session.key}, on_close=reader.aclose, on_disconnect=reader.detach
+    )
 
 
 @router.get("/v1/chat/completions/{stream_id}/stream", openapi_extra=RESUME_OPENAPI)
@@ -171,7 +173,8 @@ async def resume_stream(stream_id: str, request: Request) -> Response:
         events = sessions.read(stream_id, index)
     except StreamGone as gone:
         return _stream_gone(str(gone), gone.status)
-    return SSEResponse(events, {STREAM_ID_HEADER: stream_id}, on_close=events.aclose)
+    on_disconnect = events.detach if isinstance(events, SessionReader) else None
+    return SSEResponse(events, {STREAM_ID_HEADER: stream_id}, on_close=events.aclose, on_disconnect=on_disconnect)
 
 
 def _index(text: str) -> int:

@@ -60,7 +60,16 @@ class _Ended:
 
 
 class StreamSession:
-    """One stream's events, produced once from `source`, read by one reader at a time or several."""
+    """One stream's events, produced once from `source`, read by one reader at a time or several.
+
+    No task of its own: a reader that has caught up and finds nobody pulling pulls the next event itself
+    (`_pull`), and every other reader waits for it. The original client's request task thus carries its
+    own stream, one task step per chunk (a producer task beside it cost about 15 µs a chunk more).
+
+    A reader whose client left is no longer counted (`detach`), but its task goes on pulling, with
+    nowhere to send, for the grace period; when no attached reader is left at its end, the pull in
+    progress is cancelled (or the next one refused) and the stream ends with the `abandoned` event.
+    """
 
     def __init__(
         self,
@@ -86,30 +95,58 @@ class StreamSession:
         self._waiters: list[asyncio.Future[None]] = []
         self._readers: set[SessionReader] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._task = asyncio.get_running_loop().create_task(self._produce(), name=f"stream-{key}")
+        self._puller: asyncio.Task[object] | None = None  # the task inside `anext(source)`, if any
+        self._stopping = False  # abandoned (grace over, or shutdown): no more pulls
 
     def event_id(self, index: int) -> bytes:
         return _event_id(self.key, index)
 
-    async def _produce(self) -> None:
+    async def _pull(self) -> None:
+        """The next event from the source, into the session (the caller found none and nobody pulling)."""
+        if self._stopping:
+            await self._end(abandoned=True)
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._puller = task
+        cancelling = task.cancelling()
         try:
-            async for event in self._source:
-                self._events.append(event)
-                self._count += 1
-                if len(self._events) > self._keep:
-                    self._trim()
-                self._notify()
+            event = await anext(self._source)
+        except StopAsyncIteration:
+            await self._end(abandoned=False)
+            return
         except asyncio.CancelledError:
+            # The source has ended with it. Ours (grace over): taken back, the stream ends here.
+            # Anyone else's (shutdown): the stream ends too, and the cancellation goes on.
+            ours = self._stopping and task.uncancel() <= cancelling
+            await self._end(abandoned=True)
+            if not ours:
+                raise
+            return
+        finally:
+            self._puller = None
+        self._events.append(event)
+        self._count += 1
+        if len(self._events) > self._keep:
+            self._trim()
+        self._notify()
+
+    async def _end(self, *, abandoned: bool) -> None:
+        if self.ended:
+            return
+        if abandoned:
             # Its client left and did not come back: whoever resumes later learns it ended here.
             log.info("stream abandoned", extra={"fields": {"stream_id": self.key, "events": self._count}})
             self._events.append(self.event_id(self._count) + self._abandoned)
             self._count += 1
-        finally:
-            self.ended = True
-            self._notify()
-            with contextlib.suppress(Exception):
-                await self._source.aclose()
-            self._on_end(self)
+        self.ended = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._notify()
+        with contextlib.suppress(Exception):
+            await self._source.aclose()
+        self._on_end(self)
 
     def _notify(self) -> None:
         waiters, self._waiters = self._waiters, []
@@ -138,36 +175,43 @@ class StreamSession:
             self._timer = None
         return reader
 
-    def _next_for(self, reader: SessionReader) -> bytes | asyncio.Future[None] | None:
-        """The reader's next event; a future to wait on when there is none yet; None at the end."""
+    def _next_for(self, reader: SessionReader) -> bytes | asyncio.Future[None] | bool:
+        """The reader's next event; a future to wait on while another reader pulls; True when the reader
+        is to pull the next event itself; False at the end."""
         if reader.index < self._count:
             event = self._events[reader.index - self._first]
             reader.index += 1
             return event
         if self.ended:
-            return None
+            return False
+        if self._puller is None:
+            return True
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         return waiter
 
-    def _left(self, reader: SessionReader) -> None:
+    def _detached(self, reader: SessionReader) -> None:
         self._readers.discard(reader)
         if not self._readers and not self.ended:
             self._leave_alone()
 
     def _leave_alone(self) -> None:
         """No reader left: generation goes on for the grace period, then stops."""
-        if self._task.done():
-            return
         if self._grace <= 0:
-            self._task.cancel()
-        else:
+            self._stop()
+        elif self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(self._grace, self._expire)
 
     def _expire(self) -> None:
         self._timer = None
         if not self._readers:
-            self._task.cancel()
+            self._stop()
+
+    def _stop(self) -> None:
+        """No more pulls; the one in progress is cancelled (its reader ends the stream as abandoned)."""
+        self._stopping = True
+        if self._puller is not None:
+            self._puller.cancel()
 
     def snapshot(self) -> _Ended:
         """The last `keep` events (a reader that was behind may have held more)."""
@@ -175,42 +219,52 @@ class StreamSession:
         return _Ended(kept, self._count - len(kept))
 
     async def aclose(self) -> None:
-        """Stop generation now (shutdown)."""
-        if self._timer is not None:
-            self._timer.cancel()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        """Stop generation now (shutdown): the stream ends as abandoned."""
+        self._stop()
+        if self._puller is None:
+            await self._end(abandoned=True)
 
 
 class SessionReader:
-    """One reader's position in a session: an async iterator of its events, then `[DONE]`."""
+    """One reader's position in a session: an async iterator of its events, then `[DONE]`. A reader
+    whose client went away is `detach`ed: it reads on (pulling for the others) without being counted."""
 
-    __slots__ = ("_closed", "_session", "index")
+    __slots__ = ("_closed", "_detached", "_session", "index")
 
     def __init__(self, session: StreamSession, index: int) -> None:
         self._session = session
         self.index = index
         self._closed = False
+        self._detached = False
 
     def __aiter__(self) -> SessionReader:
         return self
 
     async def __anext__(self) -> bytes:
+        session = self._session
         while not self._closed:
-            step = self._session._next_for(self)
+            step = session._next_for(self)
             if isinstance(step, bytes):
                 return step
-            if step is None:
+            if step is True:
+                await session._pull()
+            elif step is False:
                 await self.aclose()
                 return DONE_EVENT
-            await step
+            else:
+                await step
         raise StopAsyncIteration
+
+    def detach(self) -> None:
+        """Its client went away: not counted as a reader any longer (it may still pull)."""
+        if not self._detached:
+            self._detached = True
+            self._session._detached(self)
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
-            self._session._left(self)
+            self.detach()
 
 
 #: Names a stream's event by its index: `id: <stream id>:<index>\n`.

@@ -33,18 +33,22 @@ class DisconnectWatch:
     with `http.disconnect` too.
     """
 
-    __slots__ = ("_task", "_watcher", "gone")
+    __slots__ = ("_on_disconnect", "_task", "_watcher", "gone")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, on_disconnect: Callable[[], None] | None = None) -> None:
         task = asyncio.current_task()
         assert task is not None, "DisconnectWatch runs inside a task"
         self._task = task
+        self._on_disconnect = on_disconnect
         self.gone = False
         self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
+        if self._on_disconnect is not None:
+            self._on_disconnect()  # told instead: the task goes on (see SSEResponse)
+            return
         self.gone = True
         self._task.cancel()
 
@@ -88,11 +92,15 @@ class SSEResponse(Response):
         body: AsyncIterator[bytes],
         headers: Mapping[str, str],
         on_close: Callable[[], Awaitable[None]] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
     ) -> None:
         # Response.__init__ is not called: it would render a body and set a content-length.
         self._body = body
         # Runs once the response is over, however it ended, even if the body was never started.
         self._on_close = on_close
+        # Given (a resumable stream): a disconnect is told to it, and the body is read on to its end,
+        # with nowhere to send, instead of being cancelled.
+        self._on_disconnect = on_disconnect
         self.status_code = 200
         self.background = None
         raw = {**SSE_HEADERS, **headers}
@@ -101,7 +109,7 @@ class SSEResponse(Response):
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # A disconnect cancels the stream (and so the upstream); a write to a gone client ends it quietly.
-        watch = DisconnectWatch(receive)
+        watch = DisconnectWatch(receive, self._on_disconnect)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             async for piece in self._body:
@@ -111,7 +119,10 @@ class SSEResponse(Response):
             if not watch.client_gone():
                 raise
         except OSError:
-            pass
+            if self._on_disconnect is not None:
+                self._on_disconnect()
+                async for _ in self._body:  # read on, as after a disconnect
+                    pass
         finally:
             watch.close()
             try:
