@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import logging
 
 import httpx
@@ -77,3 +80,56 @@ def test_azure_identity_failure_text_stays_out_of_the_log() -> None:
         root.handlers[:], _, _ = saved
         root.setLevel(saved[1])
         logging.getLogger("azure").setLevel(saved[2])
+
+
+class _Writes(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def _batching_handler(stream: io.StringIO) -> logging.Handler:
+    from llm_service.logs import BatchingStreamHandler
+
+    handler = BatchingStreamHandler()
+    handler.setStream(stream)
+    handler.setFormatter(JSONFormatter())
+    return handler
+
+
+def test_log_lines_of_one_event_loop_turn_are_written_together_and_none_is_held_longer() -> None:
+    stream = _Writes()
+    handler = _batching_handler(stream)
+    log = logging.getLogger("test.batching")
+    log.addHandler(handler)
+    log.propagate = False
+    try:
+
+        async def turn() -> tuple[str, str]:
+            log.warning("one")
+            log.warning("two")
+            held = stream.getvalue()
+            await asyncio.sleep(0)  # the turn ends: both lines go out in one write
+            return held, stream.getvalue()
+
+        held, written = asyncio.run(turn())
+        assert held == ""
+        assert [json.loads(line)["event"] for line in written.splitlines()] == ["one", "two"]
+        assert stream.writes == 1
+
+        log.warning("three")  # no event loop: written at once
+        assert json.loads(stream.getvalue().splitlines()[-1])["event"] == "three"
+
+        async def flushed() -> str:
+            log.warning("four")
+            handler.flush()  # as logging.shutdown() does at exit
+            return stream.getvalue()
+
+        assert json.loads(asyncio.run(flushed()).splitlines()[-1])["event"] == "four"
+    finally:
+        log.removeHandler(handler)
+        log.propagate = True
