@@ -11,6 +11,7 @@ not model are kept in `LLMRequest.extra` and passed through to OpenAI-family pro
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 from llm_service.core.config.constants import ProviderID
@@ -72,6 +73,10 @@ def _get(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str
                 f"Missing required parameter: '{path}'.", param=path, code="missing_required_parameter"
             )
         return None
+    return _typed(value, kind, path)
+
+
+def _typed(value: Any, kind: type | tuple[type, ...], path: str) -> Any:
     # bool is an int in Python; JSON true is not a number.
     if not isinstance(value, kind) or (isinstance(value, bool) and bool not in _as_tuple(kind)):
         raise _bad(path, f"expected {_kind_name(kind)}, got {type(value).__name__}.")
@@ -94,18 +99,47 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in _as_tuple(kind))
 
 
-def _number(obj: dict[str, Any], key: str, low: float, high: float) -> float | None:
-    value = _get(obj, key, (int, float), key)
-    if value is not None and not low <= value <= high:
-        raise _bad(key, f"must be between {low:g} and {high:g}.")
-    return None if value is None else float(value)
+def _number(low: float, high: float) -> Callable[[Any, str], float]:
+    def read(value: Any, key: str) -> float:
+        if not low <= _typed(value, (int, float), key) <= high:
+            raise _bad(key, f"must be between {low:g} and {high:g}.")
+        return float(value)
+
+    return read
 
 
-def _positive_int(obj: dict[str, Any], key: str) -> int | None:
-    value = _get(obj, key, int, key)
-    if value is not None and value < 1:
+def _of(kind: type) -> Callable[[Any, str], Any]:
+    return lambda value, key: _typed(value, kind, key)
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if _typed(value, int, key) < 1:
         raise _bad(key, "must be at least 1.")
-    return cast(int | None, value)
+    return cast(int, value)
+
+
+def _stop(value: Any, key: str) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if not (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+        raise _bad(key, "expected a string or an array of strings.")
+    return value
+
+
+#: How each optional scalar field of a request is read (its value is not null): by field name, so that a
+#: request is read in one pass over the fields it has rather than a look-up of every field it might have.
+_OPTIONS: dict[str, Callable[[Any, str], Any]] = {
+    "parallel_tool_calls": _of(bool),
+    "temperature": _number(0, 2),
+    "top_p": _number(0, 1),
+    "max_tokens": _positive_int,
+    "max_completion_tokens": _positive_int,
+    "stop": _stop,
+    "seed": _of(int),
+    "n": _positive_int,
+    "user": _of(str),
+    "stream": _of(bool),
+}
 
 
 def parse_chat_request(body: Any, limits: RequestLimitSettings | None = None) -> LLMRequest:
@@ -122,30 +156,31 @@ def parse_chat_request(body: Any, limits: RequestLimitSettings | None = None) ->
     tools = _get(body, "tools", list, "tools") or []
     check = RequestCheck(limits)
     check.start(model, messages, tools)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    elif stop is not None and not (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        raise _bad("stop", "expected a string or an array of strings.")
-    stream_options = _get(body, "stream_options", dict, "stream_options") or {}
+    options: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in body.items():
+        read = _OPTIONS.get(key)
+        if read is not None:
+            if value is not None:
+                options[key] = read(value, key)
+        elif key not in _KNOWN_FIELDS:
+            extra[key] = value
+    stream_options = _get(body, "stream_options", dict, "stream_options")
+    if stream_options:
+        include_usage = _get(stream_options, "include_usage", bool, "stream_options.include_usage")
+        options["include_usage"] = bool(include_usage)
+    tool_choice = body.get("tool_choice")
+    if tool_choice is not None:
+        options["tool_choice"] = _parse_tool_choice(tool_choice)
+    response_format = _get(body, "response_format", dict, "response_format")
+    if response_format is not None:
+        options["response_format"] = _parse_response_format(response_format)
     request = LLMRequest(
         model=model,
         messages=[check.message(_parse_message(m, f"messages[{i}]"), i) for i, m in enumerate(messages)],
-        tools=[_parse_tool(t, f"tools[{i}]") for i, t in enumerate(tools)],
-        tool_choice=_parse_tool_choice(body.get("tool_choice")),
-        parallel_tool_calls=_get(body, "parallel_tool_calls", bool, "parallel_tool_calls"),
-        response_format=_parse_response_format(_get(body, "response_format", dict, "response_format")),
-        temperature=_number(body, "temperature", 0, 2),
-        top_p=_number(body, "top_p", 0, 1),
-        max_tokens=_positive_int(body, "max_tokens"),
-        max_completion_tokens=_positive_int(body, "max_completion_tokens"),
-        stop=stop,
-        seed=_get(body, "seed", int, "seed"),
-        n=_positive_int(body, "n"),
-        user=_get(body, "user", str, "user"),
-        stream=bool(_get(body, "stream", bool, "stream")),
-        include_usage=bool(_get(stream_options, "include_usage", bool, "stream_options.include_usage")),
-        extra={k: v for k, v in body.items() if k not in _KNOWN_FIELDS},
+        tools=[_parse_tool(t, f"tools[{i}]") for i, t in enumerate(tools)] if tools else [],
+        extra=extra,
+        **options,
     )
     return check.finish(request)
 
