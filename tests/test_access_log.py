@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +14,7 @@ import pytest
 from conftest import KEYS, MODELS
 from harness import wait_until
 from llm_service.core.config.constants import ProviderID
+from llm_service.fakes import Fault
 from llm_service.logs import JSONFormatter
 from sse_client import read_events
 
@@ -133,3 +135,21 @@ def test_log_lines_of_one_event_loop_turn_are_written_together_and_none_is_held_
     finally:
         log.removeHandler(handler)
         log.propagate = True
+
+
+def test_a_client_leaving_a_resumable_stream_still_gets_its_whole_access_line_with_tokens(
+    client: httpx.Client, upstreams: dict[ProviderID, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Generation goes on for the grace period after the client leaves (it may resume): the request's
+    line is written when the stream ends, with the usage the upstream reported at its end."""
+    caplog.set_level(logging.INFO, logger="llm_service.access")
+    upstreams[ProviderID.OPENAI].inject(Fault(delay_per_chunk=0.05))
+    body = {"model": MODELS[ProviderID.OPENAI], "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=body, headers={"x-request-id": "log-left"}) as response:
+        lines = response.iter_lines()
+        assert any(line.startswith("data: ") for line in lines)  # one event read, then the client hangs up
+
+    assert wait_until(lambda: len(access_records(caplog, "log-left")) == 1, timeout=10)
+    fields = access_records(caplog, "log-left")[0].fields
+    assert fields["status"] == 200
+    assert fields["total_tokens"] > 0
