@@ -29,7 +29,9 @@ WEATHER_TOOL = {
 }
 #: Statuses a request may end in besides 200 under these faults: rate limited or queue full (429),
 #: the upstream failed (502), every deployment open-circuited (503), the upstream timed out (504).
-ERROR_STATUSES = {429, 502, 503, 504}
+ERROR_STATUSES = frozenset({429, 502, 503, 504})
+#: And for a resumption: the stream is not kept (404) or its events are no longer (410).
+RESUME_ERROR_STATUSES = frozenset({404, 410})
 #: Bodies a broken upstream sends with a 200 (or a 500): cut JSON, HTML, the wrong JSON, broken SSE.
 MALFORMED_BODIES = (
     b'{"id": "chatcmpl-cut", "object": "chat.completion", "choices": [{"index": 0, "mess',
@@ -85,6 +87,8 @@ class Call:
     leave_after_seconds: float | None = None
     #: Stream: hang up after reading this many events.
     leave_after_events: int | None = None
+    #: Stream: after hanging up, reconnect with Last-Event-ID for the rest.
+    resume: bool = False
 
     @property
     def leaves(self) -> bool:
@@ -104,6 +108,7 @@ def client_calls(rng: random.Random, count: int, models: list[str]) -> list[Call
     for index in range(count):
         stream = rng.random() < 0.5
         leave = rng.random() < 0.08
+        resume = rng.random() < 0.5
         calls.append(
             Call(
                 index=index,
@@ -112,6 +117,7 @@ def client_calls(rng: random.Random, count: int, models: list[str]) -> list[Call
                 tools=rng.random() < 0.2,
                 leave_after_seconds=rng.uniform(0.0, 0.3) if leave and not stream else None,
                 leave_after_events=rng.randint(0, 4) if leave and stream else None,
+                resume=leave and stream and resume,
             )
         )
     return calls
@@ -120,10 +126,10 @@ def client_calls(rng: random.Random, count: int, models: list[str]) -> list[Call
 # --------------------------------------------------------------------------- checks
 
 
-def error_problem(status: int, headers: dict[str, str], body: bytes) -> str | None:
-    """What is wrong with an error answer, or None: an expected status, Retry-After where the client
-    must wait, and OpenAI's error body."""
-    if status not in ERROR_STATUSES:
+def error_problem(status: int, headers: dict[str, str], body: bytes, also: frozenset[int] = frozenset()) -> str | None:
+    """What is wrong with an error answer, or None: an expected status (`ERROR_STATUSES`, or `also`),
+    Retry-After where the client must wait, and OpenAI's error body."""
+    if status not in ERROR_STATUSES | also:
         return f"unexpected status {status}: {body[:200]!r}"
     if status in (429, 503) and "retry-after" not in headers:
         return f"{status} without Retry-After: {body[:200]!r}"

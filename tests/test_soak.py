@@ -38,7 +38,15 @@ from harness import ServiceThread, wait_until
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstreamThread
 from service_process import ServiceProcess
-from soak_plan import Call, client_calls, completion_problem, error_problem, stream_problem, upstream_faults
+from soak_plan import (
+    RESUME_ERROR_STATUSES,
+    Call,
+    client_calls,
+    completion_problem,
+    error_problem,
+    stream_problem,
+    upstream_faults,
+)
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="reads the service's /proc entries")
 
@@ -175,28 +183,62 @@ async def _plain_call(http: httpx.AsyncClient, call: Call, headers: dict[str, st
     return outcome
 
 
+class NotJSON(Exception):
+    """A `data:` payload that is neither JSON nor [DONE]."""
+
+
 async def _stream_call(http: httpx.AsyncClient, call: Call, headers: dict[str, str]) -> Outcome:
-    async with http.stream("POST", "/v1/chat/completions", json=call.body(), headers=headers) as response:
-        outcome = Outcome(call, status=response.status_code)
+    events: list[Any] = []
+    try:
+        async with http.stream("POST", "/v1/chat/completions", json=call.body(), headers=headers) as response:
+            outcome = Outcome(call, status=response.status_code)
+            if response.status_code != 200:
+                body = await response.aread()
+                outcome.problem = error_problem(response.status_code, dict(response.headers), body)
+                return outcome
+            stream_id = response.headers.get("x-llm-stream-id")
+            last_id = await read_sse(response, events, stop_after=call.leave_after_events)
+        if call.leave_after_events is None or len(events) < call.leave_after_events or events[-1:] == ["[DONE]"]:
+            outcome.problem = stream_problem(call, events)  # read to the end
+        elif call.resume and stream_id is not None:
+            outcome.problem = await _resume(http, call, stream_id, last_id, events)
+        else:
+            outcome.left = True  # left the block early: the connection was closed mid-stream
+    except NotJSON as exc:
+        outcome.problem = f"an event that is not JSON: {exc}"
+    return outcome
+
+
+async def _resume(
+    http: httpx.AsyncClient, call: Call, stream_id: str, last_id: str | None, events: list[Any]
+) -> str | None:
+    """Reconnect to a stream left mid-way: what came before and what comes now make one whole stream."""
+    headers = {"Last-Event-ID": last_id} if last_id is not None else {}
+    async with http.stream("GET", f"/v1/chat/completions/{stream_id}/stream", headers=headers) as response:
         if response.status_code != 200:
             body = await response.aread()
-            outcome.problem = error_problem(response.status_code, dict(response.headers), body)
-            return outcome
-        events: list[Any] = []
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
-                continue
-            payload = line[len("data: ") :]
-            try:
-                events.append(payload if payload == "[DONE]" else json.loads(payload))
-            except ValueError:
-                outcome.problem = f"an event that is not JSON: {payload[:200]!r}"
-                return outcome
-            if call.leave_after_events is not None and len(events) >= call.leave_after_events:
-                outcome.left = True  # leaving the block closes the connection mid-stream
-                return outcome
-        outcome.problem = stream_problem(call, events)
-        return outcome
+            return error_problem(response.status_code, dict(response.headers), body, also=RESUME_ERROR_STATUSES)
+        await read_sse(response, events, stop_after=None)
+    return stream_problem(call, events)
+
+
+async def read_sse(response: httpx.Response, events: list[Any], stop_after: int | None) -> str | None:
+    """Append the response's `data:` payloads to `events` (JSON parsed, [DONE] as a string), stopping once
+    there are `stop_after`; the last event id seen (None: none)."""
+    last_id: str | None = None
+    async for line in response.aiter_lines():
+        if stop_after is not None and len(events) >= stop_after:
+            break
+        if line.startswith("id: "):
+            last_id = line[len("id: ") :]
+        if not line.startswith("data: "):
+            continue
+        payload = line[len("data: ") :]
+        try:
+            events.append(payload if payload == "[DONE]" else json.loads(payload))
+        except ValueError:
+            raise NotJSON(payload[:200]) from None
+    return last_id
 
 
 async def run_load(url: str, calls: list[Call], deadline: float, seed: int) -> list[Outcome]:
@@ -348,6 +390,7 @@ def test_under_random_faults_and_hang_ups_every_request_ends_well_and_nothing_is
     assert all(count > 0 for count in served.values()), served
     assert any(o.status == 200 for o in outcomes) and any(o.status in (502, 503, 504) for o in outcomes)
     assert any(o.left and o.call.stream for o in outcomes) and any(o.left and not o.call.stream for o in outcomes)
+    assert any(o.call.resume and not o.left for o in outcomes)
     assert metric_sum(service, "llm_gateway_failovers_total") > 0
     timing = f"load {loaded - started:.0f} s, settling {time.monotonic() - loaded:.0f} s"
     print(f"soak (seed {SEED}): {describe(outcomes)}; {timing}; rss {rss_first_half >> 20} -> {rss_end >> 20} MiB")
