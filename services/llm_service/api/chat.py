@@ -25,6 +25,7 @@ from llm_service.api.access_log import AccessRecord
 from llm_service.api.chat_schema import CHAT_OPENAPI, CHAT_STREAM_OPENAPI, RESUME_OPENAPI
 from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, error_response, json_response
 from llm_service.api.resume import DONE_EVENT, SessionReader, StreamGone, parse_last_event_id
+from llm_service.api.resume_store import open_stream
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
@@ -138,7 +139,8 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
             events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=None)
             return SSEResponse(_then_done(events), headers, on_close=routed.chunks.aclose)
         session = sessions.start(
-            lambda event_id: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=event_id)
+            lambda event_id: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=event_id),
+            shared=services.dispatcher.state_backend,
         )
     except BaseException:
         await routed.chunks.aclose()  # the stream holds a deployment slot and an upstream connection
@@ -153,7 +155,8 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
 @router.get("/v1/chat/completions/{stream_id}/stream", openapi_extra=RESUME_OPENAPI)
 async def resume_stream(stream_id: str, request: Request) -> Response:
     """The events of a stream after the client's `Last-Event-ID` (or `?after=<index>`; neither: all of
-    them), the live remainder, then `[DONE]`. 404 for a stream not kept here, 410 for events no longer kept."""
+    them), the live remainder, then `[DONE]`: from this replica, or from the stream log replicas share.
+    404 for a stream not kept, 410 for events no longer kept."""
     services: Services = request.app.state.services
     sessions = services.stream_sessions
     if sessions is None:
@@ -170,7 +173,7 @@ async def resume_stream(stream_id: str, request: Request) -> Response:
             param="Last-Event-ID",
         ) from None
     try:
-        events = sessions.read(stream_id, index)
+        events = await open_stream(sessions, services.dispatcher.state_backend, stream_id, index)
     except StreamGone as gone:
         return _stream_gone(str(gone), gone.status)
     on_disconnect = events.detach if isinstance(events, SessionReader) else None

@@ -9,9 +9,9 @@ A `StreamSession` decouples the upstream from the client: a producer task reads 
 into the session, and readers (the original response, then any resumption) follow it. When the last
 reader leaves, generation goes on for `grace` seconds in case the client comes back, and is cancelled
 after it (its slot and upstream connection freed). An ended stream is kept `ttl` seconds for late
-resumptions, at most `max_streams` of them and `max_bytes` of events in all, in memory: a process
-restart loses them, and another replica cannot serve them (shared checkpoints come with the Redis state
-backend).
+resumptions, at most `max_streams` of them and `max_bytes` of events in all, in memory. Where the state
+backend has a `StreamLog` (Redis), every event and the end also go there, so that another replica serves
+a resumption (`resume_store.py`); without one, nothing more is done per event.
 
 Sessions hold encoded SSE events, not chunks: a resumption re-sends bytes, and bytes are what is
 smallest to keep. Past `keep` events a stream drops its oldest ones that every reader already has;
@@ -33,6 +33,7 @@ import orjson
 
 from llm_service.api.errors import error_body
 from llm_service.core.config.settings import StreamingSettings
+from llm_service.core.llm.dispatch.state import StateBackend, StreamLog
 from llm_service.core.llm.streaming import Clock, TTLStore
 
 log = logging.getLogger("llm_service.resume")
@@ -80,8 +81,10 @@ class StreamSession:
         grace: float,
         on_end: Callable[[StreamSession], None],
         abandoned: bytes,
+        log: StreamLog | None = None,
     ) -> None:
         self.key = key
+        self._log = log  # where other replicas read the events, if anywhere
         self._abandoned = abandoned
         self._source = source
         self._keep = keep
@@ -127,6 +130,8 @@ class StreamSession:
             self._puller = None
         self._events.append(event)
         self._count += 1
+        if self._log is not None:
+            self._log.append(self.key, self._count - 1, event)
         if len(self._events) > self._keep:
             self._trim()
         self._notify()
@@ -139,6 +144,10 @@ class StreamSession:
             log.info("stream abandoned", extra={"fields": {"stream_id": self.key, "events": self._count}})
             self._events.append(self.event_id(self._count) + self._abandoned)
             self._count += 1
+            if self._log is not None:
+                self._log.append(self.key, self._count - 1, self._events[-1])
+        if self._log is not None:
+            self._log.end(self.key, self._count)
         self.ended = True
         if self._timer is not None:
             self._timer.cancel()
@@ -167,7 +176,7 @@ class StreamSession:
         nothing it still needs is dropped before it starts; `aclose()` it when done (it works unstarted)."""
         index = after + 1
         if index < self._first:
-            raise StreamGone(_TOO_OLD, status=410)
+            raise StreamGone(TOO_OLD, status=410)
         reader = SessionReader(self, index)
         self._readers.add(reader)
         if self._timer is not None:
@@ -275,7 +284,8 @@ def _event_id(key: str, index: int) -> bytes:
     return f"id: {key}:{index}\n".encode()
 
 
-_TOO_OLD = "The events after this Last-Event-ID are no longer kept: the stream outgrew its resume buffer."
+NOT_FOUND = "No resumable stream with this id: it never existed, or it ended longer ago than the resume TTL."
+TOO_OLD = "The events after this Last-Event-ID are no longer kept: the stream outgrew its resume buffer."
 
 
 class StreamSessions:
@@ -299,6 +309,7 @@ class StreamSessions:
         )
         self._keep = keep
         self._grace = grace
+        self.ttl = ttl
 
     @classmethod
     def of(cls, settings: StreamingSettings, clock: Clock) -> StreamSessions | None:
@@ -321,8 +332,11 @@ class StreamSessions:
             max_bytes=settings.stream_resume_max_bytes,
         )
 
-    def start(self, events: Callable[[EventId], AsyncGenerator[bytes, None]]) -> StreamSession:
-        """A new session producing `events(event_id)`, whose events are named by `event_id(index)`."""
+    def start(
+        self, events: Callable[[EventId], AsyncGenerator[bytes, None]], shared: StateBackend | None = None
+    ) -> StreamSession:
+        """A new session producing `events(event_id)`, whose events are named by `event_id(index)`; also
+        written to `shared`'s stream log, when it has one."""
         key = secrets.token_urlsafe(16)
         session = StreamSession(
             key,
@@ -331,9 +345,14 @@ class StreamSessions:
             grace=self._grace,
             on_end=self._ended_one,
             abandoned=self._abandoned,
+            log=None if shared is None else self.log_of(shared),
         )
         self._live[key] = session
         return session
+
+    def log_of(self, shared: StateBackend) -> StreamLog | None:
+        """Where `shared` keeps streams for every replica, with this service's keep and TTL; None: nowhere."""
+        return shared.stream_log(keep=self._keep, ttl=self.ttl)
 
     def _ended_one(self, session: StreamSession) -> None:
         self._live.pop(session.key, None)
@@ -346,13 +365,10 @@ class StreamSessions:
             return live.read(after)
         ended = self._ended.get(key)
         if ended is None:
-            raise StreamGone(
-                "No resumable stream with this id: it never existed here, or it ended longer ago than the resume TTL.",
-                status=404,
-            )
+            raise StreamGone(NOT_FOUND, status=404)
         index = after + 1
         if index < ended.first:
-            raise StreamGone(_TOO_OLD, status=410)
+            raise StreamGone(TOO_OLD, status=410)
         return _replay(ended.events[index - ended.first :])
 
     @property

@@ -7,8 +7,9 @@ deployments.
   atomically for every replica.
 - A concurrency slot is a lease: renewed every third of `slot_lease_seconds` while its request runs,
   freed when it ends, and reclaimed by the next admission once expired when its replica died.
-- The end of a request (lease freed, tokens corrected), a breaker opening here, a 429 pause and
-  checkpoints are written in the background, in the same batches.
+- The end of a request (lease freed, tokens corrected), a breaker opening here, a 429 pause,
+  checkpoints and resumable streams' events (`redis_streams.py`) are written in the background, in the
+  same batches.
 - Redis unreachable (a call fails or times out): the backend turns `degraded` and `local`, each replica
   admits on its own share of the limits (`SharedLimiter`), checkpoints stay in this process, and Redis is
   tried again every `redis_retry_seconds`; when it answers, shared admission resumes (leases still held
@@ -43,6 +44,7 @@ from llm_service.core.llm.dispatch.breaker import (
 from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits
 from llm_service.core.llm.dispatch.redis_link import RedisLink, script_command
 from llm_service.core.llm.dispatch.redis_scripts import ACQUIRE, HOLD, KEY_KINDS, RENEW, SETTLE
+from llm_service.core.llm.dispatch.redis_streams import RedisStreamLog
 from llm_service.core.llm.dispatch.shared_limiter import SharedLimiter
 from llm_service.core.llm.dispatch.state import Acquired, MemoryCheckpoints, StateUnavailable
 
@@ -85,6 +87,7 @@ class RedisState:
         self._leases: dict[str, str] = {}
         self._ids = map("{}:{}".format, itertools.repeat(secrets.token_hex(6)), itertools.count())
         self._task: asyncio.Task[None] | None = None
+        self._streams: RedisStreamLog | None = None
 
     @classmethod
     def from_settings(cls, settings: ScaleOutSettings, *, clock: Clock, checkpoints: MemoryCheckpoints) -> RedisState:
@@ -172,6 +175,21 @@ class RedisState:
                     return data
         return self._checkpoints.get(key)  # one written while Redis was unreachable
 
+    def stream_log(self, *, keep: int, ttl: float) -> RedisStreamLog:
+        self.start()  # a replica that only serves resumptions must also notice Redis coming back
+        if self._streams is None:
+            self._streams = RedisStreamLog(
+                self._client,
+                self._link,
+                prefix=self._prefix,
+                keep=keep,
+                ttl=ttl,
+                timeout=self._timeout,
+                shared=lambda: not self._degraded,
+                lost=self._lost,
+            )
+        return self._streams
+
     def start(self) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._maintain(), name="shared-state")
@@ -182,6 +200,8 @@ class RedisState:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._streams is not None:
+            await self._streams.drain(self._timeout)
         if not self._degraded:
             await self._link.drain(self._timeout)  # the last releases, so other replicas need not wait for leases
         self._link.cancel()

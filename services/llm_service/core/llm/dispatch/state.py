@@ -9,7 +9,9 @@ What it holds, per deployment and for streams:
 - breaker state: `breaker_moved()` hears every transition of this replica's breakers, and `acquire()`
   names the deployments another replica's breaker holds open, which the pool's breakers then follow;
 - stream checkpoints: `put_checkpoint()` (written in the background where the store is remote) and
-  `get_checkpoint()`, each kept for its TTL.
+  `get_checkpoint()`, each kept for its TTL;
+- resumable streams' events: `stream_log()` is where every replica can read them (`StreamLog`), or None
+  when no other replica can (the producing process holds its streams itself).
 
 `MemoryState` keeps everything in this process: admission is always local, with nothing to await, so
 a single process pays nothing for the protocol. Told it is one of several replicas (`LLM_REPLICAS`, e.g.
@@ -50,6 +52,36 @@ class Acquired:
     opened_elsewhere: dict[int, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPage:
+    """What a `StreamLog` holds of one stream after an index: `events` as (index, encoded event) in order;
+    `end`, when the stream's end follows them, its number of events (the index its end took); `oldest`,
+    the index of the oldest entry still kept."""
+
+    oldest: int
+    events: list[tuple[int, bytes]]
+    end: int | None
+
+
+class StreamLog(Protocol):
+    """Resumable streams' events where every replica reads them: the producing replica appends (in the
+    background, never awaited), any replica reads them back, live ones as they come."""
+
+    def append(self, key: str, index: int, event: bytes) -> None:
+        """Event `index` of stream `key` (the one after `index - 1`)."""
+        ...
+
+    def end(self, key: str, count: int) -> None:
+        """Stream `key` ended after its `count` events."""
+        ...
+
+    async def read(self, key: str, after: int, *, wait: float) -> StreamPage | None:
+        """Stream `key` after index `after`, waiting up to `wait` seconds for an event when there is none
+        yet (an empty page then); None when the stream is not kept (never written, or expired);
+        `StateUnavailable` when the log does not answer."""
+        ...
+
+
 class StateBackend(Protocol):
     """The dispatcher's shared state; see the module docstring."""
 
@@ -88,6 +120,11 @@ class StateBackend(Protocol):
 
     async def get_checkpoint(self, key: str) -> bytes | None:
         """What `put_checkpoint` kept under `key`, unless it expired."""
+        ...
+
+    def stream_log(self, *, keep: int, ttl: float) -> StreamLog | None:
+        """Where resumable streams' events are kept for every replica to read: the last `keep` of each,
+        `ttl` seconds after its last write (the same log on every call); None when no other replica can."""
         ...
 
     def start(self) -> None:
@@ -183,6 +220,9 @@ class MemoryState:
 
     async def get_checkpoint(self, key: str) -> bytes | None:
         return self._checkpoints.get(key)
+
+    def stream_log(self, *, keep: int, ttl: float) -> StreamLog | None:
+        return None  # this process's own sessions hold its streams, and nobody else resumes them
 
     def start(self) -> None:
         return None
