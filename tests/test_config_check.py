@@ -544,7 +544,12 @@ def test_serve_logs_warnings_and_starts(monkeypatch, config_dir, caplog):
     monkeypatch.setenv("LLM_MAX_RETRYS", "3")
     started: list[tuple[str, int]] = []
     monkeypatch.setattr(cli, "configure_logging", lambda level, log_format: None)
-    monkeypatch.setattr(cli.uvicorn, "run", lambda app, host, port, **kw: started.append((host, port)))
+
+    def run(server: cli.DrainingServer, sockets: object = None) -> None:
+        started.append((server.config.host, server.config.port))
+        server.started = True
+
+    monkeypatch.setattr(cli.DrainingServer, "run", run)
 
     with caplog.at_level(logging.WARNING, logger="llm_service"):
         assert cli.main(["serve", "--port", "0"]) == 0

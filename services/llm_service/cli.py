@@ -5,22 +5,37 @@
   on a warning too), else 0 after a short summary.
 - `config show [--profile P] [--format yaml|json]` prints the effective configuration, every secret
   masked.
+- `hash-key` prints the SHA-256 digest to configure for a caller's key (`LLM_API_KEY_HASHES`), reading
+  the key from stdin (or a hidden prompt) so that it stays out of the shell's history; `--generate`
+  makes a new key and prints it with its digest.
 
 `serve` runs the same check first: an error stops it before it starts (exit 2, the check's messages on
-stderr, no traceback); warnings are logged and it starts.
+stderr, no traceback); warnings are logged and it starts. With no API key configured it serves only on
+a loopback interface (else exit 2) unless `LLM_ALLOW_UNAUTHENTICATED=true`, and warns that anyone who
+reaches it is let in. The first SIGTERM (or Ctrl+C) drains (api/drain.py) before uvicorn shuts down; a
+second one shuts down at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import getpass
+import ipaddress
 import json
 import logging
+import secrets
+import socket
 import sys
+from types import FrameType
 from typing import Any
 
 import uvicorn
 import yaml
+from typing_extensions import override
 
+from llm_service.api.drain import CUT_GRACE_SECONDS, Drain
+from llm_service.core.config.auth import KEY_PREFIX, AuthSettings, hash_api_key
 from llm_service.core.config.validation import ConfigReport, check_configuration, effective_configuration
 from llm_service.logs import configure_logging
 from llm_service.main import create_app
@@ -32,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "config":
         return _show(args) if args.config_command == "show" else _check(args)
+    if args.command == "hash-key":
+        return _hash_key(args)
     return _serve(args)
 
 
@@ -49,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("--format", choices=("yaml", "json"), default="yaml", help="output format (default: yaml)")
     for action in (check, show):
         action.add_argument("--profile", default=None, help="profile to load (default: LLM_CONFIG_PROFILE or default)")
+    hash_key = commands.add_parser(
+        "hash-key", help="print the digest to configure for an API key read from stdin (LLM_API_KEY_HASHES)"
+    )
+    hash_key.add_argument("--generate", action="store_true", help="make a new random key; print it and its digest")
     return parser
 
 
@@ -71,14 +92,107 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("configuration warning", extra={"fields": {"where": problem.where, "problem": problem.message}})
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
-    uvicorn.run(
-        create_app(settings, own_process=True),
+    if not _authentication_allows(settings.auth, host):
+        return 2
+    app = create_app(settings, own_process=True)
+    config = uvicorn.Config(
+        app,
         host=host,
         port=port,
         access_log=False,
         log_config=None,
         backlog=settings.server.backlog,
+        # The drain has ended what was in flight by the time uvicorn shuts down: this is for stragglers.
+        timeout_graceful_shutdown=int(CUT_GRACE_SECONDS),
     )
+    server = DrainingServer(config, app.state.drain)
+    server.run()
+    return 0 if server.started else 3  # 3: uvicorn's code for a failed start (e.g. the port is taken)
+
+
+def _authentication_allows(auth: AuthSettings, host: str) -> bool:
+    """With no key configured: only on loopback, unless allowed; a warning either way."""
+    if auth.enabled():
+        return True
+    if not _is_loopback(host) and not auth.allow_unauthenticated:
+        print(
+            f"llm-service: no API key is configured (LLM_API_KEY_HASHES), so the service serves only on a "
+            f"loopback interface, not on {host}: configure keys (`llm-service hash-key --generate`), or set "
+            "LLM_ALLOW_UNAUTHENTICATED=true to let in anyone who reaches it",
+            file=sys.stderr,
+        )
+        return False
+    log.warning(
+        "no API key configured (LLM_API_KEY_HASHES): every caller that reaches the service is let in",
+        extra={"fields": {"host": host}},
+    )
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but the first SIGTERM or SIGINT drains (`Drain.run`: no new connections, readiness 503,
+    what is in flight finishes or is ended at the deadline) before uvicorn's own shutdown and the
+    lifespan's; a second signal goes to uvicorn (shut down now; a third Ctrl+C: exit at once)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+        super().__init__(config)
+        self.drain = drain
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining: asyncio.Task[None] | None = None
+        self._drain_requested = False
+
+    @override
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    @override
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = self._loop
+        if self._drain_requested or loop is None or not self.started or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._drain_requested = True
+        self._captured_signals.append(sig)  # re-raised after the shutdown, as uvicorn does
+        loop.call_soon_threadsafe(self._start_drain)  # a signal handler runs between any two bytecodes
+
+    def _start_drain(self) -> None:
+        self._draining = asyncio.ensure_future(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        try:
+            await self.drain.run(stop_accepting=self._stop_accepting)
+        finally:
+            self.should_exit = True
+
+    def _stop_accepting(self) -> None:
+        for server in self.servers:
+            server.close()
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    """Print the digest of the key on stdin (a prompt on a terminal), or of a new key along with it."""
+    if args.generate:
+        key = KEY_PREFIX + secrets.token_urlsafe(32)
+        print(f"key:  {key}")
+        print(f"hash: {hash_api_key(key)}")
+        print("Give the key to its caller; configure only the hash. The key is not shown again.", file=sys.stderr)
+        return 0
+    key = getpass.getpass("API key (not shown): ") if sys.stdin.isatty() else sys.stdin.read()
+    key = key.strip()
+    if not key:
+        print("llm-service: no key on stdin (or use --generate to make one)", file=sys.stderr)
+        return 2
+    print(hash_api_key(key))
     return 0
 
 

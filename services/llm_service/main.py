@@ -1,6 +1,9 @@
 """create_app(settings) -> FastAPI. The lifespan opens and closes what the process shares: one pooled
-aiohttp session for every upstream, the provider clients and the dispatcher (and, in demo mode, the
-fixture-backed upstreams; with an OTLP endpoint configured, the OpenTelemetry tracer provider)."""
+aiohttp session for every upstream, the provider clients and their token caches, the dispatcher (its
+health checks and shared state: Redis when configured), the resumable streams (and, in demo mode, the
+fixture-backed upstreams; with an OTLP endpoint configured, the OpenTelemetry tracer provider). Every
+request passes the access log, then the drain (api/drain.py: graceful shutdown) and the authentication
+(api/auth.py: when keys are configured), on FastAPI's path and on the chat routes' fast path alike."""
 
 from __future__ import annotations
 
@@ -22,6 +25,8 @@ from typing_extensions import override
 from llm_service import __version__
 from llm_service.api import catalog, chat
 from llm_service.api.access_log import AccessLogMiddleware
+from llm_service.api.auth import auth_middleware
+from llm_service.api.drain import Drain, DrainMiddleware
 from llm_service.api.errors import install_error_handlers
 from llm_service.api.resume import StreamSessions
 from llm_service.api.services import Services
@@ -133,6 +138,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(chat.router)
     app.include_router(catalog.router)
+    guarded = _guards(base_settings, app)
+    app.add_middleware(guarded)  # inside the access log: refusals keep their request id and access line
     app.add_middleware(AccessLogMiddleware)
     origins = base_settings.server.cors_origins()
     cors: dict[str, Any] = {
@@ -145,9 +152,28 @@ def create_app(
         app.add_middleware(CORSMiddleware, **cors)
     app.fast_routes = {}
     for path, endpoint in chat.CHAT_ENDPOINTS.items():
-        served: ASGIApp = AccessLogMiddleware(endpoint)
+        served: ASGIApp = AccessLogMiddleware(guarded(endpoint))
         app.fast_routes[path] = CORSMiddleware(served, **cors) if origins else served
     return app
+
+
+def _guards(settings: Settings, app: FastAPI) -> Callable[[ASGIApp], ASGIApp]:
+    """What wraps each of the app's two paths inside the access log: the drain on shutdown
+    (`app.state.drain`, which `llm-service serve` runs on SIGTERM) around the authentication (none
+    without configured keys)."""
+    drain = app.state.drain = Drain(settings.server.drain_seconds)
+    streaming = settings.streaming
+    auth = auth_middleware(
+        settings.auth,
+        replicas=settings.scale_out.replicas,
+        max_body_bytes=settings.server.max_body_bytes,
+        streams_kept=streaming.max_resumable_streams if streaming.stream_resume_enabled else 0,
+    )
+
+    def guarded(inner: ASGIApp) -> ASGIApp:
+        return DrainMiddleware(auth(inner) if auth is not None else inner, drain)
+
+    return guarded
 
 
 #: Young-generation threshold of the garbage collector while serving (Python's default: 700).

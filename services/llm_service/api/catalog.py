@@ -1,4 +1,4 @@
-"""GET /v1/models, GET /health and GET /metrics."""
+"""GET /v1/models, GET /health (and /health/live, /health/ready) and GET /metrics."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from starlette.responses import Response
 
+from llm_service.api.drain import Drain
 from llm_service.api.errors import json_response
 from llm_service.api.services import Services
 from llm_service.metrics import CONTENT_TYPE
@@ -36,6 +37,8 @@ async def health(request: Request) -> Response:
     dispatcher = services.dispatcher
     state = dispatcher.state_backend.status()
     status = "unavailable" if not dispatcher.ready() else "degraded" if state["degraded"] else "ok"
+    if _draining(request):
+        status = "shutting_down"
     body = {
         "status": status,
         "demo": services.demo,
@@ -54,11 +57,19 @@ async def live(request: Request) -> Response:
 
 @router.get("/health/ready")
 async def ready(request: Request) -> Response:
-    """Some deployment can take traffic now (for a readiness probe): 200, else 503."""
+    """Some deployment can take traffic now (for a readiness probe): 200, else 503; 503 from the moment
+    the service begins to shut down (api/drain.py)."""
     services: Services = request.app.state.services
+    if _draining(request):
+        return json_response(503, {"status": "not_ready", "reason": "shutting_down"})
     if services.dispatcher.ready():
         return json_response(200, {"status": "ready"})
     return json_response(503, {"status": "not_ready"})
+
+
+def _draining(request: Request) -> bool:
+    drain: Drain | None = getattr(request.app.state, "drain", None)
+    return drain is not None and drain.draining
 
 
 @router.get("/metrics")

@@ -38,6 +38,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from typing_extensions import override
 
+from llm_service.core.config.auth import AuthSettings as AuthSettings
 from llm_service.core.config.constants import DefaultTimeouts, ProviderID, ToolCallIdFormat
 from llm_service.core.config.groups import SettingsGroup as SettingsGroup
 from llm_service.core.config.limits import RequestLimitSettings as RequestLimitSettings
@@ -232,6 +233,11 @@ class ServerSettings(SettingsGroup):
     cors_allow_origins: str | None = Field(
         default=None,
         description="Browser origins allowed to call the API, comma-separated, or * for any (unset: no CORS)",
+    )
+    drain_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="On SIGTERM, how long requests and streams in flight may run on before they are ended (s)",
     )
 
     def cors_origins(self) -> list[str]:
@@ -450,6 +456,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = Field(default_factory=StreamingSettings)
     scale_out: ScaleOutSettings = Field(default_factory=ScaleOutSettings)
     request_limits: RequestLimitSettings = Field(default_factory=RequestLimitSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     aliases: dict[str, list[Deployment]] = Field(
         default_factory=dict, description="Model aliases from the profile: alias -> ordered deployments"
@@ -575,6 +582,7 @@ PROFILE_SETTINGS = frozenset(
     {"debug", "log_level", "demo_mode", "server", "telemetry", "dispatcher", "streaming", "genai_platform"}
     | {"scale_out"}
     | {"request_limits"}
+    | {"auth"}
 )
 PROFILE_KEYS = frozenset({"aliases", "providers"}) | PROFILE_SETTINGS
 
