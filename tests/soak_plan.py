@@ -13,20 +13,12 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
+from conftest import QUESTION, WEATHER_TOOL
 from llm_service.fakes import Fault
 
 #: What the fakes answer, whatever the provider (tests/fixtures/README.md).
 TEXT = "The capital of France is Paris — famous for its cafés."
 TOOL_CALLS = [("get_weather", {"city": "Oslo"}), ("get_weather", {"city": "Paris"})]
-QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Current weather in a city",
-        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
-    },
-}
 #: Statuses a request may end in besides 200 under these faults: rate limited or queue full (429),
 #: the upstream failed (502), every deployment open-circuited (503), the upstream timed out (504).
 ERROR_STATUSES = frozenset({429, 502, 503, 504})
@@ -69,8 +61,10 @@ def upstream_faults(rng: random.Random, count: int, *, timeout: float) -> list[F
             fault = Fault(body=rng.choice(MALFORMED_BODIES))
         elif roll < 0.94:
             fault = Fault(status=500, body=rng.choice(MALFORMED_BODIES))
-        else:
+        elif roll < 0.97:
             fault = Fault(delay_per_chunk=0.02)  # slow but healthy
+        else:
+            fault = Fault(delay_per_chunk=0.1, drop_after_chunks=rng.randint(1, 4))  # slow, then cut
         faults.append(fault)
     return faults
 
@@ -115,7 +109,7 @@ def client_calls(rng: random.Random, count: int, models: list[str]) -> list[Call
                 model=rng.choice(models),
                 stream=stream,
                 tools=rng.random() < 0.2,
-                leave_after_seconds=rng.uniform(0.0, 0.3) if leave and not stream else None,
+                leave_after_seconds=rng.uniform(0.0, 1.0) if leave and not stream else None,
                 leave_after_events=rng.randint(0, 4) if leave and stream else None,
                 resume=leave and stream and resume,
             )

@@ -373,9 +373,8 @@ def test_under_random_faults_and_hang_ups_every_request_ends_well_and_nothing_is
     assert not mismatched, f"access-log status differs from the client's (index, client, log): {mismatched[:20]}"
 
     # no connection to an upstream left open (idle pooled ones close after aiohttp's 15 s keep-alive)
-    print("connections after the load:", service.connections_to(fake_ports), time.monotonic() - loaded)
     assert wait_until(lambda: service.connections_to(fake_ports) == 0, timeout=45), service.connections_to(fake_ports)
-    assert service.open_fds() <= fds_before + 2, (fds_before, service.open_fds())
+    assert wait_until(lambda: service.open_fds() <= fds_before + 4, timeout=10), (fds_before, service.open_fds())
 
     # memory: the second half of the load did not grow it past a generous bound
     rss_end = service.rss_bytes()
