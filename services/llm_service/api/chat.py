@@ -102,16 +102,15 @@ async def chat_completions_stream(request: Request) -> Response:
 async def _chat(
     scope: Scope, receive: Receive, services: Services, access: AccessRecord, *, force_stream: bool
 ) -> Response:
-    body = await read_json_body(scope, receive, services.settings.server.max_body_bytes)
-    llm_request = parse_chat_request(body, services.settings.request_limits)
-    llm_request.stream = llm_request.stream or force_stream
-    access.model, access.stream = llm_request.model, llm_request.stream
-    if services.settings.telemetry.log_prompts:
-        access.prompt = "\n".join(f"{m.role.value}: {m.text()}" for m in llm_request.messages)
-
     try:
+        body = await read_json_body(scope, receive, services.settings.server.max_body_bytes)
+        llm_request = parse_chat_request(body, services.settings.request_limits)
+        llm_request.stream = llm_request.stream or force_stream
+        access.model, access.stream = llm_request.model, llm_request.stream
+        if services.settings.telemetry.log_prompts:
+            access.prompt = "\n".join(f"{m.role.value}: {m.text()}" for m in llm_request.messages)
         return await _respond(receive, services, llm_request, access)
-    except ClientGone:
+    except ClientGone:  # before its body was read, or before its answer started
         access.error_code = "client_disconnected"
         return Response(status_code=CLIENT_CLOSED_REQUEST)
 
