@@ -163,11 +163,13 @@ def _guards(settings: Settings, app: FastAPI) -> Callable[[ASGIApp], ASGIApp]:
     without configured keys)."""
     drain = app.state.drain = Drain(settings.server.drain_seconds)
     streaming = settings.streaming
+    # Streams are bound to their keys in this process: with Redis another replica may resume them.
+    bound = streaming.stream_resume_enabled and settings.scale_out.redis_url is None
     auth = auth_middleware(
         settings.auth,
         replicas=settings.scale_out.replicas,
         max_body_bytes=settings.server.max_body_bytes,
-        streams_kept=streaming.max_resumable_streams if streaming.stream_resume_enabled else 0,
+        streams_kept=streaming.max_resumable_streams if bound else 0,
     )
 
     def guarded(inner: ASGIApp) -> ASGIApp:

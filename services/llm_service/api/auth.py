@@ -10,7 +10,9 @@ per minute a 429 with Retry-After (a sliding window in this process), a model it
 the body only for keys restricted to some models; the body is handed on unchanged.
 
 With several keys, a resumable stream belongs to the key that started it: another key that asks for it
-(GET /v1/chat/completions/{id}/stream) is told it is not found.
+(GET /v1/chat/completions/{id}/stream) is told it is not found. This is kept in the process, so not
+with Redis configured (where another replica may resume a stream): then the stream id alone, an
+unguessable token, is what lets a caller read it.
 
 Installed inside the access log on both of `GatewayApp`'s paths (main.py), so a refusal has its request
 id and access line; with no key configured it is not installed at all.
@@ -285,7 +287,7 @@ def auth_middleware(
     `streams_kept`: resumable streams kept at most (0: resumption is off)."""
     if not settings.enabled():
         return None
-    keys = KeyTable(settings.keys(), replicas)
+    keys = KeyTable(settings.accepted_keys(), replicas)
     open_paths = frozenset(
         ({"/health", "/health/live", "/health/ready"} if not settings.health_requires_key else set())
         | ({"/metrics"} if not settings.metrics_requires_key else set())

@@ -92,7 +92,7 @@ class AuthSettings(SettingsGroup):
     )
     metrics_requires_key: bool = Field(default=False, description="GET /metrics needs a key too (else open)")
 
-    def keys(self) -> list[ApiKey]:
+    def accepted_keys(self) -> list[ApiKey]:
         """Every accepted key: the profile's entries, then the plain digests they do not already name."""
         named = {key.hash for key in self.api_keys}
         plain = dict.fromkeys(h for h in self.api_key_hashes if h not in named)
