@@ -9,8 +9,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,62 +22,37 @@ from harness import wait_until
 from llm_service.api.drain import Drain
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
-from redis_server import free_port
-from sse_client import fixture_text
+from service_process import ServiceProcess
+from sse_client import fixture_text, streamed_text
 
 OPENAI, OPENROUTER, REMOTE = ProviderID.OPENAI, ProviderID.OPENROUTER, ProviderID.REMOTE
 DRAIN_SECONDS = 2.5
 FAST, SLOW = 12, 8  # streams that finish within the deadline, and streams still running at it
 
 
-class Served:
-    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
-        self.process, self.url, self.log = process, url, log
-
-
 @pytest.fixture
-def served(tmp_path: Path, upstreams: dict[ProviderID, Any]) -> Iterator[Served]:
+def served(tmp_path: Path, upstreams: dict[ProviderID, Any]) -> Iterator[ServiceProcess]:
     """The service in its own process, its providers the test's fakes, a short drain deadline."""
-    ours = ("OPENAI_", "OPENROUTER_", "AZURE_", "VERTEX_", "REMOTE_LLM_", "GENAI_", "LLM_", "REDIS_", "OTEL_")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
-    env |= {
+    env = {
         "OPENAI_API_KEY": KEYS[OPENAI],
         "OPENAI_BASE_URL": upstreams[OPENAI].url,
         "OPENROUTER_API_KEY": KEYS[OPENROUTER],
         "OPENROUTER_BASE_URL": upstreams[OPENROUTER].url,
         "REMOTE_LLM_API_KEY": KEYS[REMOTE],
         "REMOTE_LLM_BASE_URL": upstreams[REMOTE].url,
-        "LLM_DEMO_MODE": "off",
         "LLM_HEALTH_CHECK_INTERVAL_SECONDS": "0",
         "LLM_DRAIN_SECONDS": str(DRAIN_SECONDS),
-        "LLM_CONFIG_DIR": str(tmp_path),  # no profile there: defaults only
     }
-    port = free_port()
-    log = tmp_path / "service.log"
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llm_service", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=sink,
-        )
-    url = f"http://127.0.0.1:{port}"
+    service = ServiceProcess(tmp_path, {}, env).start()
     try:
-        if not wait_until(lambda: _answers(f"{url}/health/live"), timeout=30):
-            raise RuntimeError(f"the service did not start: {log.read_text()}")
-        yield Served(process, url, log)
+        yield service
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        service.stop()
 
 
-def _answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def _exited(service: ServiceProcess) -> bool:
+    process = service._process
+    return process is None or process.poll() is not None
 
 
 async def _stream(http: httpx.AsyncClient, model: str, started: asyncio.Event, count: list[int]) -> dict[str, Any]:
@@ -98,13 +71,7 @@ async def _stream(http: httpx.AsyncClient, model: str, started: asyncio.Event, c
     return {"events": events, "ended": time.monotonic()}
 
 
-def _text(events: list[Any]) -> str:
-    return "".join(
-        c["delta"].get("content") or "" for e in events if isinstance(e, dict) and "choices" in e for c in e["choices"]
-    )
-
-
-async def _shutdown_scenario(served: Served) -> dict[str, Any]:
+async def _shutdown_scenario(served: ServiceProcess) -> dict[str, Any]:
     started = asyncio.Event()
     count = [0]
     limits = httpx.Limits(max_connections=100)
@@ -121,7 +88,7 @@ async def _shutdown_scenario(served: Served) -> dict[str, Any]:
         )
         await asyncio.wait_for(started.wait(), timeout=10)  # every stream has begun
 
-        served.process.send_signal(signal.SIGTERM)
+        os.kill(served.pid, signal.SIGTERM)
         sent = time.monotonic()
         readiness = None
         for _ in range(100):  # the drain begins within a moment of the signal
@@ -149,16 +116,16 @@ async def _shutdown_scenario(served: Served) -> dict[str, Any]:
 
 
 def test_sigterm_drains_twenty_live_streams_and_ends_the_rest_at_the_deadline(
-    served: Served, upstreams: dict[ProviderID, Any]
+    served: ServiceProcess, upstreams: dict[ProviderID, Any]
 ) -> None:
     upstreams[OPENAI].inject(Fault(delay_per_chunk=0.12, times=FAST))  # about 1 s a stream
     upstreams[OPENROUTER].inject(Fault(delay_per_chunk=1.0, times=SLOW))  # about 8 s: past the deadline
     upstreams[REMOTE].inject(Fault(delay_before_headers=8.0))  # a plain answer that is not ready in time
 
     seen = asyncio.run(_shutdown_scenario(served))
-    served.process.wait(timeout=DRAIN_SECONDS + 10)
+    assert wait_until(lambda: _exited(served), timeout=DRAIN_SECONDS + 10)
     exited = time.monotonic()
-    log = served.log.read_text()
+    log = served.log_path.read_text()
 
     assert seen["readiness"].status_code == 503
     assert seen["readiness"].json() == {"status": "not_ready", "reason": "shutting_down"}
@@ -177,10 +144,10 @@ def test_sigterm_drains_twenty_live_streams_and_ends_the_rest_at_the_deadline(
         if errors:
             assert errors == [events[-2]]  # one error event, right before [DONE]
             assert errors[0]["error"]["code"] == "server_shutting_down"
-            assert text.startswith(_text(events))  # what came before it was the answer, without a gap
+            assert text.startswith(streamed_text(events))  # what came before it was the answer, without a gap
             cut.append(result)
         else:
-            assert _text(events) == text
+            assert streamed_text(events) == text
             finished.append(result)
     assert (len(finished), len(cut)) == (FAST, SLOW)
 
