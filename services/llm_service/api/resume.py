@@ -5,10 +5,10 @@ stream in `x-llm-stream-id`. `GET /v1/chat/completions/{stream_id}/stream` with 
 header (or `?after=<index>`) answers with the events after it, then the live remainder, then
 `[DONE]`.
 
-A `StreamSession` decouples the upstream from the client: a producer task reads the encoded events
-into the session, and readers (the original response, then any resumption) follow it. When the last
-reader leaves, generation goes on for `grace` seconds in case the client comes back, and is cancelled
-after it (its slot and upstream connection freed). An ended stream is kept `ttl` seconds for late
+A `StreamSession` decouples the upstream from the client: the encoded events go into the session,
+pulled by whichever reader (the original response, then any resumption) has caught up, and the others
+follow. When the last reader's client leaves, its task reads on for `grace` seconds in case the client
+comes back; then the generation is cancelled (its slot and upstream connection freed). An ended stream is kept `ttl` seconds for late
 resumptions, at most `max_streams` of them and `max_bytes` of events in all, in memory. Where the state
 backend has a `StreamLog` (Redis), every event and the end also go there, so that another replica serves
 a resumption (`resume_store.py`); without one, nothing more is done per event.
