@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from llm_service.api.drain import Drain
 from llm_service.api.errors import json_response
@@ -72,7 +72,7 @@ def _draining(request: Request) -> bool:
     return drain is not None and drain.draining
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     """Prometheus exposition format (see `llm_service.metrics` for the names)."""
     services: Services = request.app.state.services
