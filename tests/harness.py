@@ -88,3 +88,15 @@ def run_cli(*args: str, env: dict[str, str], cwd: Any) -> subprocess.CompletedPr
     return subprocess.run(
         [sys.executable, "-m", "llm_service", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=60
     )
+
+
+def stop_process(process: subprocess.Popen[Any] | None, timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it is still there after `timeout` seconds."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from harness import stop_process
+
 
 def redis_server_binary() -> str:
     """Where redis-server is; a clear error when the project's install step has not provided one."""
@@ -74,14 +76,7 @@ class RedisServer:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, timeout=5)
 
     def answers(self) -> bool:
         """Whether it answers PING now."""

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import yaml
 
-from harness import wait_until
+from harness import stop_process, wait_until
 from redis_server import free_port
 
 #: Environment prefixes the service reads: the child gets none of the test process's own.
@@ -72,14 +72,7 @@ class ServiceProcess:
 
     def stop(self) -> None:
         process, self._process = self._process, None
-        if process is None:
-            return
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process, timeout=10)
 
     def _live(self) -> bool:
         if self._process is None or self._process.poll() is not None:
