@@ -8,8 +8,9 @@ header (or `?after=<index>`) answers with the events after it, then the live rem
 A `StreamSession` decouples the upstream from the client: the encoded events go into the session,
 pulled by whichever reader (the original response, then any resumption) has caught up, and the others
 follow. When the last reader's client leaves, its task reads on for `grace` seconds in case the client
-comes back; then the generation is cancelled (its slot and upstream connection freed). An ended stream is kept `ttl` seconds for late
-resumptions, at most `max_streams` of them and `max_bytes` of events in all, in memory. Where the state
+comes back; then the generation is cancelled (its slot and upstream connection freed). An ended stream
+is kept `ttl` seconds for late resumptions, at most `max_streams` of them and `max_bytes` of events in
+all, in memory. Where the state
 backend has a `StreamLog` (Redis), every event and the end also go there, so that another replica serves
 a resumption (`resume_store.py`); without one, nothing more is done per event.
 
