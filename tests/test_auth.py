@@ -84,12 +84,14 @@ def test_a_wrong_key_is_401_and_never_echoed(guarded, headers, caplog) -> None:
     assert "sk-llm-wrong" not in caplog.text and KEY_A[:-1] not in caplog.text
 
 
-def test_good_keys_are_let_in_as_bearer_or_api_key_plain_and_streaming(guarded, upstreams) -> None:
+def test_good_keys_are_let_in_as_bearer_or_api_key_plain_and_streaming(guarded, upstreams, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llm_service.access")
     with httpx.Client(base_url=guarded.url, timeout=20) as http:
-        plain = http.post("/v1/chat/completions", json=ASK, headers=bearer(KEY_A))
+        plain = http.post("/v1/chat/completions", json=ASK, headers=bearer(KEY_A) | {"x-request-id": "key-a"})
         azure_style = http.post("/v1/chat/completions", json=ASK, headers={"api-key": KEY_A})
         models = http.get("/v1/models", headers={"authorization": f"bearer {KEY_A}"})
-        with http.stream("POST", "/v1/chat/completions/stream", json=ASK, headers=bearer(KEY_B)) as stream:
+        b_headers = bearer(KEY_B) | {"x-request-id": "key-b"}
+        with http.stream("POST", "/v1/chat/completions/stream", json=ASK, headers=b_headers) as stream:
             assert stream.status_code == 200
             events = read_events(stream)
 
@@ -98,6 +100,11 @@ def test_good_keys_are_let_in_as_bearer_or_api_key_plain_and_streaming(guarded, 
     assert events[-1] == "[DONE]" and streamed_text(events)
     sent = [r.headers for r in upstreams[OPENAI].requests]
     assert all(KEY_A not in str(h) and KEY_B not in str(h) for h in sent)  # the caller's key stays here
+    # The access log says who called: the key's name, else the start of its digest; never the key.
+    assert wait_until(lambda: access_records(caplog, "key-a") and access_records(caplog, "key-b"))
+    assert access_records(caplog, "key-a")[0].fields["caller"] == f"sha256:{hash_api_key(KEY_A)[:12]}"  # type: ignore[attr-defined]
+    assert access_records(caplog, "key-b")[0].fields["caller"] == "b"  # type: ignore[attr-defined]
+    assert KEY_A not in caplog.text and KEY_B not in caplog.text
 
 
 def test_the_openai_sdk_authenticates_with_its_api_key(guarded) -> None:

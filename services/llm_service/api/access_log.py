@@ -33,6 +33,7 @@ class AccessRecord:
     method: str
     path: str
     status: int = 0
+    caller: str | None = None  # the caller's key, by its name or digest prefix (auth.py), never the key
     latency_ms: float = 0.0
     model: str | None = None
     provider: str | None = None

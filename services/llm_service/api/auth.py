@@ -63,10 +63,13 @@ _WRONG = json_response(
 class CallerKey:
     """A configured key as the middleware holds it: its digest and limits, ready to check."""
 
-    __slots__ = ("digest", "exact_models", "model_prefixes", "rpm", "window")
+    __slots__ = ("digest", "exact_models", "label", "model_prefixes", "rpm", "window")
 
     def __init__(self, key: ApiKey, replicas: int) -> None:
         self.digest = bytes.fromhex(key.hash)
+        #: How the access log names the caller: the key's name, else the start of its digest (the digest
+        #: of a random key tells nothing about the key).
+        self.label = key.name or f"sha256:{key.hash[:12]}"
         # Each replica counts its own requests: it admits its share of the key's rate.
         self.rpm = max(1, key.rpm // replicas) if key.rpm is not None else None
         self.window: deque[float] = deque()
@@ -151,6 +154,9 @@ class AuthMiddleware:
             _note(scope, "invalid_api_key")
             await (_WRONG if presented is not None else _MISSING)(scope, receive, send)
             return
+        access = scope.get("state", {}).get("access")
+        if access is not None:
+            access.caller = caller.label
         streams = self.streams
         if scope["method"] == "POST":
             wait = caller.admit(self.clock())
