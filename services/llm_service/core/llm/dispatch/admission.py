@@ -196,6 +196,8 @@ class AdmissionQueue(Generic[T]):
                 if value is not None:
                     self._rate.record()
                     return value
+                if before_waiting is not None:
+                    before_waiting()  # what this try learnt (a window full elsewhere) may make waiting hopeless
         finally:
             timer.cancel()
             if not waiter.future.done():
