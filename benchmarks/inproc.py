@@ -1,0 +1,175 @@
+"""The service's own CPU per request or chunk, in one process, next to the bare passthrough's.
+
+`make bench` measures whole servers (uvicorn included) from /proc; on a noisy machine its figures move by
+±20% from run to run. This drives both ASGI apps directly (no uvicorn, no load client in the way) against
+the benchmark upstream in another process, and counts this process's CPU time (`time.process_time`), so
+a change of a few µs on the hot path shows in one run of a minute. What it leaves out (uvicorn's own
+cost, about the same for both) is what `make bench` adds; use it while working, and `make bench` for the
+record. Under py-spy (`py-spy record -- python -m benchmarks.inproc`) it shows where the service's time
+goes without another process's samples mixed in.
+
+    python -m benchmarks.inproc [--stream] [--pace MS] [--requests N] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import uvloop
+
+from benchmarks.passthrough import Passthrough
+from benchmarks.run import _child_env, _profile_yaml, free_port
+from benchmarks.upstream import raise_fd_limit
+from benchmarks.wire import Scenario, request_body
+from llm_service.logs import configure_logging
+
+App = Callable[[Any, Any, Any], Awaitable[None]]
+CONCURRENCY = 32
+
+
+def _scope(body: bytes) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"bench"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(body)),
+        ],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 2),
+        "state": {},
+    }
+
+
+async def _one(app: App, body: bytes) -> None:
+    """One request over ASGI: the body at once, then a client that stays (no disconnect)."""
+    first = True
+    stays: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal first
+        if first:
+            first = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        await stays
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    await app(_scope(body), receive, send)
+    if status != 200:
+        raise RuntimeError(f"the app answered {status}")
+
+
+async def _load(app: App, body: bytes, requests: int) -> None:
+    gate = asyncio.Semaphore(CONCURRENCY)
+
+    async def one() -> None:
+        async with gate:
+            await _one(app, body)
+
+    await asyncio.gather(*(one() for _ in range(requests)))
+
+
+async def _cpu_per(app: App, body: bytes, requests: int, units: int) -> float:
+    """µs of this process's CPU per unit (request or chunk) over `requests` requests."""
+    await _load(app, body, max(requests // 10, CONCURRENCY))  # warm-up
+    started = time.process_time()
+    await _load(app, body, requests)
+    return (time.process_time() - started) / (requests * units) * 1e6
+
+
+async def measure(upstream: str, scenario: Scenario, *, stream: bool, requests: int, rounds: int) -> dict[str, Any]:
+    from llm_service.core.config.settings import Settings
+    from llm_service.main import create_app, tune_gc
+
+    body = request_body(scenario.model, stream=stream)
+    units = scenario.chunks if stream else 1
+    through = Passthrough(upstream)
+    connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
+    through.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
+    service = create_app(Settings())
+    figures: dict[str, list[float]] = {"passthrough": [], "service": []}
+    try:
+        async with service.router.lifespan_context(service):
+            tune_gc()  # as `llm-service serve` does
+            for _ in range(rounds):  # interleaved, so that a drift of the machine touches both alike
+                figures["passthrough"].append(await _cpu_per(through, body, requests, units))
+                figures["service"].append(await _cpu_per(service, body, requests, units))
+    finally:
+        await through.session.close()
+    passthrough, service_cpu = (statistics.median(v) for v in figures.values())
+    return {"unit": "chunk" if stream else "request", "rounds": figures, "ratio": service_cpu / passthrough}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--stream", action="store_true", help="100-chunk streams (CPU per chunk)")
+    parser.add_argument("--pace", type=int, default=10, help="ms between a stream's chunks (default 10)")
+    parser.add_argument("--requests", type=int, help="requests per round (default 3000; streams: 320)")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args(argv)
+    raise_fd_limit()
+    scenario = Scenario(100, 0, args.pace if args.stream else 0)
+    requests = args.requests or (320 if args.stream else 3000)
+    with tempfile.TemporaryDirectory(prefix="llm-inproc-") as tmp:
+        port = free_port()
+        upstream = f"http://127.0.0.1:{port}"
+        server = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)],
+            env=_child_env(),
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(1.0)
+            Path(tmp, "bench.yaml").write_text(_profile_yaml([scenario.model], upstream))
+            os.environ.update(
+                LLM_CONFIG_DIR=tmp,
+                LLM_CONFIG_PROFILE="bench",
+                LLM_DEMO_MODE="off",
+                REMOTE_LLM_BASE_URL=f"{upstream}/v1",
+                REMOTE_LLM_API_KEY="sk-bench-0123456789abcdef",
+            )
+            configure_logging("INFO", "json")  # as the service logs, to nowhere
+            with open(os.devnull, "w") as sink:
+                for handler in logging.getLogger().handlers:
+                    if isinstance(handler, logging.StreamHandler):
+                        handler.setStream(sink)
+                run = measure(upstream, scenario, stream=args.stream, requests=requests, rounds=args.rounds)
+                result = uvloop.run(run)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    for name, values in result["rounds"].items():
+        shown = ", ".join(f"{v:,.1f}" for v in values)
+        print(f"{name}: {statistics.median(values):,.1f} µs per {result['unit']} (rounds: {shown})")
+    print(f"service / passthrough: {result['ratio']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
