@@ -32,6 +32,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from llm_service.api.body import BodyEnd, read_body
 from llm_service.api.errors import error_body, json_response
 from llm_service.core.config.auth import ApiKey, AuthSettings
 
@@ -182,7 +183,8 @@ class AuthMiddleware:
 
         A body that is too large, not JSON or without a model is handed on as it came: the chat route
         answers it (413, 400) as for any caller."""
-        body, complete = await _read_body(receive, self.max_body_bytes)
+        body, end = await read_body(receive, self.max_body_bytes)
+        complete = end is BodyEnd.COMPLETE
         if complete:
             model = _model_of(body)
             if model is not None and not caller.may_use(model):
@@ -236,20 +238,6 @@ def resumed_stream_id(path: str) -> str | None:
     if path.startswith(_RESUME_PREFIX) and path.endswith(_RESUME_SUFFIX) and len(path) > _RESUME_LENGTH:
         return path[len(_RESUME_PREFIX) : -len(_RESUME_SUFFIX)]
     return None
-
-
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """(the body, whether it is all there): reading stops past `limit` bytes or at a disconnect."""
-    body = b""
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return body, False
-        body += message.get("body", b"")
-        if len(body) > limit:
-            return body, False
-        if not message.get("more_body", False):
-            return body, True
 
 
 def _model_of(body: bytes) -> str | None:

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from typing_extensions import override
 
 from llm_service.api.access_log import AccessRecord
+from llm_service.api.body import BodyEnd, read_body
 from llm_service.api.chat_schema import CHAT_OPENAPI, CHAT_STREAM_OPENAPI, RESUME_OPENAPI
 from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, error_response, json_response
 from llm_service.api.resume import DONE_EVENT, SessionReader, StreamGone, parse_last_event_id
@@ -274,16 +275,11 @@ async def read_json_body(scope: Scope, receive: Receive, limit: int) -> object:
             if value.isdigit() and int(value) > limit:
                 raise _too_large(limit)
             break
-    received = b""
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone
-        received += message.get("body", b"")
-        if len(received) > limit:
-            raise _too_large(limit)
-        more = message.get("more_body", False)
+    received, end = await read_body(receive, limit)
+    if end is BodyEnd.DISCONNECTED:
+        raise ClientGone
+    if end is BodyEnd.TOO_LARGE:
+        raise _too_large(limit)
     try:
         return orjson.loads(received)
     except orjson.JSONDecodeError as exc:

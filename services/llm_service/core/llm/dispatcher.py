@@ -183,6 +183,8 @@ class LLMDispatcher:
         self._queue_size, self._queue_timeout = d.max_queue_size, d.queue_timeout_seconds
         self._budgets = Deadlines(self._timeouts.request)
         self._queues: dict[tuple[Deployment, ...], AdmissionQueue[Slot]] = {}
+        for key in self._usable.values():
+            self._alias_queues[id(key)] = self._queue(key)
         #: Rate limits, slots, breaker openings and checkpoints: in memory, or shared by replicas (Redis).
         self.state_backend = state_backend(settings, clock=clock)
         self._pool = DeploymentPool(
@@ -297,8 +299,6 @@ class LLMDispatcher:
         if queue is None:
             queue = AdmissionQueue(max_size=self._queue_size, timeout=self._queue_timeout, clock=self._clock)
             self._queues[key] = queue
-            if key in self._usable_keys and any(k is key for k in self._usable.values()):
-                self._alias_queues[id(key)] = queue
         return queue
 
     def _capacity_freed(self) -> None:
