@@ -62,9 +62,10 @@ def _scope(body: bytes) -> dict[str, Any]:
 
 
 async def _one(app: App, body: bytes) -> None:
-    """One request over ASGI: the body at once, then a client that stays (no disconnect)."""
+    """One request over ASGI: the body at once, then a client that stays (no disconnect) until the
+    response is complete, when `receive()` answers `http.disconnect` as uvicorn's does."""
     first = True
-    stays: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    complete: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     status = 0
 
     async def receive() -> dict[str, Any]:
@@ -72,13 +73,15 @@ async def _one(app: App, body: bytes) -> None:
         if first:
             first = False
             return {"type": "http.request", "body": body, "more_body": False}
-        await stays
+        await complete
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         nonlocal status
         if message["type"] == "http.response.start":
             status = message["status"]
+        elif not message.get("more_body", False) and not complete.done():
+            complete.set_result(None)
 
     await app(_scope(body), receive, send)
     if status != 200:

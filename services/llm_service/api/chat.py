@@ -28,7 +28,7 @@ from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, er
 from llm_service.api.resume import DONE_EVENT, SessionReader, StreamGone, parse_last_event_id
 from llm_service.api.resume_store import open_stream
 from llm_service.api.services import Services
-from llm_service.api.sse import ClientGone, SSEResponse, unless_disconnected
+from llm_service.api.sse import ClientGone, DisconnectWatch, SSEResponse, unless_disconnected
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatcher import ChunkStream, UpstreamTime
 from llm_service.core.llm.models import (
@@ -118,9 +118,10 @@ async def _chat(
 
 async def _respond(receive: Receive, services: Services, llm_request: LLMRequest, access: AccessRecord) -> Response:
     upstream_time = UpstreamTime()
+    watch = DisconnectWatch(receive)
     if not llm_request.stream:
         work = services.dispatcher.generate(llm_request, upstream_time)
-        deployment, response = await unless_disconnected(receive, work)
+        deployment, response = await unless_disconnected(watch, work)
         _note_deployment(access, deployment, services)
         access.record_usage(response.usage)
         for choice in response.choices:
@@ -129,7 +130,7 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
         headers = _deployment_headers(deployment) | _overhead(access, upstream_time)
         return json_response(200, encode_chat_response(response), headers)
 
-    routed = await unless_disconnected(receive, services.dispatcher.open_stream(llm_request, upstream_time))
+    routed = await unless_disconnected(watch, services.dispatcher.open_stream(llm_request, upstream_time))
     try:
         _note_deployment(access, routed.deployment, services)
         headers = _deployment_headers(routed.deployment) | _overhead(access, upstream_time)
@@ -137,7 +138,7 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
         sessions = services.stream_sessions
         if sessions is None:
             events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=None)
-            return SSEResponse(_then_done(events), headers, on_close=routed.chunks.aclose)
+            return SSEResponse(_then_done(events), headers, on_close=routed.chunks.aclose, watch=watch)
         session = sessions.start(
             lambda event_id: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=event_id),
             shared=services.dispatcher.state_backend,
@@ -148,7 +149,11 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
     # The session owns the upstream now: a client that leaves may come back within the grace period.
     reader = session.read(-1)
     return SSEResponse(
-        reader, headers | {STREAM_ID_HEADER: session.key}, on_close=reader.aclose, on_disconnect=reader.detach
+        reader,
+        headers | {STREAM_ID_HEADER: session.key},
+        on_close=reader.aclose,
+        on_disconnect=reader.detach,
+        watch=watch,
     )
 
 
