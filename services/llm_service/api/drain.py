@@ -27,6 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from llm_service.api.auth import resumed_stream_id
 from llm_service.api.errors import error_body, json_response
 from llm_service.api.resume import DONE_EVENT
+from llm_service.core.aio import running_task
 
 log = logging.getLogger("llm_service.shutdown")
 SHUTTING_DOWN = "server_shutting_down"
@@ -104,8 +105,7 @@ class DrainMiddleware:
                 _note(scope, SHUTTING_DOWN, stream=False)
                 await _REFUSAL(scope, receive, send)
             return
-        task = asyncio.current_task()
-        assert task is not None, "a request runs in a task"
+        task = running_task()
         drain.in_flight.add(task)
         try:
             await self.app(scope, receive, send)

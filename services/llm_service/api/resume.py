@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import orjson
 
 from llm_service.api.errors import error_body
+from llm_service.core.aio import running_task
 from llm_service.core.config.settings import StreamingSettings
 from llm_service.core.llm.dispatch.state import StateBackend, StreamLog
 from llm_service.core.llm.streaming import Clock, TTLStore
@@ -110,8 +111,7 @@ class StreamSession:
         if self._stopping:
             await self._end(abandoned=True)
             return
-        task = asyncio.current_task()
-        assert task is not None
+        task = running_task()
         self._puller = task
         cancelling = task.cancelling()
         try:

@@ -17,6 +17,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from typing_extensions import override
 
+from llm_service.core.aio import running_task
+
 T = TypeVar("T")
 
 
@@ -39,14 +41,13 @@ class DisconnectWatch:
     __slots__ = ("_armed", "_cancelled", "_on_disconnect", "_task", "_watcher", "gone")
 
     def __init__(self, receive: Receive) -> None:
-        task = asyncio.current_task()
-        assert task is not None, "DisconnectWatch runs inside a task"
+        task = running_task()
         self._task = task
         self._armed = False
         self._cancelled = False
         self._on_disconnect: Callable[[], None] | None = None
         self.gone = False
-        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+        self._watcher = task.get_loop().create_task(self._watch(receive))
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":

@@ -406,6 +406,13 @@ class Deployment(BaseModel):
     def _strip_slash(cls, value: str | None) -> str | None:
         return value.rstrip("/") if value else value
 
+    @override
+    def __hash__(self) -> int:
+        # Deployments key the dispatcher's dicts, a few lookups a request: pydantic's frozen-model hash
+        # goes over every field (about 2 µs a hash). Equal deployments share their model and URL, which
+        # is all a hash must honour; lookups of the same object do not even compare.
+        return hash((self.model, self.base_url))
+
     @property
     def label(self) -> str:
         """How logs, metrics and the `x-llm-deployment` header name it: provider/model[@host]."""

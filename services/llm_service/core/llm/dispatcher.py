@@ -26,6 +26,7 @@ import dataclasses
 import math
 import random
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -135,7 +136,7 @@ class ChunkStream(Protocol):
     async def aclose(self) -> None: ...
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)
 class RoutedStream:
     """An opened stream: the deployment serving it (the latest, after a replay) and its chunks (the
     first already received). `continuing`: the stream continues a partial answer it was given."""
@@ -543,9 +544,14 @@ class LLMDispatcher:
         if self._replay.max_replays == 0:
             return routed
 
+        # By a weak reference: `routed` holds the stream that holds this, and a reference cycle a stream
+        # would be left to the garbage collector.
+        latest = weakref.ref(routed)
+
         async def reopen(sent: Transcript, error: ProviderError) -> tuple[AsyncIterator[LLMChunk], bool]:
             again = await self._open(request, None, sent)
-            routed.deployment = again.deployment
+            if (found := latest()) is not None:
+                found.deployment = again.deployment
             return again.chunks, again.continuing
 
         routed.chunks = retry_async_generator(

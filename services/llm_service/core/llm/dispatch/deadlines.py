@@ -19,6 +19,7 @@ import math
 from collections import deque
 from collections.abc import AsyncIterator
 
+from llm_service.core.aio import running_task
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.models import LLMChunk, ProviderTimeoutError
 
@@ -64,7 +65,7 @@ class IdleWatchdog:
     async def next(self, stream: AsyncIterator[LLMChunk]) -> LLMChunk:
         if self._seconds == math.inf:
             return await anext(stream)
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._loop)  # with the loop: no getpid() (see core/aio.py)
         assert task is not None
         self._waiting, self._since = task, self._loop.time()
         if self._handle is None:
@@ -128,21 +129,21 @@ class Deadlines:
     compacted when mostly finished, so it holds about as many entries as tasks are running.
     """
 
-    __slots__ = ("_entries", "_handle", "_live", "seconds")
+    __slots__ = ("_entries", "_handle", "_live", "_loop", "seconds")
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self._entries: deque[Deadline] = deque()
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the latest start()
         self._live = 0
 
     def start(self) -> Deadline | None:
         """The current task's deadline (None: no limit)."""
         if self.seconds == math.inf:
             return None
-        task = asyncio.current_task()
-        assert task is not None
-        loop = task.get_loop()
+        task = running_task()
+        loop = self._loop = task.get_loop()
         deadline = Deadline(loop.time() + self.seconds, task)
         entries = self._entries
         if len(entries) > 64 and len(entries) > 4 * self._live:
@@ -161,7 +162,8 @@ class Deadlines:
     def _fire(self) -> None:
         self._handle = None
         entries = self._entries
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None  # set by the start() that set this timer
         now = loop.time()
         while entries and (entries[0].task is None or entries[0].at <= now):
             deadline = entries.popleft()
