@@ -11,7 +11,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from types import MappingProxyType
 from urllib.parse import quote
 
@@ -25,7 +25,7 @@ from llm_service.api.access_log import AccessRecord
 from llm_service.api.body import BodyEnd, read_body
 from llm_service.api.chat_schema import CHAT_OPENAPI, CHAT_STREAM_OPENAPI, RESUME_OPENAPI
 from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, error_response, json_response
-from llm_service.api.resume import DONE_EVENT, SessionReader, StreamGone, parse_last_event_id
+from llm_service.api.resume import DONE_EVENT, EventIds, SessionReader, StreamGone, parse_last_event_id
 from llm_service.api.resume_store import open_stream
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, DisconnectWatch, SSEResponse, unless_disconnected
@@ -137,10 +137,10 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
         include_usage = llm_request.include_usage
         sessions = services.stream_sessions
         if sessions is None:
-            events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=None)
+            events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_ids=None)
             return SSEResponse(_then_done(events), headers, on_close=routed.chunks.aclose, watch=watch)
         session = sessions.start(
-            lambda event_id: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_id=event_id),
+            lambda ids: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_ids=ids),
             shared=services.dispatcher.state_backend,
         )
     except BaseException:
@@ -204,23 +204,26 @@ async def _then_done(events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes
 
 
 async def _sse_events(
-    chunks: ChunkStream, *, include_usage: bool, access: AccessRecord, event_id: Callable[[int], bytes] | None
+    chunks: ChunkStream, *, include_usage: bool, access: AccessRecord, event_ids: EventIds | None
 ) -> AsyncGenerator[bytes, None]:
-    """The stream's events, each named by `event_id(index)` when given; one error event if it fails."""
+    """The stream's events, each named `<event_ids><index>` when given; one error event if it fails."""
     index = 0
 
     def event(payload: object) -> bytes:
-        data = b"data: " + orjson.dumps(payload) + b"\n\n"
-        return data if event_id is None else event_id(index) + data
+        # One bytes formatting an event (concatenating its parts, or an id by f-string, cost a few µs more).
+        if event_ids is None:
+            return b"data: %b\n\n" % orjson.dumps(payload)
+        return b"%b%d\ndata: %b\n\n" % (event_ids, index, orjson.dumps(payload))
 
     try:
         async with contextlib.aclosing(chunks):
             access.first_token()
             async for chunk in chunks:
                 for choice in chunk.choices:
-                    for call in choice.tool_calls:
-                        if call.id is not None:
-                            access.record_tool_call(call.id, call.provider_id)
+                    if choice.tool_calls:
+                        for call in choice.tool_calls:
+                            if call.id is not None:
+                                access.record_tool_call(call.id, call.provider_id)
                 if chunk.usage is not None:
                     access.record_usage(chunk.usage)
                     if not chunk.choices and not include_usage:

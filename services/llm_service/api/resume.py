@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import secrets
 from collections import deque
@@ -104,7 +103,7 @@ class StreamSession:
         self._stopping = False  # abandoned (grace over, or shutdown): no more pulls
 
     def event_id(self, index: int) -> bytes:
-        return _event_id(self.key, index)
+        return b"%b%d\n" % (event_ids(self.key), index)
 
     async def _pull(self) -> None:
         """The next event from the source, into the session (the caller found none and nobody pulling)."""
@@ -278,11 +277,12 @@ class SessionReader:
 
 
 #: Names a stream's event by its index: `id: <stream id>:<index>\n`.
-EventId = Callable[[int], bytes]
+#: The start of a stream's SSE `id:` lines, `id: <stream id>:`; each event's index and a newline follow.
+EventIds = bytes
 
 
-def _event_id(key: str, index: int) -> bytes:
-    return f"id: {key}:{index}\n".encode()
+def event_ids(key: str) -> EventIds:
+    return b"id: %b:" % key.encode()
 
 
 NOT_FOUND = "No resumable stream with this id: it never existed, or it ended longer ago than the resume TTL."
@@ -334,14 +334,14 @@ class StreamSessions:
         )
 
     def start(
-        self, events: Callable[[EventId], AsyncGenerator[bytes, None]], shared: StateBackend | None = None
+        self, events: Callable[[EventIds], AsyncGenerator[bytes, None]], shared: StateBackend | None = None
     ) -> StreamSession:
-        """A new session producing `events(event_id)`, whose events are named by `event_id(index)`; also
+        """A new session producing `events(event_ids)`, whose events are named `<event_ids><index>`; also
         written to `shared`'s stream log, when it has one."""
         key = secrets.token_urlsafe(16)
         session = StreamSession(
             key,
-            events(functools.partial(_event_id, key)),
+            events(event_ids(key)),
             keep=self._keep,
             grace=self._grace,
             on_end=self._ended_one,

@@ -53,6 +53,7 @@ _RESPONSE_FIELDS = frozenset({"id", "object", "created", "model", "choices", "us
 _REPLY_FIELDS = frozenset({"role", "content", "refusal", "tool_calls"})
 _USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _ROLES = {r.value: r for r in Role}
+_NOTHING: dict[str, Any] = {}  # read only
 _FINISH = {f.value: f for f in FinishReason}
 
 
@@ -476,34 +477,43 @@ def _decode_tool_call_delta(fragment: dict[str, Any], provider: ProviderID, reme
 
 
 def decode_chat_chunk(data: dict[str, Any], provider: ProviderID, remember: Remember | None = None) -> LLMChunk:
+    # Once per streamed chunk, so written for the common chunk (one choice, a little content, no field
+    # the domain does not know): fields are looked at only when present, and the leftovers gathered only
+    # when there are any (a comprehension is a function call). About half the time of the plain version.
     choices = []
-    for position, raw in enumerate(data.get("choices") or ()):
-        delta = raw.get("delta") or {}
-        role = delta.get("role")
-        choices.append(
-            ChunkChoice(
-                index=raw.get("index", position),
-                role=_ROLES.get(role) if role else None,
-                content=delta.get("content"),
-                refusal=delta.get("refusal"),
-                tool_calls=[_decode_tool_call_delta(f, provider, remember) for f in delta.get("tool_calls") or ()],
-                finish_reason=_finish(raw.get("finish_reason")),
-                logprobs=raw.get("logprobs"),
-                extra=_rest(delta, _REPLY_FIELDS),
+    raw_choices = data.get("choices")
+    if raw_choices:
+        for position, raw in enumerate(raw_choices):
+            delta = raw.get("delta") or _NOTHING
+            role = delta.get("role")
+            fragments = delta.get("tool_calls")
+            finish = raw.get("finish_reason")
+            choices.append(
+                ChunkChoice(
+                    raw.get("index", position),
+                    _ROLES.get(role) if role else None,
+                    delta.get("content"),
+                    delta.get("refusal"),
+                    [_decode_tool_call_delta(f, provider, remember) for f in fragments] if fragments else [],
+                    _finish(finish) if finish is not None else None,
+                    raw.get("logprobs"),
+                    {} if delta.keys() <= _REPLY_FIELDS else _rest(delta, _REPLY_FIELDS),
+                )
             )
-        )
-    usage = decode_usage(data.get("usage"))
+    raw_usage = data.get("usage")
+    usage = decode_usage(raw_usage) if raw_usage is not None else None
     if usage is not None and all(_is_empty(c) for c in choices):
         choices = []  # OpenRouter's usage chunk carries an empty choice; OpenAI's has none
+    created = data.get("created")
     return LLMChunk(
-        id=data.get("id") or "",
-        created=int(data.get("created") or 0),
-        model=data.get("model") or "",
-        provider=provider,
-        choices=choices,
-        usage=usage,
-        system_fingerprint=data.get("system_fingerprint"),
-        extra=_rest(data, _RESPONSE_FIELDS),
+        data.get("id") or "",
+        created if type(created) is int else int(created or 0),
+        data.get("model") or "",
+        provider,
+        choices,
+        usage,
+        data.get("system_fingerprint"),
+        {} if data.keys() <= _RESPONSE_FIELDS else _rest(data, _RESPONSE_FIELDS),
     )
 
 
