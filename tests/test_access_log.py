@@ -15,7 +15,7 @@ from conftest import KEYS, MODELS
 from harness import wait_until
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
-from llm_service.logs import JSONFormatter
+from llm_service.logs import JSONFormatter, info_fields
 from sse_client import read_events
 
 SECRET_PROMPT = "my secret prompt text"
@@ -135,6 +135,48 @@ def test_log_lines_of_one_event_loop_turn_are_written_together_and_none_is_held_
     finally:
         log.removeHandler(handler)
         log.propagate = True
+
+
+def test_a_line_written_straight_to_the_handler_is_the_line_logging_would_have_written() -> None:
+    """`info_fields` skips the LogRecord when the service's JSON handler is the only place a line goes;
+    what comes out must not differ from the logged line, and any other configuration gets the record."""
+    stream = _Writes()
+    handler = _batching_handler(stream)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    log = logging.getLogger("test.direct.access")
+    fields = {"request_id": "req_1", "status": 200, "stream": False, "latency_ms": 1.25, "caller": None, "n": [1]}
+    try:
+
+        async def both() -> None:
+            info_fields(log, "request", fields)  # straight to the handler
+            log.info("request", extra={"fields": fields})  # through logging
+            await asyncio.sleep(0)
+
+        asyncio.run(both())
+        direct, logged = (json.loads(line) for line in stream.getvalue().splitlines())
+        assert abs(direct.pop("ts") - logged.pop("ts")) < 1
+        assert direct == logged == {"level": "info", "logger": "test.direct.access", "event": "request", **fields}
+        assert stream.writes == 1  # with the rest of the loop turn's lines
+
+        seen: list[logging.LogRecord] = []
+        capture = logging.Handler()
+        capture.emit = seen.append  # type: ignore[method-assign]
+        root.addHandler(capture)  # as pytest's caplog does: now the record is wanted
+        info_fields(log, "request", fields)
+        assert [r.fields for r in seen] == [fields]  # type: ignore[attr-defined]
+        assert len(stream.getvalue().splitlines()) == 3  # and the JSON handler still got its line
+        root.removeHandler(capture)
+
+        log.setLevel(logging.WARNING)  # a line below the level goes nowhere
+        info_fields(log, "request", fields)
+        assert len(stream.getvalue().splitlines()) == 3
+    finally:
+        log.setLevel(logging.NOTSET)
+        root.handlers[:], level = saved
+        root.setLevel(level)
 
 
 def test_a_client_leaving_a_resumable_stream_still_gets_its_whole_access_line_with_tokens(

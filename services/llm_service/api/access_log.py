@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from llm_service.api.errors import internal_error_response
 from llm_service.core.llm.models import Usage
+from llm_service.logs import info_fields
 from llm_service.metrics import Metrics
 
 log = logging.getLogger("llm_service.access")
@@ -101,7 +102,7 @@ class AccessLogMiddleware:
             record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
             # Not dataclasses.asdict: it deep-copies every value (~50 µs a request in the benchmark's profile).
             logged: dict[str, Any] = {name: value for name in _LOGGED if (value := getattr(record, name)) is not None}
-            log.info("request", extra={"fields": logged})
+            info_fields(log, "request", logged)
             if services is not None and record.model is not None:
                 record_request_metrics(services.metrics, record)
             if span is not None:
