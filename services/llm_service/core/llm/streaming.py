@@ -70,8 +70,11 @@ class Transcript:
             self.begun.add(choice.index)
             if choice.finish_reason is not None:
                 self.finished.add(choice.index)
-            for channel, text in _channels(choice):
-                self._pieces.setdefault(channel, []).append(text)
+            if choice.refusal or choice.extra or choice.tool_calls:
+                for channel, text in _channels(choice):
+                    self._pieces.setdefault(channel, []).append(text)
+            elif choice.content:  # the usual chunk, without a generator's cost
+                self._pieces.setdefault(("content", choice.index), []).append(choice.content)
             for delta in choice.tool_calls:
                 call = self._calls.setdefault((choice.index, delta.index), _Call(None, None))
                 call.id = call.id or delta.id
