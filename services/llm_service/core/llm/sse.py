@@ -32,10 +32,9 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume `chunk`; return the data payloads of the events it completed."""
         buf = self._buf + chunk if self._buf else chunk
-        if buf.startswith(b"data: ") and buf.endswith(b"\n\n") and buf.count(_LF) == 2 and not self._data:
-            # What arrives nearly every time: exactly one whole event of one data line (no CR: a CR before
-            # the first LF would end the line there, and one just before the last would be inside it).
-            if _CR not in buf:
+        # What arrives nearly every time: exactly one whole event of one data line, without CR.
+        if buf.startswith(b"data: ") and buf.endswith(b"\n\n") and buf.count(_LF) == 2 and _CR not in buf:
+            if not self._data:
                 self._buf = b""
                 return [buf[6:-2]]
         events: list[bytes] = []
