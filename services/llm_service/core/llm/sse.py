@@ -33,10 +33,10 @@ class SSEDecoder:
         """Consume `chunk`; return the data payloads of the events it completed."""
         buf = self._buf + chunk if self._buf else chunk
         # What arrives nearly every time: exactly one whole event of one data line, without CR.
-        if buf.startswith(b"data: ") and buf.endswith(b"\n\n") and buf.count(_LF) == 2 and _CR not in buf:
-            if not self._data:
-                self._buf = b""
-                return [buf[6:-2]]
+        whole = buf.startswith(b"data: ") and buf.endswith(b"\n\n") and buf.count(_LF) == 2
+        if whole and _CR not in buf and not self._data:
+            self._buf = b""
+            return [buf[6:-2]]
         events: list[bytes] = []
         if _CR not in buf:
             # Fast path for the usual LF-only stream.
