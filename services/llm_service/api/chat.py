@@ -11,8 +11,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from types import MappingProxyType
+from collections.abc import AsyncGenerator, AsyncIterator
 from urllib.parse import quote
 
 import orjson
@@ -24,7 +23,15 @@ from typing_extensions import override
 from llm_service.api.access_log import AccessRecord
 from llm_service.api.body import BodyEnd, read_body
 from llm_service.api.chat_schema import CHAT_OPENAPI, CHAT_STREAM_OPENAPI, RESUME_OPENAPI
-from llm_service.api.errors import INTERNAL_ERROR_BODY, describe, error_body, error_response, json_response
+from llm_service.api.errors import (
+    INTERNAL_ERROR_BODY,
+    JSONBytesResponse,
+    describe,
+    error_body,
+    error_response,
+    json_response,
+    raw_headers,
+)
 from llm_service.api.resume import DONE_EVENT, EventIds, SessionReader, StreamGone, parse_last_event_id
 from llm_service.api.resume_store import open_stream
 from llm_service.api.services import Services
@@ -127,18 +134,18 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
         for choice in response.choices:
             for call in choice.message.tool_calls:
                 access.record_tool_call(call.id, call.provider_id)
-        headers = _deployment_headers(deployment) | _overhead(access, upstream_time)
-        return json_response(200, encode_chat_response(response), headers)
+        raw = (*_deployment_facts(deployment)[2], _overhead(access, upstream_time))
+        return JSONBytesResponse(orjson.dumps(encode_chat_response(response)), 200, raw=raw)
 
     routed = await unless_disconnected(watch, services.dispatcher.open_stream(llm_request, upstream_time))
     try:
         _note_deployment(access, routed.deployment, services)
-        headers = _deployment_headers(routed.deployment) | _overhead(access, upstream_time)
+        raw = (*_deployment_facts(routed.deployment)[2], _overhead(access, upstream_time))
         include_usage = llm_request.include_usage
         sessions = services.stream_sessions
         if sessions is None:
             events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_ids=None)
-            return SSEResponse(_then_done(events), headers, on_close=routed.chunks.aclose, watch=watch)
+            return SSEResponse(_then_done(events), {}, on_close=routed.chunks.aclose, watch=watch, raw=raw)
         session = sessions.start(
             lambda ids: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_ids=ids),
             shared=services.dispatcher.state_backend,
@@ -150,10 +157,11 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
     reader = session.read(-1)
     return SSEResponse(
         reader,
-        headers | {STREAM_ID_HEADER: session.key},
+        {STREAM_ID_HEADER: session.key},
         on_close=reader.aclose,
         on_disconnect=reader.detach,
         watch=watch,
+        raw=raw,
     )
 
 
@@ -247,28 +255,24 @@ def _note_deployment(access: AccessRecord, deployment: Deployment, services: Ser
     access.metric_deployment = services.dispatcher.metric_label(deployment)
 
 
-def _overhead(access: AccessRecord, upstream_time: UpstreamTime) -> dict[str, str]:
+def _overhead(access: AccessRecord, upstream_time: UpstreamTime) -> tuple[bytes, bytes]:
     """The gateway's own time so far (parsing, admission, queueing, encoding: all but the upstream
     calls), recorded for metrics and sent as a header."""
     access.overhead_ms = max(0.0, round((time.perf_counter() - access.started - upstream_time.seconds) * 1000, 2))
-    return {"x-llm-gateway-overhead-ms": f"{access.overhead_ms:.2f}"}
-
-
-def _deployment_headers(deployment: Deployment) -> dict[str, str]:
-    return dict(_deployment_facts(deployment)[2])
+    return b"x-llm-gateway-overhead-ms", b"%.2f" % access.overhead_ms
 
 
 @functools.lru_cache(maxsize=4096)
-def _deployment_facts(deployment: Deployment) -> tuple[str, str, Mapping[str, str]]:
-    """(provider, label, response headers) of a deployment, worked out once (its label parses a URL and
-    the headers percent-encode: a few µs a request otherwise)."""
+def _deployment_facts(deployment: Deployment) -> tuple[str, str, tuple[tuple[bytes, bytes], ...]]:
+    """(provider, label, raw response headers) of a deployment, worked out once (its label parses a URL,
+    the headers percent-encode and are encoded: a few µs a request otherwise)."""
     label = deployment.label
     headers = {
         "x-llm-provider": deployment.provider.value,
         "x-llm-model": _header_value(deployment.model),
         "x-llm-deployment": _header_value(label),
     }
-    return deployment.provider.value, label, MappingProxyType(headers)
+    return deployment.provider.value, label, tuple(raw_headers(headers))
 
 
 def _header_value(text: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -92,18 +92,27 @@ def describe(exc: LLMServiceError) -> tuple[int, dict[str, Any], dict[str, str]]
     return status, error_body(exc.message, type_, code=exc.code, param=exc.param), headers
 
 
+#: Response headers as uvicorn takes them: lower-case names and values, in bytes.
+RawHeaders = Sequence[tuple[bytes, bytes]]
+
+
+def raw_headers(headers: Mapping[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
 class JSONBytesResponse(Response):
     """A JSON answer already encoded, its headers made straight into the raw list uvicorn sends: none of
     Response's header machinery, and two sends (about 10 µs a request less on the hot path)."""
 
-    def __init__(self, body: bytes, status: int, headers: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self, body: bytes, status: int, headers: Mapping[str, str] | None = None, raw: RawHeaders = ()
+    ) -> None:
         self.body = body
         self.status_code = status
         self.background = None
-        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        self.raw_headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)), *raw]
         if headers:
-            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-        self.raw_headers = raw
+            self.raw_headers += raw_headers(headers)
 
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -17,6 +17,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 from typing_extensions import override
 
+from llm_service.api.errors import RawHeaders, raw_headers
 from llm_service.core.aio import running_task
 
 T = TypeVar("T")
@@ -109,6 +110,9 @@ SSE_HEADERS: Mapping[str, str] = {
 }
 
 
+_RAW_SSE_HEADERS = raw_headers(SSE_HEADERS)
+
+
 class SSEResponse(Response):
     """A Response (so FastAPI passes it through untouched) whose body is an async iterator of events."""
 
@@ -119,6 +123,7 @@ class SSEResponse(Response):
         on_close: Callable[[], Awaitable[None]] | None = None,
         on_disconnect: Callable[[], None] | None = None,
         watch: DisconnectWatch | None = None,
+        raw: RawHeaders = (),
     ) -> None:
         # Response.__init__ is not called: it would render a body and set a content-length.
         self._body = body
@@ -131,8 +136,7 @@ class SSEResponse(Response):
         self._watch = watch
         self.status_code = 200
         self.background = None
-        raw = {**SSE_HEADERS, **headers}
-        self.raw_headers = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in raw.items()]
+        self.raw_headers = [*_RAW_SSE_HEADERS, *raw, *raw_headers(headers)]
 
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
