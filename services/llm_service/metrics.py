@@ -26,9 +26,18 @@ caller's free-form model name never becomes a label.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+import math
+import time
+from bisect import bisect_left
+from collections.abc import Iterable, Sequence
+from itertools import accumulate
+from typing import TYPE_CHECKING, Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from typing_extensions import override
 
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatch.breaker import BreakerState, Transition
@@ -37,11 +46,12 @@ from llm_service.core.llm.models import ProviderError
 if TYPE_CHECKING:
     from llm_service.core.llm.dispatch.state import StateBackend
 
-#: Seconds: LLM calls run from tens of milliseconds (a cached short answer) to minutes.
-_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Seconds (bucket upper bounds, +Inf last): LLM calls run from tens of milliseconds (a cached short
+#: answer) to minutes.
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, math.inf)
+_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
 #: Seconds: the gateway's own cost is sub-millisecond when idle, seconds only when queueing.
-_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, math.inf)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -59,39 +69,114 @@ class Watched(Protocol):
     def state_backend(self) -> StateBackend: ...
 
 
+def _created_series_enabled() -> bool:
+    """Whether prometheus_client emits `*_created` series (PROMETHEUS_DISABLE_CREATED_SERIES and
+    `disable_created_metrics()` turn them off): asked of a throwaway counter, there is no public getter."""
+    probe = Counter("probe", "", registry=None)
+    return any(sample.name == "probe_created" for family in probe.collect() for sample in family.samples)
+
+
+class _CounterCells:
+    """A labelled counter as plain floats: an update is `cell[0] += n`, no lock (one event loop writes)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        #: Label values -> (the cell, its creation time for `_created`), in order of first use.
+        self.cells: dict[tuple[str, ...], tuple[list[float], float]] = {}
+
+    def cell(self, *labels: str) -> list[float]:
+        found = self.cells.get(labels)
+        if found is None:
+            found = self.cells[labels] = ([0.0], time.time())
+        return found[0]
+
+    def family(self, created: bool) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, (cell, created_at) in list(self.cells.items()):  # list(): a snapshot, in case of threads
+            family.add_metric(labels, cell[0], created=created_at if created else None)
+        return family
+
+
+class _HistogramCells:
+    """A labelled histogram as plain floats: per label set one count per bucket (not cumulative: an
+    observation touches one bucket) and the sum last."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float]) -> None:
+        self.name, self.documentation, self.labelnames = name, documentation, labelnames
+        # `le` written as Histogram writes it ("1.0", "+Inf").
+        self.le: list[str] = [floatToGoString(bound) for bound in buckets]  # type: ignore[no-untyped-call]
+        self.cells: dict[tuple[str, ...], tuple[list[float], float]] = {}
+
+    def cell(self, *labels: str) -> list[float]:
+        found = self.cells.get(labels)
+        if found is None:
+            found = self.cells[labels] = ([0.0] * (len(self.le) + 1), time.time())
+        return found[0]
+
+    def family(self, created: bool) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, (cell, created_at) in list(self.cells.items()):
+            family.add_metric(labels, list(zip(self.le, accumulate(cell[:-1]), strict=True)), cell[-1])
+            if created:  # HistogramMetricFamily has no `created=`; placed as Histogram places it, after _sum
+                family.add_sample(self.name + "_created", dict(zip(self.labelnames, labels, strict=True)), created_at)
+        return family
+
+
+class _RequestInstruments(Collector):
+    """The per-request instruments, exposed as prometheus_client would expose its own Counter and
+    Histogram (same names, HELP, labels, buckets and `_created`)."""
+
+    def __init__(self) -> None:
+        self.requests = _CounterCells(
+            "llm_gateway_requests", "Chat requests by outcome", ["provider", "deployment", "status"]
+        )
+        self.duration = _HistogramCells(
+            "llm_gateway_request_duration_seconds",
+            "Time from request to last byte",
+            ["provider", "deployment", "stream"],
+            _LATENCY_BUCKETS,
+        )
+        self.ttft = _HistogramCells(
+            "gen_ai_server_time_to_first_token_seconds",
+            "Time from request to the first streamed chunk",
+            ["provider", "deployment"],
+            _TTFT_BUCKETS,
+        )
+        self.overhead = _HistogramCells(
+            "llm_gateway_overhead_seconds",
+            "The gateway's own time until the response started: all but the upstream calls",
+            ["provider", "deployment"],
+            _OVERHEAD_BUCKETS,
+        )
+        self.tokens = _CounterCells(
+            "llm_gateway_tokens", "Tokens the providers reported", ["provider", "deployment", "type"]
+        )
+
+    @override
+    def collect(self) -> Iterable[Metric]:
+        created = _created_series_enabled()
+        return [
+            self.requests.family(created),
+            self.duration.family(created),
+            self.ttft.family(created),
+            self.overhead.family(created),
+            self.tokens.family(created),
+        ]
+
+    def describe(self) -> Iterable[Metric]:
+        # The registry reads names and types from it, to refuse a second metric of the same name.
+        return self.collect()
+
+
 class Metrics:
     """The instruments, on a registry of their own (several instances may live in one process)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "llm_gateway_requests", "Chat requests by outcome", ["provider", "deployment", "status"], registry=r
-        )
-        self.duration = Histogram(
-            "llm_gateway_request_duration_seconds",
-            "Time from request to last byte",
-            ["provider", "deployment", "stream"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.ttft = Histogram(
-            "gen_ai_server_time_to_first_token_seconds",
-            "Time from request to the first streamed chunk",
-            ["provider", "deployment"],
-            buckets=_TTFT_BUCKETS,
-            registry=r,
-        )
-        self.overhead = Histogram(
-            "llm_gateway_overhead_seconds",
-            "The gateway's own time until the response started: all but the upstream calls",
-            ["provider", "deployment"],
-            buckets=_OVERHEAD_BUCKETS,
-            registry=r,
-        )
-        self.tokens = Counter(
-            "llm_gateway_tokens", "Tokens the providers reported", ["provider", "deployment", "type"], registry=r
-        )
+        # Registered first, as the prometheus_client instruments it replaces were: same order in the output.
+        self.request_instruments = _RequestInstruments()
+        r.register(self.request_instruments)
         self.failovers = Counter(
             "llm_gateway_failovers",
             "Requests moved to the next deployment after a retryable failure",
@@ -129,7 +214,7 @@ class Metrics:
         )
 
         # Label sets are bounded (provider, deployment, status, stream): so is this.
-        self._request_children: dict[tuple[str, str, str, bool], tuple[Any, ...]] = {}
+        self._request_cells: dict[tuple[str, str, str, bool], tuple[list[float], ...]] = {}
 
     def watch(self, dispatcher: Watched) -> None:
         """Read queue depth and in-flight from `dispatcher` at every scrape."""
@@ -168,30 +253,43 @@ class Metrics:
         tokens_out: int | None,
     ) -> None:
         """One chat request: its outcome, duration, time to first token, own overhead and tokens."""
-        # The labelled children are looked up once per label set: `labels()` validates, builds a tuple
-        # and takes a lock, about 3 µs each, five times a request.
+        # Plain float cells, found by one dict lookup per request, instead of prometheus_client's
+        # Counter.inc/Histogram.observe (a lock per value, buckets walked in Python): 9.3 -> 2.0 µs a
+        # request with everything set. A histogram's bucket is the first bound >= the value, as in
+        # Histogram.observe (but a NaN, which perf_counter never gives, counts in the first bucket where
+        # observe counted it in none); its last cell is the sum.
         key = (provider, deployment, status, stream)
-        found = self._request_children.get(key)
+        found = self._request_cells.get(key)
         if found is None:
-            found = self._request_children[key] = (
-                self.requests.labels(provider, deployment, status),
-                self.duration.labels(provider, deployment, "true" if stream else "false"),
-                self.ttft.labels(provider, deployment),
-                self.overhead.labels(provider, deployment),
-                self.tokens.labels(provider, deployment, "input"),
-                self.tokens.labels(provider, deployment, "output"),
+            # All six on first sight, as `labels()` made the children: a label set's zero series show.
+            m = self.request_instruments
+            found = self._request_cells[key] = (
+                m.requests.cell(provider, deployment, status),
+                m.duration.cell(provider, deployment, "true" if stream else "false"),
+                m.ttft.cell(provider, deployment),
+                m.overhead.cell(provider, deployment),
+                m.tokens.cell(provider, deployment, "input"),
+                m.tokens.cell(provider, deployment, "output"),
             )
-        count, duration, first_token, own, tokens_in_child, tokens_out_child = found
-        count.inc()
-        duration.observe(seconds)
+        count, duration, first_token, own, input_tokens, output_tokens = found
+        count[0] += 1
+        duration[bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        duration[-1] += seconds
         if ttft is not None:
-            first_token.observe(ttft)
+            first_token[bisect_left(_TTFT_BUCKETS, ttft)] += 1
+            first_token[-1] += ttft
         if overhead is not None:
-            own.observe(overhead)
+            own[bisect_left(_OVERHEAD_BUCKETS, overhead)] += 1
+            own[-1] += overhead
+        # Negative counts raise, as Counter.inc did: a counter that goes down reads as a restart.
         if tokens_in is not None:
-            tokens_in_child.inc(tokens_in)
+            if tokens_in < 0:
+                raise ValueError("Counters can only be incremented by non-negative amounts.")
+            input_tokens[0] += tokens_in
         if tokens_out is not None:
-            tokens_out_child.inc(tokens_out)
+            if tokens_out < 0:
+                raise ValueError("Counters can only be incremented by non-negative amounts.")
+            output_tokens[0] += tokens_out
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
