@@ -1,4 +1,4 @@
-"""The hot path's time limits without a timer each (dispatch/deadlines.py), on a loop whose clock the
+"""The hot path's time limits without a timer each (core/aio.py, dispatch/deadlines.py), on a loop whose clock the
 test moves: `Deadlines` (request budgets, one timer for all) and `IdleWatchdog` (a stream's silences)."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
+from llm_service.core.aio import Deadlines
 from llm_service.core.config.constants import ProviderID
-from llm_service.core.llm.dispatch.deadlines import Deadlines, IdleWatchdog
+from llm_service.core.llm.dispatch.deadlines import IdleWatchdog
 from llm_service.core.llm.models import LLMChunk, ProviderTimeoutError
 
 

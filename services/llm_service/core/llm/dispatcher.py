@@ -32,13 +32,14 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
+from llm_service.core.aio import Deadlines
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
 from llm_service.core.llm.base import BaseLLMClient
 from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQueue
 from llm_service.core.llm.dispatch.attempt_trace import AttemptOutcome, AttemptTracer
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
-from llm_service.core.llm.dispatch.deadlines import Deadlines, next_within
+from llm_service.core.llm.dispatch.deadlines import next_within
 from llm_service.core.llm.dispatch.health import HealthChecker
 from llm_service.core.llm.dispatch.held import HeldStream
 from llm_service.core.llm.dispatch.limits import estimate_tokens

@@ -5,8 +5,8 @@ dispatcher enters one per request (its budget) and a stream waited once per chun
 
 - `next_within()`: one wait (the first chunk of an attempt), with `asyncio.timeout`.
 - `IdleWatchdog`: every wait of one stream, by one timer per stream that is looked at only when it fires.
-- `Deadlines`: the budget of every request, all of one length, so they end in the order they began:
-  one timer for all of them, set for the oldest unfinished one.
+- `Deadlines` (core/aio.py): the budget of every request, all of one length, so they end in the order
+  they began: one timer for all of them, set for the oldest unfinished one.
 
 Both cancel the waiting task when its time is up and turn that cancellation into the caller's error, as
 `asyncio.timeout` does (a cancellation from elsewhere at the same time wins).
@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections import deque
 from collections.abc import AsyncIterator
 
-from llm_service.core.aio import running_task
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.models import LLMChunk, ProviderTimeoutError
 
@@ -93,85 +91,6 @@ class IdleWatchdog:
             return
         self._expired = True
         self._waiting.cancel()
-
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
-
-class Deadline:
-    """One task's time limit in `Deadlines`; `expired()` after a CancelledError says whether it was this."""
-
-    __slots__ = ("_cancelling", "_expired", "at", "task")
-
-    def __init__(self, at: float, task: asyncio.Task[object]) -> None:
-        self.at = at
-        self.task: asyncio.Task[object] | None = task  # None once finished
-        self._cancelling = task.cancelling()
-        self._expired = False
-
-    def expired(self) -> bool:
-        """Whether the CancelledError being handled is this deadline's (then taken back, so that the task
-        can raise its own error instead); False for a cancellation from elsewhere."""
-        if not self._expired or self.task is None:
-            return False
-        self._expired = False
-        return self.task.uncancel() <= self._cancelling
-
-
-class Deadlines:
-    """Time limits of one length for many tasks, with one timer for all of them.
-
-    `start()` when a task begins, `finish()` when it is done (always: in a `finally`). Since every limit
-    has the same length, they expire in the order they were started: a queue, and one timer set for its
-    oldest entry. Finished entries are dropped from the head as the timer passes, and the queue is
-    compacted when mostly finished, so it holds about as many entries as tasks are running.
-    """
-
-    __slots__ = ("_entries", "_handle", "_live", "_loop", "seconds")
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self._entries: deque[Deadline] = deque()
-        self._handle: asyncio.TimerHandle | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None  # the loop of the latest start()
-        self._live = 0
-
-    def start(self) -> Deadline | None:
-        """The current task's deadline (None: no limit)."""
-        if self.seconds == math.inf:
-            return None
-        task = running_task()
-        loop = self._loop = task.get_loop()
-        deadline = Deadline(loop.time() + self.seconds, task)
-        entries = self._entries
-        if len(entries) > 64 and len(entries) > 4 * self._live:
-            self._entries = entries = deque(d for d in entries if d.task is not None)
-        entries.append(deadline)
-        self._live += 1
-        if self._handle is None:
-            self._handle = loop.call_at(entries[0].at, self._fire)
-        return deadline
-
-    def finish(self, deadline: Deadline | None) -> None:
-        if deadline is not None and deadline.task is not None:
-            deadline.task = None  # not kept alive by its entry until the timer passes it
-            self._live -= 1
-
-    def _fire(self) -> None:
-        self._handle = None
-        entries = self._entries
-        loop = self._loop
-        assert loop is not None  # set by the start() that set this timer
-        now = loop.time()
-        while entries and (entries[0].task is None or entries[0].at <= now):
-            deadline = entries.popleft()
-            if deadline.task is not None:  # over its time: its task ends it (and calls finish)
-                deadline._expired = True
-                deadline.task.cancel()
-        if entries:
-            self._handle = loop.call_at(entries[0].at, self._fire)
 
     def close(self) -> None:
         if self._handle is not None:
