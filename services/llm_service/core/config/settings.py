@@ -14,6 +14,7 @@ with one `ConfigurationError` naming every missing variable (`validate_genai_con
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import Mapping
@@ -362,6 +363,13 @@ class StreamingSettings(SettingsGroup):
     )
 
 
+@functools.lru_cache(maxsize=4096)
+def _deployment_label(provider: ProviderID, model: str, base_url: str | None) -> str:
+    """Worked out once per deployment: metrics name a deployment every request (a URL parse: ~2 µs)."""
+    host = urlsplit(base_url).netloc if base_url else ""
+    return f"{provider.value}/{model}" + (f"@{host}" if host else "")
+
+
 class Deployment(BaseModel):
     """One place a model is served: a provider and the model name it knows, and where this deployment's
     reach differs from its provider's settings (another server, Azure resource or region, key).
@@ -416,8 +424,7 @@ class Deployment(BaseModel):
     @property
     def label(self) -> str:
         """How logs, metrics and the `x-llm-deployment` header name it: provider/model[@host]."""
-        host = urlsplit(self.base_url).netloc if self.base_url else ""
-        return f"{self.provider.value}/{self.model}" + (f"@{host}" if host else "")
+        return _deployment_label(self.provider, self.model, self.base_url)
 
     def own_reach(self) -> dict[str, Any]:
         """The settings-group fields this deployment overrides (empty: the provider's own reach)."""

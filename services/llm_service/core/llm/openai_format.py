@@ -461,23 +461,29 @@ def _decode_tool_call(raw: dict[str, Any], provider: ProviderID, remember: Remem
 def decode_chat_response(data: dict[str, Any], provider: ProviderID, remember: Remember | None = None) -> LLMResponse:
     """An upstream's Chat Completions body -> LLMResponse; tool-call ids normalised (`tool_ids.py`), the
     originals handed to `remember`."""
+    # Fields are looked at only when present, leftovers gathered only when there are any (as for chunks).
     choices = []
     for position, raw in enumerate(data["choices"]):
-        msg = raw.get("message") or {}
+        msg = raw.get("message") or _NOTHING
         message = Message(role=Role.ASSISTANT, content=msg.get("content"), refusal=msg.get("refusal"))
-        message.tool_calls = [_decode_tool_call(c, provider, remember) for c in msg.get("tool_calls") or ()]
-        message.extra = _rest(msg, _REPLY_FIELDS)
-        finish = _finish(raw.get("finish_reason"))
-        choices.append(Choice(raw.get("index", position), message, finish, logprobs=raw.get("logprobs")))
+        calls = msg.get("tool_calls")
+        if calls:
+            message.tool_calls = [_decode_tool_call(c, provider, remember) for c in calls]
+        if not msg.keys() <= _REPLY_FIELDS:
+            message.extra = _rest(msg, _REPLY_FIELDS)
+        finish = raw.get("finish_reason")
+        finish_reason = _finish(finish) if finish else None
+        choices.append(Choice(raw.get("index", position), message, finish_reason, raw.get("logprobs")))
+    created = data.get("created")
     return LLMResponse(
-        id=data.get("id") or "",
-        created=int(data.get("created") or 0),
-        model=data.get("model") or "",
-        provider=provider,
-        choices=choices,
-        usage=decode_usage(data.get("usage")),
-        system_fingerprint=data.get("system_fingerprint"),
-        extra=_rest(data, _RESPONSE_FIELDS),
+        data.get("id") or "",
+        created if type(created) is int else int(created or 0),
+        data.get("model") or "",
+        provider,
+        choices,
+        decode_usage(data.get("usage")),
+        data.get("system_fingerprint"),
+        {} if data.keys() <= _RESPONSE_FIELDS else _rest(data, _RESPONSE_FIELDS),
     )
 
 

@@ -183,11 +183,8 @@ class DeploymentPool:
             probe = state.breaker.state is BreakerState.HALF_OPEN
             if not state.breaker.allow():
                 continue
-            permit = state.limiter.try_acquire(tokens)
-            if permit is None:  # room_in said yes: cannot happen, but a probe slot must not leak
-                state.breaker.record_cancelled()
-                continue
-            return Slot(state, permit, self._on_release, probe=probe)
+            # Counted without asking the limiter again: room_in just said yes, and nothing awaited since.
+            return Slot(state, state.limiter.record(tokens), self._on_release, probe=probe)
         return None
 
     async def take(self, deployments: Sequence[Deployment], tokens: int) -> Slot | None:
