@@ -158,6 +158,8 @@ class StreamSession:
         self._on_end(self)
 
     def _notify(self) -> None:
+        if not self._waiters:
+            return  # one reader, the usual case: nobody waits while it pulls
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             if not waiter.done():  # done: its reader was cancelled while waiting
@@ -257,6 +259,9 @@ class SessionReader:
                 return step
             if step is True:
                 await session._pull()
+                if self.index == session._count - 1 and not session.ended:  # it pulled its own next event
+                    self.index += 1
+                    return session._events[-1]
             elif step is False:
                 await self.aclose()
                 return DONE_EVENT

@@ -61,25 +61,42 @@ class IdleWatchdog:
         self._expired = False
 
     async def next(self, stream: AsyncIterator[LLMChunk]) -> LLMChunk:
-        if self._seconds == math.inf:
+        """The stream's next chunk within the limit. `begin()`, `silent()` and `end()` are the same
+        wait spelled out, for a caller that awaits the stream itself (HeldStream: a coroutine less a chunk)."""
+        cancelling = self.begin()
+        try:
             return await anext(stream)
+        except asyncio.CancelledError:
+            if self.silent(cancelling):
+                raise silence_error(self._provider, "next chunk", self._seconds) from None
+            raise
+        finally:
+            self.end()
+
+    def begin(self) -> int:
+        """A wait starts (in the running task); its count of cancellations so far, for `silent()`."""
+        if self._seconds == math.inf:
+            return 0
         task = asyncio.current_task(self._loop)  # with the loop: no getpid() (see core/aio.py)
         assert task is not None
         self._waiting, self._since = task, self._loop.time()
         if self._handle is None:
             self._handle = self._loop.call_at(self._since + self._seconds, self._fire)
-        cancelling = task.cancelling()
-        try:
-            return await anext(stream)
-        except asyncio.CancelledError:
-            if not self._expired:
-                raise
-            self._expired = False
-            if task.uncancel() > cancelling:
-                raise  # cancelled from elsewhere as well: that one wins, as with asyncio.timeout
-            raise silence_error(self._provider, "next chunk", self._seconds) from None
-        finally:
-            self._waiting = None
+        return task.cancelling()
+
+    def silent(self, cancelling: int) -> bool:
+        """After a CancelledError in the wait: whether it was this limit's (then taken back, so that the
+        caller raises the provider's timeout instead); False for a cancellation from elsewhere too."""
+        if not self._expired or self._waiting is None:
+            return False
+        self._expired = False
+        return self._waiting.uncancel() <= cancelling  # cancelled from elsewhere as well: that one wins
+
+    def end(self) -> None:
+        self._waiting = None
+
+    def timeout_error(self) -> ProviderTimeoutError:
+        return silence_error(self._provider, "next chunk", self._seconds)
 
     def _fire(self) -> None:
         self._handle = None

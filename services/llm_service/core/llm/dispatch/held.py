@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 
@@ -40,8 +41,19 @@ class HeldStream:
         elif self._exhausted:
             raise StopAsyncIteration
         else:
+            idle = self._idle
+            cancelling = idle.begin()  # IdleWatchdog.next() spelled out: a coroutine less a chunk
             try:
-                chunk = await self._idle.next(self._rest)
+                chunk = await anext(self._rest)
+            except asyncio.CancelledError:
+                if not idle.silent(cancelling):
+                    idle.close()
+                    self._slot.abandoned()
+                    raise
+                idle.close()
+                error = idle.timeout_error()
+                self._slot.failed(error)
+                raise error from None
             except StopAsyncIteration:
                 self._exhausted = True
                 self._idle.close()
@@ -55,6 +67,8 @@ class HeldStream:
                 self._idle.close()
                 self._slot.abandoned()
                 raise
+            finally:
+                idle.end()
         if chunk.usage is not None:
             self._usage = chunk.usage
         if self._outcome is not None:
