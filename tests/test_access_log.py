@@ -170,6 +170,12 @@ def test_a_line_written_straight_to_the_handler_is_the_line_logging_would_have_w
         assert len(stream.getvalue().splitlines()) == 3  # and the JSON handler still got its line
         root.removeHandler(capture)
 
+        big = {"request_id": "req_2", "prompt_tokens": 2**70}  # orjson refuses integers past 64 bits
+        errors: list[logging.LogRecord] = []
+        handler.handleError = errors.append  # type: ignore[method-assign]
+        info_fields(log, "request", big)  # reported as logging reports a line it cannot format, not raised
+        assert [r.fields for r in errors] == [big]  # type: ignore[attr-defined]
+
         log.setLevel(logging.WARNING)  # a line below the level goes nowhere
         info_fields(log, "request", fields)
         assert len(stream.getvalue().splitlines()) == 3

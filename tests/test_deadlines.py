@@ -4,12 +4,13 @@ test moves: `Deadlines` (request budgets, one timer for all) and `IdleWatchdog` 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 
-from llm_service.core.aio import Deadlines
+from llm_service.core.aio import Deadlines, running_task
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.dispatch.deadlines import IdleWatchdog
 from llm_service.core.llm.models import LLMChunk, ProviderTimeoutError
@@ -85,6 +86,51 @@ def test_deadlines_expire_each_task_at_its_own_time_with_one_timer() -> None:
         assert clock.pending() == 0
 
     run(scenario)
+
+
+def test_deadlines_that_outlive_their_event_loop_still_limit_tasks_on_the_next_one() -> None:
+    deadlines = Deadlines(10.0)
+
+    async def left_pending(clock: FakeTime) -> None:  # the loop closes with the timer still set
+        task = asyncio.create_task(_budgeted(deadlines, asyncio.get_running_loop().create_future()))
+        await clock.advance(1)
+        task.cancel()
+        await clock.advance(0)
+
+    async def next_loop(clock: FakeTime) -> None:
+        task = asyncio.create_task(_budgeted(deadlines, asyncio.get_running_loop().create_future()))
+        await clock.advance(0)
+        assert clock.pending() == 1  # a timer on this loop, not only the dead one's
+        await clock.advance(10)
+        assert task.result() == "expired"
+
+    run(left_pending)
+    run(next_loop)
+
+
+def test_running_task_is_the_task_of_this_thread_even_while_another_threads_loop_runs_one() -> None:
+    inside = threading.Event()
+    release = threading.Event()
+    found: list[object] = []
+
+    async def other_thread() -> None:
+        running_task()  # its loop is the one remembered now
+        inside.set()
+        release.wait(10)  # a task step in progress on that loop, holding no await
+
+    thread = threading.Thread(target=asyncio.run, args=(other_thread(),))
+    thread.start()
+    try:
+        assert inside.wait(10)
+
+        async def here() -> None:
+            found.append(running_task() is asyncio.current_task())
+
+        asyncio.run(here())
+    finally:
+        release.set()
+        thread.join(10)
+    assert found == [True]
 
 
 def test_a_finished_task_is_not_cancelled_and_its_entry_lets_go_of_it() -> None:

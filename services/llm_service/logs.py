@@ -118,7 +118,12 @@ def info_fields(logger: logging.Logger, event: str, fields: dict[str, Any]) -> N
         return
     entry: dict[str, Any] = {"ts": round(time.time(), 3), "level": "info", "logger": logger.name, "event": event}
     entry.update(fields)
-    handler.write_line(orjson.dumps(entry, default=str).decode())
+    try:
+        line = orjson.dumps(entry, default=str).decode()
+    except (TypeError, orjson.JSONEncodeError):  # an integer past 64 bits, say: logging reports it as ever
+        logger.info(event, extra={"fields": fields})
+        return
+    handler.write_line(line)
 
 
 def _direct_json_handler(logger: logging.Logger) -> BatchingStreamHandler | None:

@@ -9,27 +9,31 @@ the loop given, `current_task(loop)` is a dictionary lookup: `running_task()` tr
 and asks the slow way only when that loop is not the one running (another loop in tests, a new process).
 
 `Deadlines`: time limits of one length for many tasks, by one timer for all of them (`asyncio.timeout`
-schedules a timer and cancels it every time it is entered, about 13 µs on uvloop; aiohttp's `sock_read`
-re-arms one at every read). The dispatcher's request budgets and the providers' read limits use it.
+schedules a timer and cancels it every time it is entered, about 13 µs on uvloop): the dispatcher's
+request budgets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import threading
 from collections import deque
 from typing import Any
 
 _last_loop: asyncio.AbstractEventLoop | None = None
+_last_thread = 0  # the thread that ran `_last_loop`: another thread's loop may be mid-task too
 
 
 def running_task() -> asyncio.Task[Any]:
     """The task running now (it must be called inside one): `asyncio.current_task()`, cheaper."""
-    global _last_loop
-    task = asyncio.current_task(_last_loop) if _last_loop is not None else None
+    global _last_loop, _last_thread
+    loop, thread = _last_loop, threading.get_ident()
+    task = asyncio.current_task(loop) if loop is not None and _last_thread == thread else None
     if task is None:
-        _last_loop = asyncio.get_running_loop()
-        task = asyncio.current_task(_last_loop)
+        loop = _last_loop = asyncio.get_running_loop()
+        _last_thread = thread
+        task = asyncio.current_task(loop)
         if task is None:
             raise RuntimeError("running_task() called outside a task")
     return task
@@ -78,7 +82,9 @@ class Deadlines:
         if self.seconds == math.inf:
             return None
         task = running_task()
-        loop = self._loop = task.get_loop()
+        loop = task.get_loop()
+        if loop is not self._loop:  # a first start, or a new loop: what the last one held died with it
+            self._loop, self._handle, self._entries, self._live = loop, None, deque(), 0
         deadline = Deadline(loop.time() + self.seconds, task)
         entries = self._entries
         if len(entries) > 64 and len(entries) > 4 * self._live:

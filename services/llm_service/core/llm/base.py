@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 
 import aiohttp
 
-from llm_service.core.aio import Deadlines
 from llm_service.core.config.constants import ProviderID, RetryableStatusCodes
 from llm_service.core.config.settings import ProviderSettings
 from llm_service.core.llm.credentials import CredentialProvider
@@ -155,8 +154,6 @@ class BaseLLMClient(ABC):
         self._tool_calls = tool_calls if tool_calls is not None else ToolCallStore()
         self._client: UpstreamClient | None = None
         self._init_lock = asyncio.Lock()
-        #: The read limit of plain (non-streaming) calls, one timer for all of them (see `generate`).
-        self._plain_reads = Deadlines(settings.timeout_read)
 
     # ---------------------------------------------------------------- reach: the template method
 
@@ -195,10 +192,9 @@ class BaseLLMClient(ABC):
         return {}
 
     def _timeouts(self) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
-        """(whole-call timeout, stream timeout): a stream has no total limit, only read gaps. A plain
-        call's read limit is kept by `generate` itself."""
+        """(whole-call timeout, stream timeout): a stream has no total limit, only read gaps."""
         s = self.settings
-        plain = aiohttp.ClientTimeout(total=s.timeout_total, connect=s.timeout_connect)
+        plain = aiohttp.ClientTimeout(total=s.timeout_total, connect=s.timeout_connect, sock_read=s.timeout_read)
         stream = aiohttp.ClientTimeout(total=None, connect=s.timeout_connect, sock_read=s.timeout_read)
         return plain, stream
 
@@ -225,10 +221,6 @@ class BaseLLMClient(ABC):
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         client = await self._initialize_client()
-        # `timeout_read` bounds the wait for the answer from the moment the request goes out: a plain
-        # answer comes in one piece once generated, so that is the wait between reads that aiohttp's
-        # `sock_read` would bound, without re-arming a timer at each read (about 25 µs a request).
-        reads = self._plain_reads.start()
         try:
             async with client.session.post(
                 self._request_url(client, request),
@@ -241,12 +233,6 @@ class BaseLLMClient(ABC):
                     raise self._http_error(resp.status, body, resp.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from exc
-        except asyncio.CancelledError:
-            if reads is None or not reads.expired():
-                raise
-            raise self._transport_error(TimeoutError()) from None
-        finally:
-            self._plain_reads.finish(reads)
         try:
             response = self._decode_response(body, request)
         except ProviderError:
