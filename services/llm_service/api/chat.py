@@ -35,7 +35,7 @@ from llm_service.api.errors import (
 from llm_service.api.resume import DONE_EVENT, EventIds, SessionReader, StreamGone, parse_last_event_id
 from llm_service.api.resume_store import open_stream
 from llm_service.api.services import Services
-from llm_service.api.sse import ClientGone, DisconnectWatch, SSEResponse, unless_disconnected
+from llm_service.api.sse import ClientGone, DisconnectWatch, SSEResponse
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatcher import ChunkStream, UpstreamTime
 from llm_service.core.llm.models import (
@@ -127,8 +127,8 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
     upstream_time = UpstreamTime()
     watch = DisconnectWatch(receive)
     if not llm_request.stream:
-        work = services.dispatcher.generate(llm_request, upstream_time)
-        deployment, response = await unless_disconnected(watch, work)
+        with watch:
+            deployment, response = await services.dispatcher.generate(llm_request, upstream_time)
         _note_deployment(access, deployment, services)
         access.record_usage(response.usage)
         for choice in response.choices:
@@ -137,7 +137,8 @@ async def _respond(receive: Receive, services: Services, llm_request: LLMRequest
         raw = (*_deployment_facts(deployment)[2], _overhead(access, upstream_time))
         return JSONBytesResponse(orjson.dumps(encode_chat_response(response)), 200, raw=raw)
 
-    routed = await unless_disconnected(watch, services.dispatcher.open_stream(llm_request, upstream_time))
+    with watch:
+        routed = await services.dispatcher.open_stream(llm_request, upstream_time)
     try:
         _note_deployment(access, routed.deployment, services)
         raw = (*_deployment_facts(routed.deployment)[2], _overhead(access, upstream_time))

@@ -2,16 +2,16 @@
 
 Starlette's StreamingResponse (ASGI spec 2.4) only learns of a disconnect when its next write fails,
 so a stalled upstream would be kept open. Here a watcher waits for `http.disconnect`: before the
-response starts, `unless_disconnected()` cancels the pending upstream call (retries included); during
-a stream, `SSEResponse` cancels the body iterator, which closes the upstream request through the
-iterators' `finally` blocks.
+response starts, `with watch:` (a `DisconnectWatch`) cancels the pending upstream call (retries
+included); during a stream, `SSEResponse` cancels the body iterator, which closes the upstream request
+through the iterators' `finally` blocks.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import TracebackType
 
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -19,8 +19,6 @@ from typing_extensions import override
 
 from llm_service.api.errors import RawHeaders, raw_headers
 from llm_service.core.aio import running_task
-
-T = TypeVar("T")
 
 
 class ClientGone(Exception):
@@ -30,7 +28,7 @@ class ClientGone(Exception):
 class DisconnectWatch:
     """Learns that the client hung up, for the whole of one request, in one watcher task.
 
-    While armed, a disconnect cancels the request's task (`unless_disconnected`; a stream) or is told to
+    While armed, a disconnect cancels the request's task (`with watch:`; a stream) or is told to
     `on_disconnect` (a resumable stream, which reads on). The watcher is never cancelled: once the
     response is complete the server answers `receive()` with `http.disconnect` (ASGI spec; uvicorn wakes
     the waiting call at once), and the watcher, disarmed by then, ends by itself. Cancelling it instead
@@ -86,21 +84,20 @@ class DisconnectWatch:
         self._task.uncancel()
         return True
 
+    def __enter__(self) -> None:
+        """`with watch: await work`: the work is cancelled if the client hangs up first, and ClientGone
+        raised instead (at once if it has already gone). A `with` rather than a coroutine wrapping the
+        work: every coroutine level of a request is passed at each of its suspensions."""
+        if self.gone:
+            raise ClientGone
+        self.arm()
 
-async def unless_disconnected(watch: DisconnectWatch, work: Coroutine[object, object, T]) -> T:
-    """Await `work` (the request body already read); cancel it if the client hangs up first."""
-    if watch.gone:
-        work.close()
-        raise ClientGone
-    watch.arm()
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if watch.client_gone():
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        self.disarm()
+        if kind is asyncio.CancelledError and self.client_gone():
             raise ClientGone from None
-        raise
-    finally:
-        watch.disarm()
 
 
 SSE_HEADERS: Mapping[str, str] = {

@@ -464,25 +464,6 @@ class LLMDispatcher:
                 raise
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    async def _run_with_fallbacks(
-        self,
-        request: LLMRequest,
-        call: Callable[[BaseLLMClient, LLMRequest, Deployment], Awaitable[T]],
-        upstream_time: UpstreamTime,
-    ) -> tuple[Slot, T]:
-        """`_run`, and when a deployment refuses the request as too long for its context window and names
-        a `context_fallback` alias, the same request on that alias (each alias at most once)."""
-        seen = {request.model}
-        while True:
-            try:
-                return await self._run(request, call, upstream_time)
-            except UpstreamRequestError as error:
-                fallback = error.context_fallback
-                if error.code != _CONTEXT_TOO_LONG or fallback is None or fallback in seen:
-                    raise
-                seen.add(fallback)
-                request = dataclasses.replace(request, model=fallback)
-
     def _ordered(self, deployments: tuple[Deployment, ...]) -> list[Deployment]:
         """Priority order (a deployment's `priority`, else its position); among equal priorities a
         weighted random order, so that traffic splits by weight."""
@@ -507,10 +488,23 @@ class LLMDispatcher:
         call: Callable[[BaseLLMClient, LLMRequest, Deployment], Awaitable[T]],
         upstream_time: UpstreamTime | None,
     ) -> tuple[Slot, T]:
-        """`_run` within the request's budget: a silent upstream never holds a caller longer."""
+        """`_run` within the request's budget (a silent upstream never holds a caller longer), and when a
+        deployment refuses the request as too long for its context window and names a `context_fallback`
+        alias, the same request on that alias (each alias at most once). One coroutine for both: each
+        level a request passes costs it at every suspension."""
         deadline = self._budgets.start()
+        upstream_time = upstream_time or UpstreamTime()
+        seen = {request.model}
         try:
-            return await self._run_with_fallbacks(request, call, upstream_time or UpstreamTime())
+            while True:
+                try:
+                    return await self._run(request, call, upstream_time)
+                except UpstreamRequestError as error:
+                    fallback = error.context_fallback
+                    if error.code != _CONTEXT_TOO_LONG or fallback is None or fallback in seen:
+                        raise
+                    seen.add(fallback)
+                    request = dataclasses.replace(request, model=fallback)
         except asyncio.CancelledError:
             if deadline is None or not deadline.expired():
                 raise
