@@ -37,7 +37,7 @@ from llm_service.api.resume_store import open_stream
 from llm_service.api.services import Services
 from llm_service.api.sse import ClientGone, DisconnectWatch, SSEResponse
 from llm_service.core.config.settings import Deployment
-from llm_service.core.llm.dispatcher import ChunkStream, UpstreamTime
+from llm_service.core.llm.dispatcher import ChunkStream, RoutedStream, UpstreamTime
 from llm_service.core.llm.models import (
     InvalidRequestError,
     LLMRequest,
@@ -110,6 +110,8 @@ async def chat_completions_stream(request: Request) -> Response:
 async def _chat(
     scope: Scope, receive: Receive, services: Services, access: AccessRecord, *, force_stream: bool
 ) -> Response:
+    # Reading, the upstream wait and the answer in one coroutine: every coroutine level a request
+    # passes costs it again at each of its suspensions.
     try:
         body = await read_json_body(scope, receive, services.settings.server.max_body_bytes)
         llm_request = parse_chat_request(body, services.settings.request_limits)
@@ -117,28 +119,34 @@ async def _chat(
         access.model, access.stream = llm_request.model, llm_request.stream
         if services.settings.telemetry.log_prompts:
             access.prompt = "\n".join(f"{m.role.value}: {m.text()}" for m in llm_request.messages)
-        return await _respond(receive, services, llm_request, access)
+        upstream_time = UpstreamTime()
+        watch = DisconnectWatch(receive)
+        if llm_request.stream:
+            with watch:
+                routed = await services.dispatcher.open_stream(llm_request, upstream_time)
+            return await _stream_response(routed, services, llm_request, access, upstream_time, watch)
+        with watch:
+            deployment, response = await services.dispatcher.generate(llm_request, upstream_time)
     except ClientGone:  # before its body was read, or before its answer started
         access.error_code = "client_disconnected"
         return Response(status_code=CLIENT_CLOSED_REQUEST)
+    _note_deployment(access, deployment, services)
+    access.record_usage(response.usage)
+    for choice in response.choices:
+        for call in choice.message.tool_calls:
+            access.record_tool_call(call.id, call.provider_id)
+    raw = (*_deployment_facts(deployment)[2], _overhead(access, upstream_time))
+    return JSONBytesResponse(orjson.dumps(encode_chat_response(response)), 200, raw=raw)
 
 
-async def _respond(receive: Receive, services: Services, llm_request: LLMRequest, access: AccessRecord) -> Response:
-    upstream_time = UpstreamTime()
-    watch = DisconnectWatch(receive)
-    if not llm_request.stream:
-        with watch:
-            deployment, response = await services.dispatcher.generate(llm_request, upstream_time)
-        _note_deployment(access, deployment, services)
-        access.record_usage(response.usage)
-        for choice in response.choices:
-            for call in choice.message.tool_calls:
-                access.record_tool_call(call.id, call.provider_id)
-        raw = (*_deployment_facts(deployment)[2], _overhead(access, upstream_time))
-        return JSONBytesResponse(orjson.dumps(encode_chat_response(response)), 200, raw=raw)
-
-    with watch:
-        routed = await services.dispatcher.open_stream(llm_request, upstream_time)
+async def _stream_response(
+    routed: RoutedStream,
+    services: Services,
+    llm_request: LLMRequest,
+    access: AccessRecord,
+    upstream_time: UpstreamTime,
+    watch: DisconnectWatch,
+) -> Response:
     try:
         _note_deployment(access, routed.deployment, services)
         raw = (*_deployment_facts(routed.deployment)[2], _overhead(access, upstream_time))
