@@ -91,6 +91,10 @@ class AccessLogMiddleware:
                 message["headers"] = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
             await send(message)
 
+        # It does nothing to a body message: a streamed response may send those to `send` itself
+        # (SSEResponse does: a coroutine call less a chunk).
+        send_with_id.body_send = send  # type: ignore[attr-defined]
+
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:

@@ -142,9 +142,10 @@ class SSEResponse(Response):
         watch.arm(self._on_disconnect)
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            body_send = getattr(send, "body_send", send)  # past the access log's, which only looks at the start
             async for piece in self._body:
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+                await body_send({"type": "http.response.body", "body": piece, "more_body": True})
+            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watch.client_gone():
                 raise
