@@ -65,8 +65,9 @@ class StreamSession:
     """One stream's events, produced once from `source`, read by one reader at a time or several.
 
     No task of its own: a reader that has caught up and finds nobody pulling pulls the next event itself
-    (`_pull`), and every other reader waits for it. The original client's request task thus carries its
-    own stream, one task step per chunk (a producer task beside it cost about 15 µs a chunk more).
+    (`SessionReader.__anext__`), and every other reader waits for it. The original client's request task
+    thus carries its own stream, one task step per chunk (a producer task beside it cost about 15 µs a
+    chunk more).
 
     A reader whose client left is no longer counted (`detach`), but its task goes on pulling, with
     nowhere to send, for the grace period; when no attached reader is left at its end, the pull in
@@ -105,29 +106,8 @@ class StreamSession:
     def event_id(self, index: int) -> bytes:
         return b"%b%d\n" % (event_ids(self.key), index)
 
-    async def _pull(self) -> None:
-        """The next event from the source, into the session (the caller found none and nobody pulling)."""
-        if self._stopping:
-            await self._end(abandoned=True)
-            return
-        task = running_task()
-        self._puller = task
-        cancelling = task.cancelling()
-        try:
-            event = await anext(self._source)
-        except StopAsyncIteration:
-            await self._end(abandoned=False)
-            return
-        except asyncio.CancelledError:
-            # The source has ended with it. Ours (grace over): taken back, the stream ends here.
-            # Anyone else's (shutdown): the stream ends too, and the cancellation goes on.
-            ours = self._stopping and task.uncancel() <= cancelling
-            await self._end(abandoned=True)
-            if not ours:
-                raise
-            return
-        finally:
-            self._puller = None
+    def _pulled(self, event: bytes) -> None:
+        """The event a reader pulled from the source (`SessionReader.__anext__`): kept, told to the others."""
         self._events.append(event)
         self._count += 1
         if self._log is not None:
@@ -252,21 +232,44 @@ class SessionReader:
         return self
 
     async def __anext__(self) -> bytes:
+        # The pull is written out here rather than in a method of its own: a chunk passes one coroutine
+        # fewer on its way out (every coroutine level costs again at each chunk).
         session = self._session
         while not self._closed:
             step = session._next_for(self)
             if isinstance(step, bytes):
                 return step
-            if step is True:
-                await session._pull()
-                if self.index == session._count - 1 and not session.ended:  # it pulled its own next event
-                    self.index += 1
-                    return session._events[-1]
-            elif step is False:
+            if step is False:
                 await self.aclose()
                 return DONE_EVENT
-            else:
-                await step
+            if step is not True:
+                await step  # another reader pulls
+                continue
+            # Caught up and nobody pulling: this reader pulls the next event from the source.
+            if session._stopping:
+                await session._end(abandoned=True)
+                continue
+            task = running_task()
+            session._puller = task
+            cancelling = task.cancelling()
+            try:
+                event = await anext(session._source)
+            except StopAsyncIteration:
+                await session._end(abandoned=False)
+                continue
+            except asyncio.CancelledError:
+                # The source has ended with it. Ours (grace over): taken back, the stream ends here.
+                # Anyone else's (shutdown): the stream ends too, and the cancellation goes on.
+                ours = session._stopping and task.uncancel() <= cancelling
+                await session._end(abandoned=True)
+                if not ours:
+                    raise
+                continue
+            finally:
+                session._puller = None
+            session._pulled(event)
+            self.index += 1  # it was caught up: the event is its own next one
+            return event
         raise StopAsyncIteration
 
     def detach(self) -> None:
