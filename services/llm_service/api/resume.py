@@ -220,13 +220,15 @@ class SessionReader:
     """One reader's position in a session: an async iterator of its events, then `[DONE]`. A reader
     whose client went away is `detach`ed: it reads on (pulling for the others) without being counted."""
 
-    __slots__ = ("_closed", "_detached", "_session", "index")
+    __slots__ = ("_closed", "_detached", "_session", "_task", "index")
 
     def __init__(self, session: StreamSession, index: int) -> None:
         self._session = session
         self.index = index
         self._closed = False
         self._detached = False
+        # The task that reads it (a response's: one task from its first event to its last), found once.
+        self._task: asyncio.Task[object] | None = None
 
     def __aiter__(self) -> SessionReader:
         return self
@@ -249,7 +251,9 @@ class SessionReader:
             if session._stopping:
                 await session._end(abandoned=True)
                 continue
-            task = running_task()
+            task = self._task
+            if task is None:
+                task = self._task = running_task()
             session._puller = task
             cancelling = task.cancelling()
             try:
