@@ -3,16 +3,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import sys
-import threading
 import time
 from typing import Any
 
 import orjson
 from typing_extensions import override
+
+from llm_service.core.aio import running_loop
 
 
 class JSONFormatter(logging.Formatter):
@@ -55,10 +55,6 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         super().__init__()
         self._pending: list[str] = []
         self._scheduled = False
-        # The loop of the latest turn and its thread: asking for the running loop makes a getpid() system
-        # call in CPython 3.11 (see core/aio.py); a loop known to run in this thread is the running one.
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = 0
 
     @override
     def emit(self, record: logging.LogRecord) -> None:
@@ -74,14 +70,11 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self._pending.append(line)
         if self._scheduled:
             return
-        loop = self._loop
-        if loop is None or self._thread != threading.get_ident() or not loop.is_running():
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._write()
-                return
-            self._loop, self._thread = loop, threading.get_ident()
+        try:
+            loop = running_loop()  # without a getpid() system call (see core/aio.py)
+        except RuntimeError:
+            self._write()
+            return
         self._scheduled = True
         loop.call_soon(self._flush_turn)
 

@@ -86,6 +86,7 @@ class StreamSession:
         log: StreamLog | None = None,
     ) -> None:
         self.key = key
+        self.event_ids = event_ids(key)
         self._log = log  # where other replicas read the events, if anywhere
         self._abandoned = abandoned
         self._source = source
@@ -104,7 +105,7 @@ class StreamSession:
         self._stopping = False  # abandoned (grace over, or shutdown): no more pulls
 
     def event_id(self, index: int) -> bytes:
-        return b"%b%d\n" % (event_ids(self.key), index)
+        return b"%b%d\n" % (self.event_ids, index)
 
     def _pulled(self, event: bytes) -> None:
         """The event a reader pulled from the source (`SessionReader.__anext__`): kept, told to the others."""
@@ -288,7 +289,6 @@ class SessionReader:
             self.detach()
 
 
-#: Names a stream's event by its index: `id: <stream id>:<index>\n`.
 #: The start of a stream's SSE `id:` lines, `id: <stream id>:`; each event's index and a newline follow.
 EventIds = bytes
 

@@ -25,6 +25,17 @@ _last_loop: asyncio.AbstractEventLoop | None = None
 _last_thread = 0  # the thread that ran `_last_loop`: another thread's loop may be mid-task too
 
 
+def running_loop() -> asyncio.AbstractEventLoop:
+    """`asyncio.get_running_loop()`, cheaper (RuntimeError outside one): a loop that runs in this thread
+    is the one running here."""
+    global _last_loop, _last_thread
+    loop, thread = _last_loop, threading.get_ident()
+    if loop is None or _last_thread != thread or not loop.is_running():
+        loop = _last_loop = asyncio.get_running_loop()
+        _last_thread = thread
+    return loop
+
+
 def running_task() -> asyncio.Task[Any]:
     """The task running now (it must be called inside one): `asyncio.current_task()`, cheaper."""
     global _last_loop, _last_thread

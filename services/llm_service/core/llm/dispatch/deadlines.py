@@ -68,7 +68,7 @@ class IdleWatchdog:
             return await anext(stream)
         except asyncio.CancelledError:
             if self.silent(cancelling):
-                raise silence_error(self._provider, "next chunk", self._seconds) from None
+                raise self.timeout_error() from None
             raise
         finally:
             self.end()

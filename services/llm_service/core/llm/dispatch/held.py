@@ -46,11 +46,10 @@ class HeldStream:
             try:
                 chunk = await anext(self._rest)
             except asyncio.CancelledError:
+                idle.close()
                 if not idle.silent(cancelling):
-                    idle.close()
                     self._slot.abandoned()
                     raise
-                idle.close()
                 error = idle.timeout_error()
                 self._slot.failed(error)
                 raise error from None

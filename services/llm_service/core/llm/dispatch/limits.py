@@ -184,8 +184,8 @@ class DeploymentLimiter:
         return Permit(self, self._count(tokens))
 
     def record(self, tokens: int) -> Permit:
-        """Count a request admitted without asking this limiter (by the replicas' shared state), so that
-        it still knows this replica's own traffic."""
+        """Count a request admitted without asking this limiter again: by the replicas' shared state (so
+        that it still knows this replica's own traffic), or right after `room_in` said yes."""
         return Permit(self, self._count(tokens))
 
     def room_in(self, tokens: int) -> float:
