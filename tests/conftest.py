@@ -21,6 +21,7 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, FakeVertex
 from llm_service.fakes.threaded import ChatFake
+from wire_check import assert_chunk_wire_matches, assert_response_wire_matches
 
 KEYS = {
     ProviderID.OPENAI: "sk-test-openai-0123456789abcdef",
@@ -150,6 +151,30 @@ def _fresh_upstreams(request: pytest.FixtureRequest) -> Iterator[None]:
     if "upstreams" in request.fixturenames:
         for fake in request.getfixturevalue("upstreams").values():
             fake.reset()
+
+
+@pytest.fixture(autouse=True)
+def _wire_forms_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In every test, each chunk or response an OpenAI-compatible client keeps in its upstream's bytes
+    (`LLMChunk.wire`, sent to the client as they are) is checked against encoding it (`wire_check`)."""
+    from llm_service.core.llm import openai_compat
+
+    decode_chunk, decode_response = openai_compat.decode_chat_chunk, openai_compat.decode_chat_response
+
+    def chunk_checked(*args: Any, **kwargs: Any) -> Any:
+        chunk = decode_chunk(*args, **kwargs)
+        if chunk.wire is not None:
+            assert_chunk_wire_matches(chunk, include_usage=kwargs.get("include_usage", False))
+        return chunk
+
+    def response_checked(*args: Any, **kwargs: Any) -> Any:
+        response = decode_response(*args, **kwargs)
+        if response.wire is not None:
+            assert_response_wire_matches(response)
+        return response
+
+    monkeypatch.setattr(openai_compat, "decode_chat_chunk", chunk_checked)
+    monkeypatch.setattr(openai_compat, "decode_chat_response", response_checked)
 
 
 def fake_settings(upstreams: dict[ProviderID, Any], **overrides: Any) -> Settings:

@@ -136,7 +136,9 @@ async def _chat(
         for call in choice.message.tool_calls:
             access.record_tool_call(call.id, call.provider_id)
     raw = (*_deployment_facts(deployment)[2], _overhead(access, upstream_time))
-    return JSONBytesResponse(orjson.dumps(encode_chat_response(response)), 200, raw=raw)
+    # The upstream's own body when it already is the client's (LLMResponse.wire).
+    wire = response.wire
+    return JSONBytesResponse(wire if wire is not None else orjson.dumps(encode_chat_response(response)), 200, raw=raw)
 
 
 async def _stream_response(
@@ -226,11 +228,11 @@ async def _sse_events(
     """The stream's events, each named `<event_ids><index>` when given; one error event if it fails."""
     index = 0
 
-    def event(payload: object) -> bytes:
+    def event(data: bytes) -> bytes:
         # One bytes formatting an event (concatenating its parts, or an id by f-string, cost a few µs more).
         if event_ids is None:
-            return b"data: %b\n\n" % orjson.dumps(payload)
-        return b"%b%d\ndata: %b\n\n" % (event_ids, index, orjson.dumps(payload))
+            return b"data: %b\n\n" % data
+        return b"%b%d\ndata: %b\n\n" % (event_ids, index, data)
 
     try:
         async with contextlib.aclosing(chunks):
@@ -245,16 +247,20 @@ async def _sse_events(
                     access.record_usage(chunk.usage)
                     if not chunk.choices and not include_usage:
                         continue  # asked upstream for accounting only
-                yield event(encode_chat_chunk(chunk, include_usage=include_usage))
+                # The upstream's own bytes when they already are the client's chunk (LLMChunk.wire).
+                wire = chunk.wire
+                yield event(
+                    wire if wire is not None else orjson.dumps(encode_chat_chunk(chunk, include_usage=include_usage))
+                )
                 index += 1
     except LLMServiceError as exc:
         _status, body, _headers = describe(exc)
         access.stream_error = exc.code or type(exc).__name__
-        yield event(body)
+        yield event(orjson.dumps(body))
     except Exception:
         log.exception("stream failed", extra={"fields": {"request_id": access.request_id}})
         access.stream_error = "internal_error"
-        yield event(INTERNAL_ERROR_BODY)
+        yield event(orjson.dumps(INTERNAL_ERROR_BODY))
 
 
 def _note_deployment(access: AccessRecord, deployment: Deployment, services: Services) -> None:

@@ -161,7 +161,8 @@ _USAGE = _object(
     total_tokens=_INTEGER,
 )
 _FINISH = {"enum": [*(f.value for f in FinishReason), None]}
-_COMMON = {"id": _STRING, "created": _INTEGER, "model": _STRING, "system_fingerprint": _STRING}
+# Nullable where OpenAI itself sends null (and an upstream's own bytes may reach the client: LLMChunk.wire).
+_COMMON = {"id": _STRING, "created": _INTEGER, "model": _STRING, "system_fingerprint": _nullable(_STRING)}
 
 
 def _choices(key: str, reply: dict[str, Any]) -> dict[str, Any]:
@@ -206,7 +207,11 @@ CHAT_CHUNK: dict[str, Any] = _object(
     choices=_choices(
         "delta",
         _object(
-            [], role={"enum": [r.value for r in Role]}, content=_STRING, refusal=_STRING, tool_calls=_array(_DELTA_CALL)
+            [],
+            role={"enum": [r.value for r in Role]},
+            content=_nullable(_STRING),
+            refusal=_nullable(_STRING),
+            tool_calls=_array(_DELTA_CALL),
         ),
     ),
     usage=_nullable(_USAGE),

@@ -18,6 +18,7 @@ from starlette.types import Receive, Scope, Send
 from typing_extensions import override
 
 from llm_service.api.errors import RawHeaders, raw_headers
+from llm_service.api.resume import DONE_EVENT
 from llm_service.core.aio import running_task
 
 
@@ -144,8 +145,12 @@ class SSEResponse(Response):
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             body_send = getattr(send, "body_send", send)  # past the access log's, which only looks at the start
             async for piece in self._body:
+                if piece is DONE_EVENT:  # always the last: it ends the body too, in one write instead of two
+                    await body_send({"type": "http.response.body", "body": piece, "more_body": False})
+                    break
                 await body_send({"type": "http.response.body", "body": piece, "more_body": True})
-            await body_send({"type": "http.response.body", "body": b"", "more_body": False})
+            else:
+                await body_send({"type": "http.response.body", "body": b"", "more_body": False})
         except asyncio.CancelledError:
             if not watch.client_gone():
                 raise

@@ -91,7 +91,7 @@ class OpenAICompatibleClient(BaseLLMClient):
         # OpenRouter (and some proxies) report a failure inside a 200 body.
         if isinstance(data, dict) and "error" in data and "choices" not in data:
             raise self.classify_error(None, error_detail(data))
-        return decode_chat_response(data, self.provider, self._tool_calls.put)
+        return decode_chat_response(data, self.provider, self._tool_calls.put, body=body)
 
     @override
     def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | None:
@@ -101,7 +101,9 @@ class OpenAICompatibleClient(BaseLLMClient):
         obj = orjson.loads(data)
         if "error" in obj:
             raise self.classify_error(None, error_detail(obj))
-        return decode_chat_chunk(obj, self.provider, self._tool_calls.put)
+        return decode_chat_chunk(
+            obj, self.provider, self._tool_calls.put, event=data, include_usage=state.request.include_usage
+        )
 
     @override
     def _parse_error_body(self, body: bytes) -> ErrorDetail | None:

@@ -52,6 +52,10 @@ _MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call
 _RESPONSE_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage", "system_fingerprint"})
 _REPLY_FIELDS = frozenset({"role", "content", "refusal", "tool_calls"})
 _USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+# The fields of a choice the domain keeps (of a response's, of a chunk's); a chunk's delta keeps the rest.
+_CHOICE_FIELDS = frozenset({"index", "message", "logprobs", "finish_reason"})
+_CHUNK_CHOICE_FIELDS = frozenset({"index", "delta", "logprobs", "finish_reason"})
+_MESSAGE_WRITTEN = frozenset({"role", "content", "refusal"})  # what encode_chat_response always writes
 _ROLES = {r.value: r for r in Role}
 _NOTHING: dict[str, Any] = {}  # read only
 _FINISH = {f.value: f for f in FinishReason}
@@ -458,14 +462,19 @@ def _decode_tool_call(raw: dict[str, Any], provider: ProviderID, remember: Remem
     return ToolCall(id=call_id, name=function["name"], arguments=function.get("arguments") or "", provider_id=original)
 
 
-def decode_chat_response(data: dict[str, Any], provider: ProviderID, remember: Remember | None = None) -> LLMResponse:
+def decode_chat_response(
+    data: dict[str, Any], provider: ProviderID, remember: Remember | None = None, *, body: bytes | None = None
+) -> LLMResponse:
     """An upstream's Chat Completions body -> LLMResponse; tool-call ids normalised (`tool_ids.py`), the
-    originals handed to `remember`."""
+    originals handed to `remember`. Given the `body` it was read from, the response keeps it as its
+    `wire` form when that already is the body the client is to get (as `decode_chat_chunk` does)."""
     # Fields are looked at only when present, leftovers gathered only when there are any (as for chunks).
     choices = []
+    plain = body is not None  # nothing in it the client's body would say differently
     for position, raw in enumerate(data["choices"]):
         msg = raw.get("message") or _NOTHING
-        message = Message(role=Role.ASSISTANT, content=msg.get("content"), refusal=msg.get("refusal"))
+        content = msg.get("content")
+        message = Message(role=Role.ASSISTANT, content=content, refusal=msg.get("refusal"))
         calls = msg.get("tool_calls")
         if calls:
             message.tool_calls = [_decode_tool_call(c, provider, remember) for c in calls]
@@ -473,9 +482,16 @@ def decode_chat_response(data: dict[str, Any], provider: ProviderID, remember: R
             message.extra = _rest(msg, _REPLY_FIELDS)
         finish = raw.get("finish_reason")
         finish_reason = _finish(finish) if finish else None
+        if calls or (finish and finish_reason is None) or msg.get("role") != "assistant" or "index" not in raw:
+            plain = False  # tool-call ids are translated, finish reasons mapped, role and index filled in
+        elif raw.keys() != _CHOICE_FIELDS or not msg.keys() >= _MESSAGE_WRITTEN:
+            plain = False  # a choice's own extra fields (Azure's content_filter_results) are not kept,
+            # and the ones the encoder always writes must be there
+        elif content is not None and type(content) is not str:
+            plain = False  # content parts are joined into one text
         choices.append(Choice(raw.get("index", position), message, finish_reason, raw.get("logprobs")))
     created = data.get("created")
-    return LLMResponse(
+    response = LLMResponse(
         data.get("id") or "",
         created if type(created) is int else int(created or 0),
         data.get("model") or "",
@@ -485,6 +501,23 @@ def decode_chat_response(data: dict[str, Any], provider: ProviderID, remember: R
         data.get("system_fingerprint"),
         {} if data.keys() <= _RESPONSE_FIELDS else _rest(data, _RESPONSE_FIELDS),
     )
+    if plain and type(created) is int and _plain_top(data, "chat.completion"):
+        response.wire = body
+    return response
+
+
+def _plain_top(data: dict[str, Any], kind: str) -> bool:
+    """Whether the top-level fields of an upstream's body (or chunk, `kind` its object) are the ones
+    `encode_chat_response` (`encode_chat_chunk`) writes; usage, if any, with its three counts whole."""
+    if data.get("object") != kind or not data.get("id") or type(data.get("model")) is not str:
+        return False
+    if "choices" not in data or ("usage" not in data and kind == "chat.completion"):
+        return False  # written always (`usage` into a body; a chunk's only for a client that asked)
+    fingerprint = data.get("system_fingerprint")
+    if fingerprint is not None and type(fingerprint) is not str:
+        return False
+    usage = data.get("usage")
+    return usage is None or (isinstance(usage, dict) and all(type(usage.get(n)) is int for n in _USAGE_COUNTS))
 
 
 def _decode_tool_call_delta(fragment: dict[str, Any], provider: ProviderID, remember: Remember | None) -> ToolCallDelta:
@@ -500,11 +533,22 @@ def _decode_tool_call_delta(fragment: dict[str, Any], provider: ProviderID, reme
     )
 
 
-def decode_chat_chunk(data: dict[str, Any], provider: ProviderID, remember: Remember | None = None) -> LLMChunk:
+def decode_chat_chunk(
+    data: dict[str, Any],
+    provider: ProviderID,
+    remember: Remember | None = None,
+    *,
+    event: bytes | None = None,
+    include_usage: bool = False,
+) -> LLMChunk:
+    """An upstream's `chat.completion.chunk` -> LLMChunk. Given the `event` it was read from (and whether
+    the client asked for `include_usage`), the chunk keeps it as its `wire` form when that already is
+    the chunk the client is to get (`_wire_chunk`)."""
     # Once per streamed chunk, so written for the common chunk (one choice, a little content, no field
     # the domain does not know): fields are looked at only when present, and the leftovers gathered only
     # when there are any (a comprehension is a function call). About half the time of the plain version.
     choices = []
+    plain = event is not None  # nothing in it the client's chunk would say differently
     raw_choices = data.get("choices")
     if raw_choices:
         for position, raw in enumerate(raw_choices):
@@ -512,6 +556,11 @@ def decode_chat_chunk(data: dict[str, Any], provider: ProviderID, remember: Reme
             role = delta.get("role")
             fragments = delta.get("tool_calls")
             finish = raw.get("finish_reason")
+            if fragments or finish is not None or (role and role != "assistant") or "index" not in raw:
+                plain = False  # tool-call ids are translated, finish reasons mapped, an index filled in
+            elif raw.keys() != _CHUNK_CHOICE_FIELDS:
+                plain = False  # a choice's own extra fields (Azure's content_filter_results) are not kept,
+                # and the ones the encoder always writes must be there
             choices.append(
                 ChunkChoice(
                     raw.get("index", position),
@@ -529,7 +578,7 @@ def decode_chat_chunk(data: dict[str, Any], provider: ProviderID, remember: Reme
     if usage is not None and all(_is_empty(c) for c in choices):
         choices = []  # OpenRouter's usage chunk carries an empty choice; OpenAI's has none
     created = data.get("created")
-    return LLMChunk(
+    chunk = LLMChunk(
         data.get("id") or "",
         created if type(created) is int else int(created or 0),
         data.get("model") or "",
@@ -539,6 +588,28 @@ def decode_chat_chunk(data: dict[str, Any], provider: ProviderID, remember: Reme
         data.get("system_fingerprint"),
         {} if data.keys() <= _RESPONSE_FIELDS else _rest(data, _RESPONSE_FIELDS),
     )
+    if plain and raw_usage is None and type(created) is int:
+        assert event is not None
+        chunk.wire = _wire_chunk(data, event, include_usage)
+    return chunk
+
+
+def _wire_chunk(data: dict[str, Any], event: bytes, include_usage: bool) -> bytes | None:
+    """The upstream's event as the client's chunk, when only its form would differ: one line (an SSE
+    data line), with the top-level fields `encode_chat_chunk` writes, and no `usage` the client did not
+    ask for (OpenAI puts `"usage":null` in every chunk of a stream asked for usage: taken out when it is
+    the only `"usage"` in the event, written the compact way; otherwise no wire form)."""
+    if b"\n" in event or b"\r" in event or not _plain_top(data, "chat.completion.chunk"):
+        return None
+    if include_usage or "usage" not in data:
+        return event
+    if event.count(b'"usage"') != 1:
+        return None
+    for form in (b',"usage":null', b'"usage":null,'):
+        stripped = event.replace(form, b"", 1)
+        if len(stripped) < len(event):
+            return stripped
+    return None
 
 
 def _is_empty(choice: ChunkChoice) -> bool:

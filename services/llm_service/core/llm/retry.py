@@ -215,10 +215,12 @@ class ReplayingStream:
         return joined
 
     def _deliver(self, chunk: LLMChunk) -> LLMChunk:
-        if self._pinned is None:
+        pinned = self._pinned
+        if pinned is None:
             self._pinned = (chunk.id, chunk.created)
-        else:
-            chunk.id, chunk.created = self._pinned
+        elif chunk.id != pinned[0] or chunk.created != pinned[1]:  # another attempt's
+            chunk.id, chunk.created = pinned
+            chunk.wire = None
         if self._prefix_tokens and chunk.usage is not None:
             usage = chunk.usage
             moved = min(self._prefix_tokens, usage.prompt_tokens)

@@ -155,7 +155,7 @@ class Splice:
         choices = [c for c in (self._choice(choice) for choice in chunk.choices) if c is not None]
         usage = None if self._usage_sent else chunk.usage
         if choices or usage is not None:
-            self._pending.append(dataclasses.replace(chunk, choices=choices, usage=usage))
+            self._pending.append(dataclasses.replace(chunk, choices=choices, usage=usage, wire=None))
         reproduced = not self._calls_due and all(
             self._seen.get(channel, 0) >= len(text) for channel, text in self._sent.items()
         )
