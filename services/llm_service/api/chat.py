@@ -7,11 +7,10 @@ failure after the first streamed byte ends the stream with one error event, then
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 import orjson
@@ -40,6 +39,7 @@ from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatcher import ChunkStream, RoutedStream, UpstreamTime
 from llm_service.core.llm.models import (
     InvalidRequestError,
+    LLMChunk,
     LLMRequest,
     LLMServiceError,
     RequestTooLargeError,
@@ -154,11 +154,12 @@ async def _stream_response(
         raw = (*_deployment_facts(routed.deployment)[2], _overhead(access, upstream_time))
         include_usage = llm_request.include_usage
         sessions = services.stream_sessions
+        access.first_token()  # open_stream waited for it
         if sessions is None:
-            events = _sse_events(routed.chunks, include_usage=include_usage, access=access, event_ids=None)
+            events = ChatEvents(routed.chunks, include_usage=include_usage, access=access, event_ids=None)
             return SSEResponse(_then_done(events), {}, on_close=routed.chunks.aclose, watch=watch, raw=raw)
         session = sessions.start(
-            lambda ids: _sse_events(routed.chunks, include_usage=include_usage, access=access, event_ids=ids),
+            lambda ids: ChatEvents(routed.chunks, include_usage=include_usage, access=access, event_ids=ids),
             shared=services.dispatcher.state_backend,
         )
     except BaseException:
@@ -215,52 +216,74 @@ def _stream_gone(message: str, status: int) -> Response:
     return json_response(status, error_body(message, "invalid_request_error", code=code))
 
 
-async def _then_done(events: AsyncGenerator[bytes, None]) -> AsyncIterator[bytes]:
-    async with contextlib.aclosing(events):
-        async for event in events:
-            yield event
-    yield DONE_EVENT
+class ChatEvents:
+    """A stream's chunks as its SSE events, each named `<event_ids><index>` when given; one error event
+    if the chunks fail. A `resume.EventSource`: the session reader awaits `items` itself and has each
+    chunk `render`ed, so that a chunk passes no generator of its own on its way out (every async level
+    costs again at every chunk); `_then_done` reads it the same way for a stream that cannot resume."""
 
+    __slots__ = ("_access", "_ids", "_include_usage", "_index", "items")
 
-async def _sse_events(
-    chunks: ChunkStream, *, include_usage: bool, access: AccessRecord, event_ids: EventIds | None
-) -> AsyncGenerator[bytes, None]:
-    """The stream's events, each named `<event_ids><index>` when given; one error event if it fails."""
-    index = 0
+    def __init__(self, chunks: ChunkStream, *, include_usage: bool, access: AccessRecord, event_ids: EventIds | None):
+        self.items = chunks
+        self._include_usage = include_usage
+        self._access = access
+        self._ids = event_ids
+        self._index = 0
 
-    def event(data: bytes) -> bytes:
-        # One bytes formatting an event (concatenating its parts, or an id by f-string, cost a few µs more).
-        if event_ids is None:
-            return b"data: %b\n\n" % data
-        return b"%b%d\ndata: %b\n\n" % (event_ids, index, data)
+    def render(self, chunk: LLMChunk) -> bytes | None:
+        """The chunk's event; None for one not sent (usage asked upstream for accounting only)."""
+        access = self._access
+        for choice in chunk.choices:
+            if choice.tool_calls:
+                for call in choice.tool_calls:
+                    if call.id is not None:
+                        access.record_tool_call(call.id, call.provider_id)
+        if chunk.usage is not None:
+            access.record_usage(chunk.usage)
+            if not chunk.choices and not self._include_usage:
+                return None
+        # The upstream's own bytes when they already are the client's chunk (LLMChunk.wire).
+        wire = chunk.wire
+        return self._event(
+            wire if wire is not None else orjson.dumps(encode_chat_chunk(chunk, include_usage=self._include_usage))
+        )
 
-    try:
-        async with contextlib.aclosing(chunks):
-            access.first_token()
-            async for chunk in chunks:
-                for choice in chunk.choices:
-                    if choice.tool_calls:
-                        for call in choice.tool_calls:
-                            if call.id is not None:
-                                access.record_tool_call(call.id, call.provider_id)
-                if chunk.usage is not None:
-                    access.record_usage(chunk.usage)
-                    if not chunk.choices and not include_usage:
-                        continue  # asked upstream for accounting only
-                # The upstream's own bytes when they already are the client's chunk (LLMChunk.wire).
-                wire = chunk.wire
-                yield event(
-                    wire if wire is not None else orjson.dumps(encode_chat_chunk(chunk, include_usage=include_usage))
-                )
-                index += 1
-    except LLMServiceError as exc:
-        _status, body, _headers = describe(exc)
-        access.stream_error = exc.code or type(exc).__name__
-        yield event(orjson.dumps(body))
-    except Exception:
-        log.exception("stream failed", extra={"fields": {"request_id": access.request_id}})
+    def failed(self, error: Exception) -> bytes:
+        """The one event that ends a stream whose chunks raised `error`."""
+        access = self._access
+        if isinstance(error, LLMServiceError):
+            _status, body, _headers = describe(error)
+            access.stream_error = error.code or type(error).__name__
+            return self._event(orjson.dumps(body))
+        log.error("stream failed", exc_info=error, extra={"fields": {"request_id": access.request_id}})
         access.stream_error = "internal_error"
-        yield event(orjson.dumps(INTERNAL_ERROR_BODY))
+        return self._event(orjson.dumps(INTERNAL_ERROR_BODY))
+
+    def _event(self, data: bytes) -> bytes:
+        # One bytes formatting an event (concatenating its parts, or an id by f-string, cost a few µs more).
+        index = self._index
+        self._index = index + 1
+        if self._ids is None:
+            return b"data: %b\n\n" % data
+        return b"%b%d\ndata: %b\n\n" % (self._ids, index, data)
+
+    async def aclose(self) -> None:
+        await self.items.aclose()
+
+
+async def _then_done(events: ChatEvents) -> AsyncIterator[bytes]:
+    """The events of a stream that cannot be resumed, then `[DONE]`."""
+    try:
+        async for chunk in events.items:
+            event = events.render(chunk)
+            if event is not None:
+                yield event
+    except Exception as error:
+        yield events.failed(error)
+    finally:
+        await events.aclose()
+    yield DONE_EVENT
 
 
 def _note_deployment(access: AccessRecord, deployment: Deployment, services: Services) -> None:

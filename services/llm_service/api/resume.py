@@ -26,8 +26,9 @@ import contextlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
@@ -48,6 +49,21 @@ class StreamGone(Exception):
     def __init__(self, message: str, *, status: int) -> None:
         super().__init__(message)
         self.status = status
+
+
+class EventSource(Protocol):
+    """What a session streams: `items`, each made an event by `render` (None: not sent), and `failed`'s
+    one event when `items` raise. The reader awaits `items` itself: a generator of events in between
+    would be one more async level for every event."""
+
+    @property
+    def items(self) -> AsyncIterator[Any]: ...
+
+    def render(self, item: Any) -> bytes | None: ...
+
+    def failed(self, error: Exception) -> bytes: ...
+
+    async def aclose(self) -> None: ...
 
 
 @dataclass(slots=True)
@@ -77,7 +93,7 @@ class StreamSession:
     def __init__(
         self,
         key: str,
-        source: AsyncGenerator[bytes, None],
+        source: EventSource,
         *,
         keep: int,
         grace: float,
@@ -103,6 +119,7 @@ class StreamSession:
         self._timer: asyncio.TimerHandle | None = None
         self._puller: asyncio.Task[object] | None = None  # the task inside `anext(source)`, if any
         self._stopping = False  # abandoned (grace over, or shutdown): no more pulls
+        self._failed = False  # the source raised: its error event was the last
 
     def event_id(self, index: int) -> bytes:
         return b"%b%d\n" % (self.event_ids, index)
@@ -249,16 +266,19 @@ class SessionReader:
                 await step  # another reader pulls
                 continue
             # Caught up and nobody pulling: this reader pulls the next event from the source.
-            if session._stopping:
-                await session._end(abandoned=True)
+            if session._stopping or session._failed:  # abandoned; or the source's error event was the last
+                await session._end(abandoned=session._stopping)
                 continue
             task = self._task
             if task is None:
                 task = self._task = running_task()
             session._puller = task
             cancelling = task.cancelling()
+            source = session._source
             try:
-                event = await anext(session._source)
+                event = None
+                while event is None:
+                    event = source.render(await anext(source.items))
             except StopAsyncIteration:
                 await session._end(abandoned=False)
                 continue
@@ -270,6 +290,9 @@ class SessionReader:
                 if not ours:
                     raise
                 continue
+            except Exception as error:  # the source's one error event ends the stream
+                event = source.failed(error)
+                session._failed = True
             finally:
                 session._puller = None
             session._pulled(event)
@@ -345,9 +368,7 @@ class StreamSessions:
             max_bytes=settings.stream_resume_max_bytes,
         )
 
-    def start(
-        self, events: Callable[[EventIds], AsyncGenerator[bytes, None]], shared: StateBackend | None = None
-    ) -> StreamSession:
+    def start(self, events: Callable[[EventIds], EventSource], shared: StateBackend | None = None) -> StreamSession:
         """A new session producing `events(event_ids)`, whose events are named `<event_ids><index>`; also
         written to `shared`'s stream log, when it has one."""
         key = secrets.token_urlsafe(16)
