@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import operator
 import os
 import re
 import time
@@ -104,8 +105,11 @@ class AccessLogMiddleware:
                 await internal_error_response()(scope, receive, send_with_id)
         finally:
             record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
-            # Not dataclasses.asdict: it deep-copies every value (~50 µs a request in the benchmark's profile).
-            logged: dict[str, Any] = {name: value for name in _LOGGED if (value := getattr(record, name)) is not None}
+            # Not dataclasses.asdict: it deep-copies every value (~50 µs a request in the benchmark's profile);
+            # the values read in one call (`_LOGGED_VALUES`) rather than a getattr each.
+            logged: dict[str, Any] = {
+                n: v for n, v in zip(_LOGGED, _LOGGED_VALUES(record), strict=True) if v is not None
+            }
             info_fields(log, "request", logged)
             if services is not None and record.model is not None:
                 record_request_metrics(services.metrics, record)
@@ -114,6 +118,7 @@ class AccessLogMiddleware:
 
 
 _LOGGED = tuple(f.name for f in fields(AccessRecord) if f.name not in {"started", "metric_deployment"})
+_LOGGED_VALUES = operator.attrgetter(*_LOGGED)
 
 
 def record_request_metrics(metrics: Metrics, record: AccessRecord) -> None:

@@ -132,7 +132,8 @@ class StreamSession:
             self._log.append(self.key, self._count - 1, event)
         if len(self._events) > self._keep:
             self._trim()
-        self._notify()
+        if self._waiters:  # one reader, the usual case: nobody waits while it pulls (no call to _notify)
+            self._notify()
 
     async def _end(self, *, abandoned: bool) -> None:
         if self.ended:
