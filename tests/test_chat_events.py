@@ -16,28 +16,7 @@ from llm_service.api.chat import ChatEvents, _then_done
 from llm_service.api.resume import DONE_EVENT, StreamSessions
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.models import ChunkChoice, LLMChunk, ProviderConnectionError
-
-
-class Chunks:
-    """Chunks, then `error` if given; records whether it was closed."""
-
-    def __init__(self, *chunks: LLMChunk, error: BaseException | None = None) -> None:
-        self._chunks = list(chunks)
-        self._error = error
-        self.closed = False
-
-    def __aiter__(self) -> Chunks:
-        return self
-
-    async def __anext__(self) -> LLMChunk:
-        if self._chunks:
-            return self._chunks.pop(0)
-        if self._error is not None:
-            raise self._error
-        raise StopAsyncIteration
-
-    async def aclose(self) -> None:
-        self.closed = True
+from test_streaming import FakeStream
 
 
 def _say(text: str) -> LLMChunk:
@@ -48,14 +27,14 @@ def _access() -> AccessRecord:
     return AccessRecord(request_id="req_1", method="POST", path="/v1/chat/completions")
 
 
-def _read_plain(chunks: Chunks, access: AccessRecord) -> list[bytes]:
+def _read_plain(chunks: FakeStream, access: AccessRecord) -> list[bytes]:
     async def read() -> list[bytes]:
         return [e async for e in _then_done(ChatEvents(chunks, include_usage=False, access=access, event_ids=None))]
 
     return asyncio.run(read())
 
 
-def _read_session(chunks: Chunks, access: AccessRecord) -> list[bytes]:
+def _read_session(chunks: FakeStream, access: AccessRecord) -> list[bytes]:
     async def read() -> list[bytes]:
         sessions = StreamSessions(ttl=60, max_streams=10, keep=100, grace=0, clock=lambda: 0.0, abandoned=b"x")
         session = sessions.start(lambda ids: ChatEvents(chunks, include_usage=False, access=access, event_ids=ids))
@@ -79,7 +58,7 @@ def _read_session(chunks: Chunks, access: AccessRecord) -> list[bytes]:
 def test_a_failing_stream_ends_with_one_error_event_then_done(
     read: Any, error: Exception, code: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    chunks, access = Chunks(_say("Hel"), error=error), _access()
+    chunks, access = FakeStream([_say("Hel")], error), _access()
 
     with caplog.at_level(logging.ERROR, logger="llm_service.chat"):
         events = read(chunks, access)
@@ -97,7 +76,7 @@ def test_a_failing_stream_ends_with_one_error_event_then_done(
 
 @pytest.mark.parametrize("read", [_read_plain, _read_session], ids=["plain", "resumable"])
 def test_a_whole_stream_gives_its_events_then_done(read: Any) -> None:
-    chunks = Chunks(_say("Hel"), _say("lo"))
+    chunks = FakeStream([_say("Hel"), _say("lo")])
 
     events = read(chunks, _access())
 
