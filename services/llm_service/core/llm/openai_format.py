@@ -482,11 +482,11 @@ def decode_chat_response(
             message.extra = _rest(msg, _REPLY_FIELDS)
         finish = raw.get("finish_reason")
         finish_reason = _finish(finish) if finish else None
-        if calls or (finish and finish_reason is None) or msg.get("role") != "assistant" or "index" not in raw:
-            plain = False  # tool-call ids are translated, finish reasons mapped, role and index filled in
+        if calls or (finish and finish_reason is None) or msg.get("role") != "assistant":
+            plain = False  # tool-call ids are translated, finish reasons mapped, the role filled in
         elif raw.keys() != _CHOICE_FIELDS or not msg.keys() >= _MESSAGE_WRITTEN:
             plain = False  # a choice's own extra fields (Azure's content_filter_results) are not kept,
-            # and the ones the encoder always writes must be there
+            # and the ones the encoder always writes (the index among them) must be there
         elif content is not None and type(content) is not str:
             plain = False  # content parts are joined into one text
         choices.append(Choice(raw.get("index", position), message, finish_reason, raw.get("logprobs")))
@@ -501,7 +501,7 @@ def decode_chat_response(
         data.get("system_fingerprint"),
         {} if data.keys() <= _RESPONSE_FIELDS else _rest(data, _RESPONSE_FIELDS),
     )
-    if plain and type(created) is int and _plain_top(data, "chat.completion"):
+    if plain and _plain_top(data, "chat.completion"):
         response.wire = body
     return response
 
@@ -511,6 +511,8 @@ def _plain_top(data: dict[str, Any], kind: str) -> bool:
     `encode_chat_response` (`encode_chat_chunk`) writes; usage, if any, with its three counts whole."""
     if data.get("object") != kind or not data.get("id") or type(data.get("model")) is not str:
         return False
+    if type(data.get("created")) is not int:
+        return False  # the decoder makes a number of it
     if "choices" not in data or ("usage" not in data and kind == "chat.completion"):
         return False  # written always (`usage` into a body; a chunk's only for a client that asked)
     fingerprint = data.get("system_fingerprint")
@@ -556,11 +558,11 @@ def decode_chat_chunk(
             role = delta.get("role")
             fragments = delta.get("tool_calls")
             finish = raw.get("finish_reason")
-            if fragments or finish is not None or (role and role != "assistant") or "index" not in raw:
-                plain = False  # tool-call ids are translated, finish reasons mapped, an index filled in
+            if fragments or finish is not None or (role and role != "assistant"):
+                plain = False  # tool-call ids are translated, finish reasons mapped
             elif raw.keys() != _CHUNK_CHOICE_FIELDS:
                 plain = False  # a choice's own extra fields (Azure's content_filter_results) are not kept,
-                # and the ones the encoder always writes must be there
+                # and the ones the encoder always writes (the index among them) must be there
             choices.append(
                 ChunkChoice(
                     raw.get("index", position),
@@ -588,7 +590,7 @@ def decode_chat_chunk(
         data.get("system_fingerprint"),
         {} if data.keys() <= _RESPONSE_FIELDS else _rest(data, _RESPONSE_FIELDS),
     )
-    if plain and raw_usage is None and type(created) is int:
+    if plain and raw_usage is None:
         assert event is not None
         chunk.wire = _wire_chunk(data, event, include_usage)
     return chunk
