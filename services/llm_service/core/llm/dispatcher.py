@@ -173,6 +173,9 @@ class LLMDispatcher:
         #: is always the same object): no hashing of deployments per request (a pydantic model hashes
         #: all its fields, about 2 µs).
         self._alias_queues: dict[int, AdmissionQueue[Slot]] = {}
+        #: The aliases whose deployments are tried in list order (no priorities), by identity as above:
+        #: known once rather than looked for in every request.
+        self._in_list_order = {id(key) for key in self._usable.values() if all(d.priority is None for d in key)}
         self._ready_providers = tuple(p for p in settings.configured_providers() if p in clients)
         self._observer = observer
         #: Traces each upstream attempt (OpenTelemetry, when configured); None: no tracing work at all.
@@ -429,36 +432,37 @@ class LLMDispatcher:
         failed: tuple[Deployment, ProviderError] | None = None
         order = self._ordered(deployments)
         for attempt in range(attempts):
-            untried = [d for d in order if d not in tried]
+            untried = [d for d in order if d not in tried] if tried else order  # neither is changed
             if failed is not None and (not untried or self._pool.all_open(untried) is not None):
                 await self._new_round(failed[1], attempt // len(deployments))
                 tried.clear()
                 untried = list(order)
             slot = await self._admit(deployments, untried, tokens)
-            if failed is not None and slot.deployment != failed[0] and self._observer is not None:
-                self._observer.failover(failed[0], slot.deployment, failed[1])
-            tried.append(slot.deployment)
+            deployment = slot.state.deployment
+            if failed is not None and deployment != failed[0] and self._observer is not None:
+                self._observer.failover(failed[0], deployment, failed[1])
+            tried.append(deployment)
             try:
-                model = slot.deployment.model
+                model = deployment.model
                 # The request as this deployment's upstream knows it (a copy only when the name differs:
                 # `replace` re-runs the whole constructor, about 6 µs).
                 upstream = request if request.model == model else dataclasses.replace(request, model=model)
                 if self._tracer is not None:
-                    slot.trace = self._tracer.attempt(slot.deployment, upstream)
+                    slot.trace = self._tracer.attempt(deployment, upstream)
                 started = time.perf_counter()
                 try:
-                    return slot, await call(self._clients.for_deployment(slot.deployment), upstream, slot.deployment)
+                    return slot, await call(self._clients.for_deployment(deployment), upstream, deployment)
                 finally:
                     upstream_time.seconds += time.perf_counter() - started
             except ProviderError as error:
                 slot.failed(error)
                 if isinstance(error, UpstreamRequestError):
-                    error.context_fallback = slot.deployment.context_fallback
+                    error.context_fallback = deployment.context_fallback
                 if attempt + 1 >= attempts or not _can_move_on(error):
                     raise
-                failed = (slot.deployment, error)
+                failed = (deployment, error)
                 if self._observer is not None:
-                    self._observer.retried(self._pool.metric_label(slot.deployment), error)
+                    self._observer.retried(self._pool.metric_label(deployment), error)
             except BaseException:
                 slot.abandoned()
                 raise
@@ -467,7 +471,9 @@ class LLMDispatcher:
     def _ordered(self, deployments: tuple[Deployment, ...]) -> list[Deployment]:
         """Priority order (a deployment's `priority`, else its position); among equal priorities a
         weighted random order, so that traffic splits by weight."""
-        if len(deployments) < 2 or all(d.priority is None for d in deployments):
+        if len(deployments) < 2 or id(deployments) in self._in_list_order:
+            return list(deployments)
+        if all(d.priority is None for d in deployments):
             return list(deployments)
         ranked: dict[int, list[Deployment]] = {}
         for position, deployment in enumerate(deployments):

@@ -83,7 +83,10 @@ def outbound_tool_call_id(call_id: str, provider: ProviderID, lookup: Lookup, id
 
 def with_outbound_ids(request: LLMRequest, translate: Callable[[str], str]) -> LLMRequest:
     """`request` with every tool-call ID of its conversation translated (itself when it has none)."""
-    if not any(m.tool_calls or m.tool_call_id for m in request.messages):
+    for m in request.messages:  # a loop, not any() over a generator: a call less per message
+        if m.tool_calls or m.tool_call_id:
+            break
+    else:
         return request
     messages = [_translated(m, translate) for m in request.messages]
     return dataclasses.replace(request, messages=messages)

@@ -47,7 +47,10 @@ def estimate_tokens(request: LLMRequest) -> int:
     size = 0
     media = 0
     for message in request.messages:
-        size += _utf8_len(message.text())
+        content = message.content
+        text = content if type(content) is str else message.text()
+        # An ASCII text (known without looking at it) is as long in UTF-8: no copy to count its bytes.
+        size += len(text) if text.isascii() else len(text.encode("utf-8"))
         if message.refusal:
             size += _utf8_len(message.refusal)
         for call in message.tool_calls:
@@ -71,7 +74,7 @@ def _completion_reserve(request: LLMRequest) -> int:
 
 
 def _utf8_len(text: str) -> int:
-    return len(text.encode("utf-8"))
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 def _json(value: Any) -> str:

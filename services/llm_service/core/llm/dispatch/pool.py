@@ -152,6 +152,10 @@ class DeploymentPool:
         self._on_release = on_release
         self._max_ad_hoc = max_ad_hoc
         self._known: dict[Deployment, DeploymentState] = {}
+        #: The same, by the identity of the profile's own deployment objects (the ones requests are routed
+        #: to): found without hashing a deployment, a Python call each time. They live as long as the pool.
+        self._known_ids: dict[int, DeploymentState] = {}
+        self._known_labels: dict[int, str] = {}
         self._ad_hoc: OrderedDict[Deployment, DeploymentState] = OrderedDict()
 
     def register(self, deployment: Deployment) -> DeploymentState:
@@ -159,9 +163,14 @@ class DeploymentPool:
         state = self._known.get(deployment)
         if state is None:
             state = self._known[deployment] = self._new(deployment)
+            self._known_ids[id(deployment)] = state
+            self._known_labels[id(deployment)] = deployment.label
         return state
 
     def state(self, deployment: Deployment) -> DeploymentState:
+        known = self._known_ids.get(id(deployment))
+        if known is not None and known.deployment is deployment:
+            return known
         known = self._known.get(deployment)
         if known is not None:
             return known
@@ -180,9 +189,12 @@ class DeploymentPool:
             state = self.state(deployment)
             if state.limiter.room_in(tokens) > 0:
                 continue
-            probe = state.breaker.state is BreakerState.HALF_OPEN
-            if not state.breaker.allow():
+            breaker = state.breaker
+            current = breaker.state
+            # allow() is only needed when the breaker is not closed (a closed one lets everything through).
+            if current is not BreakerState.CLOSED and not breaker.allow():
                 continue
+            probe = current is BreakerState.HALF_OPEN
             # Counted without asking the limiter again: room_in just said yes, and nothing awaited since.
             return Slot(state, state.limiter.record(tokens), self._on_release, probe=probe)
         return None
@@ -255,6 +267,9 @@ class DeploymentPool:
 
     def metric_label(self, deployment: Deployment) -> str:
         """The deployment's name for metrics: its label when the profile names it, else a bounded one."""
+        known = self._known_ids.get(id(deployment))
+        if known is not None and known.deployment is deployment:
+            return self._known_labels[id(deployment)]
         return deployment.label if deployment in self._known else ad_hoc_label(deployment)
 
     def states(self) -> list[DeploymentState]:
