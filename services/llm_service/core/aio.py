@@ -28,7 +28,8 @@ _last_thread = 0  # the thread that ran `_last_loop`: another thread's loop may 
 #: around `.get(loop)` in 3.11 (a call less, each time the hot path asks). An interpreter that keeps it
 #: elsewhere gets `current_task` itself.
 _CURRENT_TASKS = getattr(asyncio.tasks, "_current_tasks", None)
-_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+#: `asyncio.current_task(loop)` for a loop known to run in this thread, without a Python call of its own.
+current_task_of: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
     _CURRENT_TASKS.get if isinstance(_CURRENT_TASKS, dict) else asyncio.current_task
 )
 
@@ -48,7 +49,7 @@ def running_task() -> asyncio.Task[Any]:
     """The task running now (it must be called inside one): `asyncio.current_task()`, cheaper."""
     global _last_loop, _last_thread
     loop, thread = _last_loop, threading.get_ident()
-    task = _task_of(loop) if loop is not None and _last_thread == thread else None
+    task = current_task_of(loop) if loop is not None and _last_thread == thread else None
     if task is None:
         loop = _last_loop = asyncio.get_running_loop()
         _last_thread = thread

@@ -210,8 +210,12 @@ def _head(body: dict[str, Any]) -> tuple[str, list[Any], list[Any]]:
 
 
 def _rest(raw: dict[str, Any], known: tuple[str, ...] | frozenset[str]) -> dict[str, Any]:
-    """The fields of `raw` not in `known`: kept so they can be written back unchanged."""
-    return {k: v for k, v in raw.items() if k not in known}
+    """The fields of `raw` not in `known`, in their order: kept so they can be written back unchanged."""
+    extra = raw.keys() - known
+    if len(extra) == 1:  # the usual case (OpenAI's `service_tier`), without a comprehension: its own call
+        (key,) = extra
+        return {key: raw[key]}
+    return {k: v for k, v in raw.items() if k not in known} if extra else {}
 
 
 _PLAIN_ROLES = {r.value: r for r in Role if r is not Role.TOOL}  # a tool message needs its tool_call_id

@@ -18,6 +18,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 
+from llm_service.core.aio import current_task_of
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.models import LLMChunk, ProviderTimeoutError
 
@@ -77,7 +78,7 @@ class IdleWatchdog:
         """A wait starts (in the running task); its count of cancellations so far, for `silent()`."""
         if self._seconds == math.inf:
             return 0
-        task = asyncio.current_task(self._loop)  # with the loop: no getpid() (see core/aio.py)
+        task = current_task_of(self._loop)  # with the loop: no getpid(), no Python call (see core/aio.py)
         assert task is not None
         self._waiting, self._since = task, self._loop.time()
         if self._handle is None:
