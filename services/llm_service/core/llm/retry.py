@@ -186,35 +186,21 @@ class ReplayingStream:
 
     async def __anext__(self) -> LLMChunk:
         if self._ready:
-            return self._deliver(self._ready.popleft())
-        while True:
-            try:
-                chunk = await anext(self._stream)
-            except ProviderError as error:
-                await self._replace(error)
-                continue
-            if self._splice is None:
-                return self._deliver(chunk)
-            self._ready.extend(self._join(chunk))
-            if self._ready:
-                return self._deliver(self._ready.popleft())
-
-    def _join(self, chunk: LLMChunk) -> list[LLMChunk]:
-        splice = self._splice
-        assert splice is not None
-        try:
-            joined = splice.feed(chunk)
-        except SpliceMismatch as exc:
-            raise StreamInterruptedError(
-                f"The upstream stream broke and the new attempt's answer did not match what was already "
-                f"sent ({exc}); the stream ends here rather than join two different answers.",
-                provider=chunk.provider,
-            ) from None
-        if splice.caught_up:
-            self._splice = None
-        return joined
-
-    def _deliver(self, chunk: LLMChunk) -> LLMChunk:
+            chunk = self._ready.popleft()
+        else:
+            while True:
+                try:
+                    chunk = await anext(self._stream)
+                except ProviderError as error:
+                    await self._replace(error)
+                    continue
+                if self._splice is None:
+                    break
+                self._ready.extend(self._join(chunk))
+                if self._ready:
+                    chunk = self._ready.popleft()
+                    break
+        # Delivered here rather than by a method of its own: a call less at every chunk.
         pinned = self._pinned
         if pinned is None:
             self._pinned = (chunk.id, chunk.created)
@@ -232,6 +218,21 @@ class ReplayingStream:
             if transcript.chunks > self._max_buffer:
                 self._transcript = None  # past the buffer: no replay from here on (documented)
         return chunk
+
+    def _join(self, chunk: LLMChunk) -> list[LLMChunk]:
+        splice = self._splice
+        assert splice is not None
+        try:
+            joined = splice.feed(chunk)
+        except SpliceMismatch as exc:
+            raise StreamInterruptedError(
+                f"The upstream stream broke and the new attempt's answer did not match what was already "
+                f"sent ({exc}); the stream ends here rather than join two different answers.",
+                provider=chunk.provider,
+            ) from None
+        if splice.caught_up:
+            self._splice = None
+        return joined
 
     async def _replace(self, error: ProviderError) -> None:
         transcript = self._transcript
