@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import httpx
+import orjson
 import pytest
 
 from conftest import KEYS, MODELS, QUESTION
@@ -133,6 +134,27 @@ def test_upstream_bad_request_keeps_its_status_and_message(client: httpx.Client,
     fake.inject(Fault(status=400))
     error = assert_openai_error(chat(client, provider), 400)
     assert provider.value in error["message"]
+
+
+def test_a_runaway_upstream_error_message_reaches_the_client_capped(client: httpx.Client, provider, fake) -> None:
+    # An upstream's 400 with a 100,000-character message and parameter name (a broken proxy, a body
+    # echoing its input): the client gets the start of both, and how much was left out.
+    said = "The request was refused because " + "x" * 100_000
+    param = "messages" + "y" * 10_000
+    if provider is ProviderID.VERTEX_AI:
+        body = {"error": {"code": 400, "message": said, "status": "INVALID_ARGUMENT"}}
+    else:
+        body = {"error": {"message": said, "type": "invalid_request_error", "param": param, "code": None}}
+    fake.inject(Fault(status=400, body=orjson.dumps(body)))
+
+    error = assert_openai_error(chat(client, provider), 400)
+
+    assert error["message"].startswith(f"{provider.value} returned an error: The request was refused because xxx")
+    assert error["message"].endswith(" more characters)")
+    assert 2000 < len(error["message"]) < 2100
+    if provider is not ProviderID.VERTEX_AI:
+        assert error["param"].startswith("messagesyyy")
+        assert len(error["param"]) < 250
 
 
 def test_upstream_timeout_is_504(start_service, provider, fake) -> None:

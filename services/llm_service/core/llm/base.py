@@ -445,7 +445,7 @@ class BaseLLMClient(ABC):
         name = self.provider.value
         raw_code = detail.code if detail else None
         code = _openai_code(raw_code)
-        said = f"{name} returned an error: {detail.message if detail and detail.message else f'HTTP {status}'}"
+        said = f"{name} returned an error: {_capped(detail.message) if detail and detail.message else f'HTTP {status}'}"
         common: dict[str, Any] = {
             "provider": self.provider,
             "status": status,
@@ -461,7 +461,7 @@ class BaseLLMClient(ABC):
         if status == HTTPStatus.TOO_MANY_REQUESTS:
             # Its text names the service's own organisation and limits: not the caller's business.
             common["retry_after"] = common["retry_after"] or parse_rate_limit_reset(headers)
-            kind = f" ({detail.type})" if detail and detail.type else ""
+            kind = f" ({_capped(str(detail.type), _MAX_PARAM)})" if detail and detail.type else ""
             retryable = raw_code not in _NOT_RETRYABLE_429_CODES
             message = f"{name} is rate limiting this service{kind}"
             return RateLimitError(message, code=code or "rate_limit_exceeded", retryable=retryable, **common)
@@ -476,10 +476,23 @@ class BaseLLMClient(ABC):
             HTTPStatus.BAD_REQUEST <= status < HTTPStatus.INTERNAL_SERVER_ERROR
             and status != HTTPStatus.PAYMENT_REQUIRED
         ):
-            return UpstreamRequestError(said, code=code, param=detail.param if detail else None, **common)
+            param = detail.param if detail and isinstance(detail.param, str) else None
+            return UpstreamRequestError(said, code=code, param=param and _capped(param, _MAX_PARAM), **common)
         if status == HTTPStatus.PAYMENT_REQUIRED:  # OpenRouter: the service's credits are spent
             code = code or "insufficient_quota"
         return ProviderError(said, code=code or "upstream_error", **common)
+
+
+#: How much of an upstream's error text reaches the caller and the log: enough for any real message
+#: (OpenAI's longest run to a few hundred characters), not a proxy's whole HTML page or a runaway body.
+_MAX_MESSAGE = 2000
+_MAX_PARAM = 200
+
+
+def _capped(text: str, limit: int = _MAX_MESSAGE) -> str:
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 def _openai_code(code: str | None) -> str | None:
@@ -487,7 +500,7 @@ def _openai_code(code: str | None) -> str | None:
     `context_length_exceeded`, `insufficient_quota`), else None, so that the same failure has the same
     code whichever provider had it: numbers (OpenRouter, vLLM), gRPC status names (Google) and CamelCase
     (Azure) say nothing an OpenAI client understands."""
-    return code if code is not None and _OPENAI_CODE.fullmatch(code) else None
+    return code if code is not None and len(code) <= _MAX_PARAM and _OPENAI_CODE.fullmatch(code) else None
 
 
 def _filtered_before_saying_anything(choice: Choice) -> bool:
