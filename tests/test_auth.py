@@ -154,6 +154,26 @@ def test_a_model_the_key_may_not_use_is_403_model_not_found_and_never_sent(guard
     assert anyone.status_code == 200
 
 
+def test_models_lists_for_a_restricted_key_only_what_it_may_use(start_service) -> None:
+    aliases = {
+        "x": [{"provider": "openai", "model": "gpt-4o-mini"}],
+        "fast": [{"provider": "openrouter", "model": "openai/gpt-4o-mini"}],
+    }
+    narrow = {"hash": hash_api_key(KEY_C), "models": ["openai/*", "x"]}
+    partial = {"hash": hash_api_key(KEY_B), "models": ["openrouter/openai/*"]}
+    keys = {"api_key_hashes": [hash_api_key(KEY_A)], "api_keys": [narrow, partial]}
+    service = start_service(aliases=aliases, auth=keys)
+    with httpx.Client(base_url=service.url, timeout=20) as http:
+        listed = {key: http.get("/v1/models", headers=bearer(key)) for key in (KEY_A, KEY_B, KEY_C)}
+    everything, some, narrowed = ([m["id"] for m in listed[k].json()["data"]] for k in (KEY_A, KEY_B, KEY_C))
+
+    assert {"x", "fast", "openai/*", "openrouter/*"} <= set(everything)
+    # The alias it names and the provider whose every model it may use; nothing else.
+    assert narrowed == ["x", "openai/*"]
+    # Some of OpenRouter's models, not all: no `openrouter/*`, and no alias.
+    assert some == []
+
+
 def test_health_and_metrics_are_open_unless_protected(guarded, start_service) -> None:
     for path in ("/health", "/health/live", "/health/ready", "/metrics"):
         assert httpx.get(f"{guarded.url}{path}").status_code == 200, path

@@ -7,7 +7,8 @@ request. A missing or wrong key is a 401 in OpenAI's shape with `WWW-Authenticat
 its own limits (`core/config/auth.py`) is held to them on each chat request (POST): past its requests
 per minute a 429 with Retry-After (a sliding window in this process), a model it may not use a 403
 `model_not_found`, as OpenAI answers a project key without access to a model. The model is read from
-the body only for keys restricted to some models; the body is handed on unchanged.
+the body only for keys restricted to some models; the body is handed on unchanged. Such a key is left in
+the scope's state (`CALLER_STATE`) for `GET /v1/models`, which lists only what it may use.
 
 With several keys, a resumable stream belongs to the key that started it: another key that asks for it
 (GET /v1/chat/completions/{id}/stream) is told it is not found. This is kept in the process, so not
@@ -61,6 +62,10 @@ _WRONG = json_response(
 )
 
 
+#: Where a request's restricted key (`CallerKey`) is found in the ASGI scope's state.
+CALLER_STATE = "restricted_caller"
+
+
 class CallerKey:
     """A configured key as the middleware holds it: its digest and limits, ready to check."""
 
@@ -93,6 +98,10 @@ class CallerKey:
     def may_use(self, model: str) -> bool:
         exact = self.exact_models
         return exact is None or model in exact or model.startswith(self.model_prefixes)
+
+    def may_use_all(self, prefix: str) -> bool:
+        """Whether every model named `prefix...` is allowed (e.g. `openai/`: a listing's `openai/*`)."""
+        return self.exact_models is None or any(prefix.startswith(p) for p in self.model_prefixes)
 
 
 class KeyTable:
@@ -155,9 +164,12 @@ class AuthMiddleware:
             _note(scope, "invalid_api_key")
             await (_WRONG if presented is not None else _MISSING)(scope, receive, send)
             return
-        access = scope.get("state", {}).get("access")
+        state = scope.setdefault("state", {})
+        access = state.get("access")
         if access is not None:
             access.caller = caller.label
+        if caller.exact_models is not None:
+            state[CALLER_STATE] = caller  # a key restricted to some models: /v1/models lists only those
         streams = self.streams
         if scope["method"] == "POST":
             wait = caller.admit(self.clock())

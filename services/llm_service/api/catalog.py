@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from starlette.responses import PlainTextResponse, Response
 
+from llm_service.api.auth import CALLER_STATE, CallerKey
 from llm_service.api.drain import Drain
 from llm_service.api.errors import json_response
 from llm_service.api.services import Services
@@ -17,14 +18,20 @@ router = APIRouter()
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> Response:
-    """The profile's aliases, then one `<provider>/*` entry per configured provider."""
+    """The profile's aliases, then one `<provider>/*` entry per configured provider; for a key restricted
+    to some models, only the aliases it may use and the providers whose every model it may use."""
     services: Services = request.app.state.services
+    caller: CallerKey | None = request.scope.get("state", {}).get(CALLER_STATE)
     data: list[dict[str, Any]] = [
         {"id": alias, "object": "model", "created": 0, "owned_by": deployments[0].provider.value}
         for alias, deployments in services.settings.aliases.items()
-        if services.dispatcher.servable(alias)
+        if services.dispatcher.servable(alias) and (caller is None or caller.may_use(alias))
     ]
-    data += [{"id": f"{p.value}/*", "object": "model", "created": 0, "owned_by": p.value} for p in services.providers]
+    data += [
+        {"id": f"{p.value}/*", "object": "model", "created": 0, "owned_by": p.value}
+        for p in services.providers
+        if caller is None or caller.may_use_all(f"{p.value}/")
+    ]
     return json_response(200, {"object": "list", "data": data})
 
 
