@@ -12,6 +12,7 @@ import pytest
 from conftest import KEYS, MODELS, QUESTION
 from harness import wait_until
 from llm_service.core.config.constants import ProviderID
+from llm_service.core.llm.sse import MAX_EVENT_BYTES
 from llm_service.fakes import Fault
 from sse_client import stream_events, streamed_text
 
@@ -169,6 +170,16 @@ def test_upstream_timeout_is_504(start_service, provider, fake) -> None:
 def test_malformed_upstream_body_is_502(client: httpx.Client, provider, fake) -> None:
     fake.inject(Fault(status=200, body=b'{"id": "chatcmpl-1", "choices": [tru'))
     assert_openai_error(chat(client, provider), 502, "upstream_malformed_response")
+
+
+def test_a_stream_event_past_the_size_limit_is_502_not_held_in_memory(client: httpx.Client, provider, fake) -> None:
+    # A broken upstream whose first event never ends within 16 MiB: refused as malformed (not retried:
+    # the same request would get the same answer), before anything reached the client.
+    fake.inject(Fault(body=b'data: {"id": "' + b"x" * (MAX_EVENT_BYTES + 1024) + b'"}\n\n'))
+    response = chat(client, provider, stream=True)
+    error = assert_openai_error(response, 502, "upstream_malformed_response")
+    assert "event of more than" in error["message"]
+    assert len(fake.requests) == 1
 
 
 def test_unreachable_upstream_is_502(start_service, provider) -> None:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from llm_service.core.llm.sse import SSEDecoder
+from llm_service.core.llm.sse import MAX_EVENT_BYTES, SSEDecoder, SSEEventTooLarge
 
 CHUNK_1 = (
     b'{"id":"chatcmpl-9a","object":"chat.completion.chunk","created":1733140800,'
@@ -211,3 +211,46 @@ def test_stray_text_is_bounded() -> None:
         decoder.feed(b"  " + b"y" * 1000 + b"\n")
     (stray,) = decoder.flush()
     assert len(stray) <= 64 * 1024 + 100
+
+
+@pytest.mark.parametrize("ending", LINE_ENDINGS)
+def test_a_long_event_in_many_pieces_comes_out_whole(ending) -> None:
+    # 2 MB of data in 4 KB pieces (an image in base64, a large tool call): one event, byte for byte,
+    # whatever the line ending (a CR at the end of one piece, its LF at the start of the next).
+    payload = b'{"content":"' + bytes(range(65, 91)) * 80_000 + b'"}'
+    raw = with_endings(b"data: " + payload + b"\n\ndata: [DONE]\n\n", ending)
+    pieces = [raw[i : i + 4096] for i in range(0, len(raw), 4096)]
+
+    assert decode(pieces) == [payload, DONE]
+    assert decode([raw[:-1], raw[-1:]]) == [payload, DONE]
+
+
+def feed_until_refused(decoder: SSEDecoder, piece: bytes, most: int) -> int:
+    """Bytes fed before `decoder` refused `piece` (at most `most` pieces; -1: never refused)."""
+    fed = 0
+    for _ in range(most):
+        try:
+            decoder.feed(piece)
+        except SSEEventTooLarge:
+            return fed
+        fed += len(piece)
+    return -1
+
+
+def test_a_line_that_never_ends_is_refused_as_it_goes_past_the_event_limit() -> None:
+    decoder = SSEDecoder()
+    decoder.feed(b"data: ")
+    piece = b"x" * (1024 * 1024)
+    fed = feed_until_refused(decoder, piece, MAX_EVENT_BYTES // len(piece) + 4)
+    assert MAX_EVENT_BYTES - 2 * len(piece) <= fed <= MAX_EVENT_BYTES
+
+
+def test_data_lines_that_never_end_their_event_are_refused_past_the_event_limit() -> None:
+    line = b"data: " + b"y" * (1024 * 1024) + b"\n"
+    fed = feed_until_refused(SSEDecoder(), line, MAX_EVENT_BYTES // len(line) + 4)
+    assert MAX_EVENT_BYTES - 2 * len(line) <= fed <= MAX_EVENT_BYTES
+
+
+def test_a_whole_event_in_one_piece_is_refused_past_the_event_limit() -> None:
+    with pytest.raises(SSEEventTooLarge):
+        SSEDecoder().feed(b"data: " + b"z" * (MAX_EVENT_BYTES + 1) + b"\n\n")

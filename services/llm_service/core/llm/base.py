@@ -46,7 +46,7 @@ from llm_service.core.llm.models import (
     UpstreamRequestError,
 )
 from llm_service.core.llm.retry import parse_rate_limit_reset, parse_retry_after
-from llm_service.core.llm.sse import SSEDecoder
+from llm_service.core.llm.sse import SSEDecoder, SSEEventTooLarge
 from llm_service.core.llm.streaming import (
     CheckpointCallback,
     Checkpointer,
@@ -296,6 +296,8 @@ class BaseLLMClient(ABC):
                     break
             for chunk in self._end_of_stream(decoder, state):
                 yield chunk
+        except SSEEventTooLarge as exc:
+            raise self.malformed(str(exc)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             if not self._whole(state):
                 raise self._transport_error(exc) from exc

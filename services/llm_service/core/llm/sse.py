@@ -8,6 +8,10 @@ no chat API here uses them.
 Lines of bare JSON, which are not SSE at all (Vertex sends an error that happens mid-stream as raw, possibly
 pretty-printed JSON lines, protocol reference 4.5) are kept, up to `MAX_STRAY_BYTES`, and handed out
 joined as one last payload by `flush()` at the end of the stream, so the client can report them.
+
+An event larger than `MAX_EVENT_BYTES` (a line that never ends, data lines that never end their event:
+a broken upstream) raises `SSEEventTooLarge` rather than grow without bound; a long line arriving in
+many pieces is kept as its pieces and joined once, when it ends, not copied again at every piece.
 """
 
 from __future__ import annotations
@@ -18,31 +22,55 @@ _CR = b"\r"
 _JSON_LINE_START = frozenset(b'{}[] \t"')
 #: The most non-SSE text kept for `flush()`; a body that is not SSE at all is not held whole.
 MAX_STRAY_BYTES = 64 * 1024
+#: The largest event taken (its data lines together): far above any chat chunk, images in base64 included.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: An unfinished line longer than this waits as a list of pieces rather than one growing bytes object.
+_PIECES_FROM = 64 * 1024
+
+
+class SSEEventTooLarge(ValueError):
+    """An event (or a line of one) longer than `MAX_EVENT_BYTES`."""
 
 
 class SSEDecoder:
-    __slots__ = ("_buf", "_data", "_stray", "_stray_size")
+    __slots__ = ("_buf", "_data", "_data_size", "_pieces", "_pieces_size", "_stray", "_stray_size")
 
     def __init__(self) -> None:
         self._buf = b""
         self._data: list[bytes] = []
+        self._data_size = 0
+        # A long unfinished line, in the pieces it came in (then `_buf` is empty).
+        self._pieces: list[bytes] = []
+        self._pieces_size = 0
         self._stray: list[bytes] = []
         self._stray_size = 0
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume `chunk`; return the data payloads of the events it completed."""
-        buf = self._buf + chunk if self._buf else chunk
+        if self._pieces:
+            self._pieces.append(chunk)
+            self._pieces_size += len(chunk)
+            if _LF not in chunk and _CR not in chunk:
+                self._check(self._pieces_size)
+                return []
+            buf = b"".join(self._pieces)
+            self._pieces, self._pieces_size = [], 0
+        else:
+            buf = self._buf + chunk if self._buf else chunk
         # What arrives nearly every time: exactly one whole event of one data line, without CR.
-        whole = buf.startswith(b"data: ") and buf.endswith(b"\n\n") and buf.count(_LF) == 2
+        whole = (
+            buf.startswith(b"data: ") and buf.endswith(b"\n\n") and buf.count(_LF) == 2 and len(buf) <= MAX_EVENT_BYTES
+        )
         if whole and _CR not in buf and not self._data:
             self._buf = b""
             return [buf[6:-2]]
         events: list[bytes] = []
         if _CR not in buf:
             # Fast path for the usual LF-only stream.
-            *lines, self._buf = buf.split(_LF)
+            *lines, rest = buf.split(_LF)
             for line in lines:
                 self._line(line, events)
+            self._hold(rest)
             return events
         pos = 0
         size = len(buf)
@@ -59,14 +87,28 @@ class SSEDecoder:
                 end, nxt = cr, (cr + 2 if buf[cr + 1 : cr + 2] == _LF else cr + 1)
             self._line(buf[pos:end], events)
             pos = nxt
-        self._buf = buf[pos:]
+        self._hold(buf[pos:])
         return events
+
+    def _hold(self, rest: bytes) -> None:
+        """Keep what follows the last line end until its line ends."""
+        if len(rest) <= _PIECES_FROM:
+            self._buf = rest
+            return
+        self._check(len(rest))
+        self._buf = b""
+        self._pieces, self._pieces_size = [rest], len(rest)
+
+    def _check(self, size: int) -> None:
+        if size + self._data_size > MAX_EVENT_BYTES:
+            raise SSEEventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
 
     def flush(self) -> list[bytes]:
         """At end of input: treat what is left as a last line and dispatch any pending event, then
         the stray non-SSE lines seen, joined, as one more payload."""
         events: list[bytes] = []
-        rest, self._buf = self._buf.rstrip(b"\r"), b""
+        rest = (b"".join(self._pieces) if self._pieces else self._buf).rstrip(b"\r")
+        self._buf, self._pieces, self._pieces_size = b"", [], 0
         if rest:
             self._line(rest, events)
         self._line(b"", events)
@@ -79,13 +121,17 @@ class SSEDecoder:
         if not line:
             if self._data:
                 events.append(self._data[0] if len(self._data) == 1 else _LF.join(self._data))
-                self._data = []
+                self._data, self._data_size = [], 0
             return
         if line[0] == 0x3A:  # ':' comment
             return
         name, _, value = line.partition(b":")
         if name == b"data":
-            self._data.append(value[1:] if value[:1] == b" " else value)
+            value = value[1:] if value[:1] == b" " else value
+            self._data_size += len(value) + 1
+            if self._data_size > MAX_EVENT_BYTES:
+                self._check(0)
+            self._data.append(value)
         elif line[0] in _JSON_LINE_START and self._stray_size + len(line) <= MAX_STRAY_BYTES:
             self._stray.append(line)
             self._stray_size += len(line)
