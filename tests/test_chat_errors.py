@@ -12,6 +12,7 @@ import pytest
 from conftest import KEYS, MODELS, QUESTION
 from harness import wait_until
 from llm_service.core.config.constants import ProviderID
+from llm_service.core.llm.base import MAX_ANSWER_BYTES, MAX_ERROR_BYTES
 from llm_service.core.llm.sse import MAX_EVENT_BYTES
 from llm_service.fakes import Fault
 from sse_client import stream_events, streamed_text
@@ -138,10 +139,10 @@ def test_upstream_bad_request_keeps_its_status_and_message(client: httpx.Client,
 
 
 def test_a_runaway_upstream_error_message_reaches_the_client_capped(client: httpx.Client, provider, fake) -> None:
-    # An upstream's 400 with a 100,000-character message and parameter name (a broken proxy, a body
+    # An upstream's 400 with a 50,000-character message and parameter name (a broken proxy, a body
     # echoing its input): the client gets the start of both, and how much was left out.
-    said = "The request was refused because " + "x" * 100_000
-    param = "messages" + "y" * 10_000
+    said = "The request was refused because " + "x" * 50_000
+    param = "messages" + "y" * 5_000
     if provider is ProviderID.VERTEX_AI:
         body = {"error": {"code": 400, "message": said, "status": "INVALID_ARGUMENT"}}
     else:
@@ -156,6 +157,20 @@ def test_a_runaway_upstream_error_message_reaches_the_client_capped(client: http
     if provider is not ProviderID.VERTEX_AI:
         assert error["param"].startswith("messagesyyy")
         assert len(error["param"]) < 250
+
+
+def test_an_answer_or_error_body_past_its_size_limit_is_not_read_whole(client: httpx.Client, provider, fake) -> None:
+    # A 200 answer longer than MAX_ANSWER_BYTES: a malformed answer, refused on its length. An error
+    # body longer than MAX_ERROR_BYTES: read only so far (it no longer parses), the status speaks.
+    fake.inject(Fault(status=200, body=b'{"choices": [], "pad": "' + b"x" * MAX_ANSWER_BYTES + b'"}'))
+    too_long = assert_openai_error(chat(client, provider), 502, "upstream_malformed_response")
+    message = "The request was refused because " + "x" * MAX_ERROR_BYTES
+    fake.inject(Fault(status=400, body=orjson.dumps({"error": {"message": message, "code": 400}})))
+    cut_short = assert_openai_error(chat(client, provider), 400)
+
+    assert "an answer of more than" in too_long["message"]
+    assert cut_short["message"] == f"{provider.value} returned an error: HTTP 400"
+    assert len(fake.requests) == 2
 
 
 def test_upstream_timeout_is_504(start_service, provider, fake) -> None:

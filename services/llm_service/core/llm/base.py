@@ -230,9 +230,13 @@ class BaseLLMClient(ABC):
                 headers=await self._headers(client, request),
                 timeout=client.timeout,
             ) as resp:
-                body = await resp.read()
                 if resp.status >= _ERROR_STATUS:
-                    raise self._http_error(resp.status, body, resp.headers)
+                    raise self._http_error(resp.status, await _error_body(resp), resp.headers)
+                length = resp.content_length
+                if length is not None and length <= MAX_ANSWER_BYTES:
+                    body = await resp.read()  # the usual answer: its length said, and not absurd
+                else:
+                    body = await self._capped_answer(resp)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from exc
         try:
@@ -246,6 +250,15 @@ class BaseLLMClient(ABC):
             # `finish_reason: "content_filter"`, as OpenAI reports it.
             raise self._filtered_completion()
         return response
+
+    async def _capped_answer(self, resp: aiohttp.ClientResponse) -> bytes:
+        """A body without a length (chunked) read up to `MAX_ANSWER_BYTES`; a longer one, said or not, is
+        a malformed answer (a broken upstream must not fill the service's memory)."""
+        if resp.content_length is None:
+            body = await _read_at_most(resp, MAX_ANSWER_BYTES + 1)
+            if len(body) <= MAX_ANSWER_BYTES:
+                return body
+        raise self.malformed(f"an answer of more than {MAX_ANSWER_BYTES} bytes")
 
     def generate_stream(
         self, request: LLMRequest, checkpoint_callback: CheckpointCallback | None = None
@@ -285,7 +298,7 @@ class BaseLLMClient(ABC):
                 timeout=client.stream_timeout,
             )
             if resp.status >= _ERROR_STATUS:
-                raise self._http_error(resp.status, await resp.read(), resp.headers)
+                raise self._http_error(resp.status, await _error_body(resp), resp.headers)
             decoder = SSEDecoder()
             read_to_eof = self.stream_ends_at_eof
             async for data in resp.content.iter_any():
@@ -483,6 +496,31 @@ class BaseLLMClient(ABC):
         if status == HTTPStatus.PAYMENT_REQUIRED:  # OpenRouter: the service's credits are spent
             code = code or "insufficient_quota"
         return ProviderError(said, code=code or "upstream_error", **common)
+
+
+#: The largest answer read from an upstream (a non-streaming body): far above any real completion.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+#: How much of an error body is read: any real one is a few hundred bytes; the rest is left unread.
+MAX_ERROR_BYTES = 64 * 1024
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to `limit` bytes (all of it when shorter); what follows is left unread (the
+    connection is then closed, not reused)."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < limit:
+        piece = await resp.content.read(limit - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
+
+
+async def _error_body(resp: aiohttp.ClientResponse) -> bytes:
+    """An error response's body, up to `MAX_ERROR_BYTES` (cut short, it does not parse: the status speaks)."""
+    return await _read_at_most(resp, MAX_ERROR_BYTES)
 
 
 #: How much of an upstream's error text reaches the caller and the log: enough for any real message
