@@ -3,7 +3,9 @@ end silently; a client that hangs up cancels the upstream request."""
 
 from __future__ import annotations
 
+import gzip
 import socket
+from pathlib import Path
 
 import httpx
 import orjson
@@ -16,6 +18,8 @@ from llm_service.core.llm.base import MAX_ANSWER_BYTES, MAX_ERROR_BYTES
 from llm_service.core.llm.sse import MAX_EVENT_BYTES
 from llm_service.fakes import Fault
 from sse_client import stream_events, streamed_text
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def chat(client: httpx.Client, provider: ProviderID, **extra) -> httpx.Response:
@@ -171,6 +175,22 @@ def test_an_answer_or_error_body_past_its_size_limit_is_not_read_whole(client: h
     assert "an answer of more than" in too_long["message"]
     assert cut_short["message"] == f"{provider.value} returned an error: HTTP 400"
     assert len(fake.requests) == 2
+
+
+def test_a_compressed_answer_is_read_and_a_compressed_bomb_refused(client: httpx.Client, upstreams) -> None:
+    # gzip: its Content-Length is not what it unpacks to. A real answer compressed is read as ever; 33 MiB
+    # of padding in 33 KB is refused once the unpacked answer passes the limit.
+    answer = (FIXTURES / "openai" / "chat_text.json").read_bytes()
+    fake = upstreams[ProviderID.OPENAI]
+    fake.inject(Fault(status=200, body=gzip.compress(answer), headers={"content-encoding": "gzip"}))
+    plain = chat(client, ProviderID.OPENAI)
+    bomb = b'{"choices": [], "pad": "' + b"x" * MAX_ANSWER_BYTES + b'"}'
+    fake.inject(Fault(status=200, body=gzip.compress(bomb), headers={"content-encoding": "gzip"}))
+    refused = assert_openai_error(chat(client, ProviderID.OPENAI), 502, "upstream_malformed_response")
+
+    assert plain.status_code == 200
+    assert plain.json()["choices"][0]["message"] == orjson.loads(answer)["choices"][0]["message"]
+    assert "an answer of more than" in refused["message"]
 
 
 def test_upstream_timeout_is_504(start_service, provider, fake) -> None:

@@ -233,7 +233,7 @@ class BaseLLMClient(ABC):
                 if resp.status >= _ERROR_STATUS:
                     raise self._http_error(resp.status, await _error_body(resp), resp.headers)
                 length = resp.content_length
-                if length is not None and length <= MAX_ANSWER_BYTES:
+                if length is not None and length <= MAX_ANSWER_BYTES and _COMPRESSED not in resp.headers:
                     body = await resp.read()  # the usual answer: its length said, and not absurd
                 else:
                     body = await self._capped_answer(resp)
@@ -252,9 +252,11 @@ class BaseLLMClient(ABC):
         return response
 
     async def _capped_answer(self, resp: aiohttp.ClientResponse) -> bytes:
-        """A body without a length (chunked) read up to `MAX_ANSWER_BYTES`; a longer one, said or not, is
-        a malformed answer (a broken upstream must not fill the service's memory)."""
-        if resp.content_length is None:
+        """A body without a length (chunked), or compressed (its length is not what it unpacks to), read
+        up to `MAX_ANSWER_BYTES`; a longer one, said or read, is a malformed answer (a broken upstream
+        must not fill the service's memory)."""
+        length = resp.content_length
+        if length is None or _COMPRESSED in resp.headers:
             body = await _read_at_most(resp, MAX_ANSWER_BYTES + 1)
             if len(body) <= MAX_ANSWER_BYTES:
                 return body
@@ -502,6 +504,7 @@ class BaseLLMClient(ABC):
 MAX_ANSWER_BYTES = 32 * 1024 * 1024
 #: How much of an error body is read: any real one is a few hundred bytes; the rest is left unread.
 MAX_ERROR_BYTES = 64 * 1024
+_COMPRESSED = "Content-Encoding"
 
 
 async def _read_at_most(resp: aiohttp.ClientResponse, limit: int) -> bytes:
