@@ -6,6 +6,8 @@ import logging
 
 import pytest
 
+from llm_service.core.config.constants import ProviderID
+from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatch.breaker import (
     BreakerPolicy,
     BreakerState,
@@ -14,6 +16,7 @@ from llm_service.core.llm.dispatch.breaker import (
     Transition,
     should_open,
 )
+from llm_service.core.llm.dispatch.pool import DeploymentPool
 
 CLOSED, OPEN, HALF_OPEN = BreakerState.CLOSED, BreakerState.OPEN, BreakerState.HALF_OPEN
 
@@ -488,3 +491,25 @@ def test_the_default_clock_is_monotonic_time():
     assert breaker.state is CLOSED
     breaker.trip("maintenance", seconds=3600.0)
     assert 3599.0 < breaker.open_for() <= 3600.0
+
+
+def test_a_call_let_in_as_the_cooldown_ends_is_a_probe_and_its_verdict_closes_the_breaker():
+    # The pool asks its breaker once: a cooldown that ends while the pool decides cannot let a call in
+    # as a probe yet count it as an ordinary call (whose verdict a half-open breaker ignores: it would
+    # stay half-open, its one probe slot taken, refusing everything).
+    deployment = Deployment(provider=ProviderID.OPENAI, model="gpt-4o-mini")
+    times = [1000.0]
+
+    def clock() -> float:  # each look at the clock a moment later than the one before
+        times[0] += 0.001
+        return times[0]
+
+    pool = DeploymentPool(dict.fromkeys(ProviderID, BreakerPolicy(cooldown_seconds=1.0)), clock=clock)
+    breaker = pool.register(deployment).breaker
+    breaker.trip("test", 0.0025)  # its cooldown ends between the second and third looks of the first try
+    slot = None
+    while slot is None:
+        slot = pool.try_take([deployment], 1)
+    assert slot.probe
+    slot.succeeded()
+    assert breaker.state is CLOSED

@@ -254,3 +254,32 @@ def test_data_lines_that_never_end_their_event_are_refused_past_the_event_limit(
 def test_a_whole_event_in_one_piece_is_refused_past_the_event_limit() -> None:
     with pytest.raises(SSEEventTooLarge):
         SSEDecoder().feed(b"data: " + b"z" * (MAX_EVENT_BYTES + 1) + b"\n\n")
+
+
+def test_a_long_line_ended_by_a_cr_at_the_end_of_a_piece_ends_there() -> None:
+    # The CR ends the line whatever comes next: the next piece starts a line of its own (two data lines
+    # of one event, which the blank line then ends).
+    big = b"x" * 70_000
+    assert decode([b"data: " + big + b"\r", b"data: y", b"\r\r"]) == [big + b"\ny"]
+    decoder = SSEDecoder()
+    decoder.feed(b"data: " + big + b"\r")
+    decoder.feed(b"data: y")
+    assert decoder.flush() == [big + b"\ny"]  # at EOF: two data lines of one event, as in one piece
+    assert decode([b"data: " + big + b"\rdata: y"]) == [big + b"\ny"]
+
+
+@pytest.mark.parametrize("size", [MAX_EVENT_BYTES, MAX_EVENT_BYTES + 1])
+def test_the_event_limit_is_the_same_however_the_event_arrives(size) -> None:
+    payload = b"p" * size
+    raw = b"data: " + payload + b"\n\n"
+    ways = {
+        "whole": [raw],
+        "halves": [raw[: len(raw) // 2], raw[len(raw) // 2 :]],
+        "pieces": [raw[i : i + 1024 * 1024] for i in range(0, len(raw), 1024 * 1024)],
+    }
+    for name, pieces in ways.items():
+        if size <= MAX_EVENT_BYTES:
+            assert decode(pieces) == [payload], name
+        else:
+            with pytest.raises(SSEEventTooLarge):
+                decode(pieces)

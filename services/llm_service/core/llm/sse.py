@@ -24,6 +24,9 @@ _JSON_LINE_START = frozenset(b'{}[] \t"')
 MAX_STRAY_BYTES = 64 * 1024
 #: The largest event taken (its data lines together): far above any chat chunk, images in base64 included.
 MAX_EVENT_BYTES = 16 * 1024 * 1024
+#: What a one-line event carries besides its payload (`data: `, the blank line after it): the payload
+#: is what `MAX_EVENT_BYTES` limits, however the event arrives.
+_FRAMING = len(b"data: \r\n\r\n")
 #: An unfinished line longer than this waits as a list of pieces rather than one growing bytes object.
 _PIECES_FROM = 64 * 1024
 
@@ -48,9 +51,12 @@ class SSEDecoder:
     def feed(self, chunk: bytes) -> list[bytes]:
         """Consume `chunk`; return the data payloads of the events it completed."""
         if self._pieces:
+            # A line end in the chunk, or a CR that ended the last piece (a line end whatever follows):
+            # the pieces are joined and read; else the line goes on.
+            ends = _LF in chunk or _CR in chunk or self._pieces[-1].endswith(_CR)
             self._pieces.append(chunk)
             self._pieces_size += len(chunk)
-            if _LF not in chunk and _CR not in chunk:
+            if not ends:
                 self._check(self._pieces_size)
                 return []
             buf = b"".join(self._pieces)
@@ -59,7 +65,10 @@ class SSEDecoder:
             buf = self._buf + chunk if self._buf else chunk
         # What arrives nearly every time: exactly one whole event of one data line, without CR.
         whole = (
-            buf.startswith(b"data: ") and buf.endswith(b"\n\n") and buf.count(_LF) == 2 and len(buf) <= MAX_EVENT_BYTES
+            buf.startswith(b"data: ")
+            and buf.endswith(b"\n\n")
+            and buf.count(_LF) == 2
+            and len(buf) <= MAX_EVENT_BYTES + 8  # `data: ` and `\n\n` around the payload
         )
         if whole and _CR not in buf and not self._data:
             self._buf = b""
@@ -99,9 +108,14 @@ class SSEDecoder:
         self._buf = b""
         self._pieces, self._pieces_size = [rest], len(rest)
 
-    def _check(self, size: int) -> None:
-        if size + self._data_size > MAX_EVENT_BYTES:
-            raise SSEEventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
+    def _check(self, line_size: int) -> None:
+        """Refuse an unfinished line that already holds more than an event may (its framing allowed)."""
+        if line_size + self._data_size > MAX_EVENT_BYTES + _FRAMING:
+            self._too_large()
+
+    @staticmethod
+    def _too_large() -> None:
+        raise SSEEventTooLarge(f"an event of more than {MAX_EVENT_BYTES} bytes")
 
     def flush(self) -> list[bytes]:
         """At end of input: treat what is left as a last line and dispatch any pending event, then
@@ -128,9 +142,10 @@ class SSEDecoder:
         name, _, value = line.partition(b":")
         if name == b"data":
             value = value[1:] if value[:1] == b" " else value
-            self._data_size += len(value) + 1
+            # The event's payload as it will be handed out: its data lines joined by LFs.
+            self._data_size += len(value) + 1 if self._data else len(value)
             if self._data_size > MAX_EVENT_BYTES:
-                self._check(0)
+                self._too_large()
             self._data.append(value)
         elif line[0] in _JSON_LINE_START and self._stray_size + len(line) <= MAX_STRAY_BYTES:
             self._stray.append(line)

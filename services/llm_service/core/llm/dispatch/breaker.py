@@ -196,13 +196,19 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """Whether a call may go through now; while half-open, an admitted call is a probe."""
-        state = self.state
+        return self.admit() is not None
+
+    def admit(self) -> BreakerState | None:
+        """`allow()`, saying in which state the call went through (HALF_OPEN: it is a probe), None if
+        refused: one look at the clock, so that the caller cannot see one state and be admitted in another
+        (a cooldown ending between two looks would take a probe slot for a call not counted as a probe)."""
+        state = self._current(self._clock())
         if state is BreakerState.HALF_OPEN:
             if self._probes >= self.policy.half_open_probes:
-                return False
+                return None
             self._probes += 1
-            return True
-        return state is BreakerState.CLOSED
+            return state
+        return state if state is BreakerState.CLOSED else None
 
     def admits(self) -> bool:
         """Whether `allow()` would let a call through now, without taking a half-open probe slot."""

@@ -189,14 +189,11 @@ class DeploymentPool:
             state = self.state(deployment)
             if state.limiter.room_in(tokens) > 0:
                 continue
-            breaker = state.breaker
-            current = breaker.state
-            # allow() is only needed when the breaker is not closed (a closed one lets everything through).
-            if current is not BreakerState.CLOSED and not breaker.allow():
+            admitted = state.breaker.admit()
+            if admitted is None:
                 continue
-            probe = current is BreakerState.HALF_OPEN
             # Counted without asking the limiter again: room_in just said yes, and nothing awaited since.
-            return Slot(state, state.limiter.record(tokens), self._on_release, probe=probe)
+            return Slot(state, state.limiter.record(tokens), self._on_release, probe=admitted is BreakerState.HALF_OPEN)
         return None
 
     async def take(self, deployments: Sequence[Deployment], tokens: int) -> Slot | None:
@@ -216,11 +213,11 @@ class DeploymentPool:
         if acquired.index is None or acquired.permit is None:
             return None
         state = states[acquired.index]
-        probe = state.breaker.state is BreakerState.HALF_OPEN
-        if not state.breaker.allow():  # its probe slot was taken while this request asked
+        admitted = state.breaker.admit()
+        if admitted is None:  # its probe slot was taken while this request asked
             acquired.permit.release()
             return None
-        return Slot(state, acquired.permit, self._on_release, probe=probe)
+        return Slot(state, acquired.permit, self._on_release, probe=admitted is BreakerState.HALF_OPEN)
 
     @property
     def local(self) -> bool:
