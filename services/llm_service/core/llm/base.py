@@ -232,8 +232,10 @@ class BaseLLMClient(ABC):
             ) as resp:
                 if resp.status >= _ERROR_STATUS:
                     raise self._http_error(resp.status, await _error_body(resp), resp.headers)
-                length = resp.content_length
-                if length is not None and length <= MAX_ANSWER_BYTES and _COMPRESSED not in resp.headers:
+                # The header itself, not aiohttp's `content_length` (a Python property: a call a request).
+                headers = resp.headers
+                length = headers.get("Content-Length")
+                if length is not None and _COMPRESSED not in headers and int(length) <= MAX_ANSWER_BYTES:
                     body = await resp.read()  # the usual answer: its length said, and not absurd
                 else:
                     body = await self._capped_answer(resp)
