@@ -235,10 +235,12 @@ class BaseLLMClient(ABC):
                 # The header itself, not aiohttp's `content_length` (a Python property: a call a request).
                 headers = resp.headers
                 length = headers.get("Content-Length")
-                if length is not None and _COMPRESSED not in headers and int(length) <= MAX_ANSWER_BYTES:
+                if length is None or _COMPRESSED in headers:
+                    body = await self._capped_answer(resp)  # its length unknown until read
+                elif int(length) <= MAX_ANSWER_BYTES:
                     body = await resp.read()  # the usual answer: its length said, and not absurd
                 else:
-                    body = await self._capped_answer(resp)
+                    raise self._too_long()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise self._transport_error(exc) from exc
         try:
@@ -255,14 +257,15 @@ class BaseLLMClient(ABC):
 
     async def _capped_answer(self, resp: aiohttp.ClientResponse) -> bytes:
         """A body without a length (chunked), or compressed (its length is not what it unpacks to), read
-        up to `MAX_ANSWER_BYTES`; a longer one, said or read, is a malformed answer (a broken upstream
-        must not fill the service's memory)."""
-        length = resp.content_length
-        if length is None or _COMPRESSED in resp.headers:
-            body = await _read_at_most(resp, MAX_ANSWER_BYTES + 1)
-            if len(body) <= MAX_ANSWER_BYTES:
-                return body
-        raise self.malformed(f"an answer of more than {MAX_ANSWER_BYTES} bytes")
+        up to `MAX_ANSWER_BYTES`; a longer one is a malformed answer (a broken upstream must not fill the
+        service's memory)."""
+        body = await _read_at_most(resp, MAX_ANSWER_BYTES + 1)
+        if len(body) > MAX_ANSWER_BYTES:
+            raise self._too_long()
+        return body
+
+    def _too_long(self) -> ProviderConnectionError:
+        return self.malformed(f"an answer of more than {MAX_ANSWER_BYTES} bytes")
 
     def generate_stream(
         self, request: LLMRequest, checkpoint_callback: CheckpointCallback | None = None

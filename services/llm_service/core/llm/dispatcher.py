@@ -471,9 +471,11 @@ class LLMDispatcher:
     def _ordered(self, deployments: tuple[Deployment, ...]) -> list[Deployment]:
         """Priority order (a deployment's `priority`, else its position); among equal priorities a
         weighted random order, so that traffic splits by weight."""
-        if len(deployments) < 2 or id(deployments) in self._in_list_order:
-            return list(deployments)
-        if all(d.priority is None for d in deployments):
+        if (
+            len(deployments) < 2
+            or id(deployments) in self._in_list_order
+            or all(d.priority is None for d in deployments)
+        ):
             return list(deployments)
         ranked: dict[int, list[Deployment]] = {}
         for position, deployment in enumerate(deployments):

@@ -60,6 +60,8 @@ class DeploymentState:
     deployment: Deployment
     breaker: CircuitBreaker
     limiter: DeploymentLimiter
+    #: Its name in metrics: the profile's label, or a bounded one for an ad-hoc deployment.
+    metric_label: str
 
     def snapshot(self) -> dict[str, Any]:
         return {"deployment": self.deployment.label, "breaker": self.breaker.snapshot(), **self.limiter.snapshot()}
@@ -155,7 +157,6 @@ class DeploymentPool:
         #: The same, by the identity of the profile's own deployment objects (the ones requests are routed
         #: to): found without hashing a deployment, a Python call each time. They live as long as the pool.
         self._known_ids: dict[int, DeploymentState] = {}
-        self._known_labels: dict[int, str] = {}
         self._ad_hoc: OrderedDict[Deployment, DeploymentState] = OrderedDict()
 
     def register(self, deployment: Deployment) -> DeploymentState:
@@ -164,7 +165,6 @@ class DeploymentPool:
         if state is None:
             state = self._known[deployment] = self._new(deployment)
             self._known_ids[id(deployment)] = state
-            self._known_labels[id(deployment)] = deployment.label
         return state
 
     def state(self, deployment: Deployment) -> DeploymentState:
@@ -266,23 +266,24 @@ class DeploymentPool:
         """The deployment's name for metrics: its label when the profile names it, else a bounded one."""
         known = self._known_ids.get(id(deployment))
         if known is not None and known.deployment is deployment:
-            return self._known_labels[id(deployment)]
+            return known.metric_label
         return deployment.label if deployment in self._known else ad_hoc_label(deployment)
 
     def states(self) -> list[DeploymentState]:
         return [*self._known.values(), *self._ad_hoc.values()]
 
     def _new(self, deployment: Deployment, *, ad_hoc: bool = False) -> DeploymentState:
+        label = ad_hoc_label(deployment) if ad_hoc else deployment.label
         report = self._on_transition
         if report is not None and ad_hoc:
-            report = _renamed(report, ad_hoc_label(deployment))
+            report = _renamed(report, label)
         breaker = CircuitBreaker(
             deployment.label,
             self._policies[deployment.provider],
             clock=self._clock,
             on_transition=_told(self._backend, deployment, report),
         )
-        return DeploymentState(deployment, breaker, self._backend.limiter(deployment))
+        return DeploymentState(deployment, breaker, self._backend.limiter(deployment), label)
 
     def _evict_one(self) -> None:
         """Forget the least recently used ad-hoc deployment that has nothing in flight."""
