@@ -8,13 +8,19 @@ cost, about the same for both) is what `make bench` adds; use it while working, 
 record. Under py-spy (`py-spy record -- python -m benchmarks.inproc`) it shows where the service's time
 goes without another process's samples mixed in.
 
-    python -m benchmarks.inproc [--stream] [--pace MS] [--requests N] [--rounds N]
+With `--bytecodes` it counts, instead of CPU time, the Python bytecodes each app runs per request or
+chunk (`sys.settrace` opcode events; C code, the event loop included, is not counted): a figure that
+does not move with the machine's load, so a change of a few bytecodes on the hot path shows in one run,
+with the service's functions that run the most of them.
+
+    python -m benchmarks.inproc [--stream] [--pace MS] [--requests N] [--rounds N] [--bytecodes]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import logging
 import os
 import statistics
@@ -24,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import aiohttp
@@ -106,7 +113,49 @@ async def _cpu_per(app: App, body: bytes, requests: int, units: int) -> float:
     return (time.process_time() - started) / (requests * units) * 1e6
 
 
-async def measure(upstream: str, scenario: Scenario, *, stream: bool, requests: int, rounds: int) -> dict[str, Any]:
+class BytecodeCounter:
+    """Python bytecodes run, by function (`file:line:name`), while it is installed with `sys.settrace`."""
+
+    def __init__(self) -> None:
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
+        frame.f_trace_opcodes = True
+        frame.f_trace_lines = False
+        code = frame.f_code
+        where = f"{_short(code.co_filename)}:{code.co_firstlineno}:{code.co_name}"
+        counts = self.counts
+
+        def count(frame: FrameType, event: str, arg: object) -> Any:
+            if event == "opcode":
+                counts[where] += 1
+            return count
+
+        return count
+
+
+def _short(filename: str) -> str:
+    for marker in ("/site-packages/", "/services/", "/lib/python3.11/"):
+        if marker in filename:
+            return filename.split(marker, 1)[1]
+    return filename
+
+
+async def _bytecodes_per(app: App, body: bytes, requests: int, units: int) -> collections.Counter[str]:
+    """Bytecodes per unit, by function, over `requests` requests (after a warm-up)."""
+    await _load(app, body, max(requests // 10, CONCURRENCY))
+    counter = BytecodeCounter()
+    sys.settrace(counter)
+    try:
+        await _load(app, body, requests)
+    finally:
+        sys.settrace(None)
+    return collections.Counter({k: v / (requests * units) for k, v in counter.counts.items()})
+
+
+async def measure(
+    upstream: str, scenario: Scenario, *, stream: bool, requests: int, rounds: int, bytecodes: bool = False
+) -> dict[str, Any]:
     from llm_service.core.config.settings import Settings
     from llm_service.main import create_app, tune_gc
 
@@ -117,16 +166,26 @@ async def measure(upstream: str, scenario: Scenario, *, stream: bool, requests: 
     through.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
     service = create_app(Settings())
     figures: dict[str, list[float]] = {"passthrough": [], "service": []}
+    functions: collections.Counter[str] = collections.Counter()
     try:
         async with service.router.lifespan_context(service):
             tune_gc()  # as `llm-service serve` does
-            for _ in range(rounds):  # interleaved, so that a drift of the machine touches both alike
+            if bytecodes:
+                figures["passthrough"].append((await _bytecodes_per(through, body, requests, units)).total())
+                functions = await _bytecodes_per(service, body, requests, units)
+                figures["service"].append(functions.total())
+            for _ in range(0 if bytecodes else rounds):  # interleaved: a drift of the machine touches both alike
                 figures["passthrough"].append(await _cpu_per(through, body, requests, units))
                 figures["service"].append(await _cpu_per(service, body, requests, units))
     finally:
         await through.session.close()
     passthrough, service_cpu = (statistics.median(v) for v in figures.values())
-    return {"unit": "chunk" if stream else "request", "rounds": figures, "ratio": service_cpu / passthrough}
+    return {
+        "unit": "chunk" if stream else "request",
+        "rounds": figures,
+        "ratio": service_cpu / passthrough,
+        "functions": functions,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pace", type=int, default=10, help="ms between a stream's chunks (default 10)")
     parser.add_argument("--requests", type=int, help="requests per round (default 3000; streams: 320)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--bytecodes", action="store_true", help="count Python bytecodes instead of CPU time")
+    parser.add_argument("--top", type=int, default=40, help="with --bytecodes: the service's functions shown")
     args = parser.parse_args(argv)
     raise_fd_limit()
     scenario = Scenario(100, 0, args.pace if args.stream else 0)
-    requests = args.requests or (320 if args.stream else 3000)
+    requests = args.requests or ((32 if args.stream else 300) if args.bytecodes else (320 if args.stream else 3000))
     with tempfile.TemporaryDirectory(prefix="llm-inproc-") as tmp:
         port = free_port()
         upstream = f"http://127.0.0.1:{port}"
@@ -162,11 +223,26 @@ def main(argv: list[str] | None = None) -> int:
                 for handler in logging.getLogger().handlers:
                     if isinstance(handler, logging.StreamHandler):
                         handler.setStream(sink)
-                run = measure(upstream, scenario, stream=args.stream, requests=requests, rounds=args.rounds)
+                run = measure(
+                    upstream,
+                    scenario,
+                    stream=args.stream,
+                    requests=requests,
+                    rounds=args.rounds,
+                    bytecodes=args.bytecodes,
+                )
                 result = uvloop.run(run)
         finally:
             server.terminate()
             server.wait(timeout=10)
+    if args.bytecodes:
+        for name, values in result["rounds"].items():
+            print(f"{name}: {values[0]:,.0f} bytecodes per {result['unit']}")
+        print(f"service / passthrough: {result['ratio']:.2f}x")
+        print(f"the service's {args.top} busiest functions (bytecodes per {result['unit']}):")
+        for where, count in result["functions"].most_common(args.top):
+            print(f"{count:8,.1f}  {where}")
+        return 0
     for name, values in result["rounds"].items():
         shown = ", ".join(f"{v:,.1f}" for v in values)
         print(f"{name}: {statistics.median(values):,.1f} µs per {result['unit']} (rounds: {shown})")

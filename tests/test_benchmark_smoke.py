@@ -45,3 +45,22 @@ def test_benchmark_smoke_runs_every_target_and_writes_the_report(tmp_path: Path)
         assert heading in text
     assert "| | direct to upstream | bare passthrough | service |" in text
     assert "## Side by side" in done.stdout
+
+
+def test_the_in_process_bytecode_count_runs_both_apps_and_names_the_services_functions() -> None:
+    """`python -m benchmarks.inproc --bytecodes`: both apps answer, each gets a count, and the service's
+    busiest functions are listed (its own among them). No figure is checked but that it is there."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.inproc", "--bytecodes", "--requests", "40", "--top", "60"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    lines = done.stdout.splitlines()
+    counts = {line.split(":")[0]: line for line in lines if " bytecodes per request" in line}
+    assert set(counts) == {"passthrough", "service"}, done.stdout
+    assert all(float(line.split()[1].replace(",", "")) > 0 for line in counts.values())
+    assert any("llm_service/core/llm/dispatcher.py" in line for line in lines), done.stdout

@@ -283,3 +283,37 @@ def test_the_event_limit_is_the_same_however_the_event_arrives(size) -> None:
         else:
             with pytest.raises(SSEEventTooLarge):
                 decode(pieces)
+
+
+@pytest.mark.parametrize(
+    "burst",
+    [
+        pytest.param(b'data: {"a":1}\n\ndata: {"b":2}\n\ndata: [DONE]\n\n', id="three-events"),
+        pytest.param(b'data: {"t":"data: x"}\n\ndata: \n\n', id="payload-saying-data-and-an-empty-one"),
+        pytest.param(b"data: A\n\n\ndata: B\n\n", id="a-stray-blank-line"),
+        pytest.param(b"data: A\ndata: B\n\ndata: C\n\n", id="a-two-line-event"),
+        pytest.param(b"data: A\n\n: comment\n\ndata: B\n\n", id="a-comment-between"),
+        pytest.param(b"data: A\n\nevent: x\ndata: B\n\n", id="another-field"),
+        pytest.param(b"data: A\n\ndata:B\n\n", id="no-space-after-the-colon"),
+        pytest.param(b"data: A\n\ndata: B\n", id="the-last-event-unfinished"),
+    ],
+)
+def test_a_burst_of_events_in_one_read_decodes_as_line_by_line(burst: bytes) -> None:
+    byte_by_byte = decode([burst[i : i + 1] for i in range(len(burst))])
+    assert decode([burst]) == byte_by_byte
+    decoder = SSEDecoder()
+    assert decoder.feed(b"data: 0\n\n") == [b"0"]  # after an event taken whole, the burst still decodes alike
+    assert [*decoder.feed(burst), *decoder.flush()] == byte_by_byte
+
+
+def test_whole_one_line_events_in_one_read_are_not_read_line_by_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual stream arriving faster than it is read: its events are cut out at once (a read of one
+    event, or of many, never goes through the line reader)."""
+
+    def line_by_line(*_: object) -> None:
+        raise AssertionError("read line by line")
+
+    monkeypatch.setattr(SSEDecoder, "_line", line_by_line)
+    decoder = SSEDecoder()
+    assert decoder.feed(b'data: {"a":1}\n\n') == [b'{"a":1}']
+    assert decoder.feed(b'data: {"b":2}\n\ndata: {"c":3}\n\ndata: [DONE]\n\n') == [b'{"b":2}', b'{"c":3}', b"[DONE]"]

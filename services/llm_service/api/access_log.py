@@ -106,10 +106,11 @@ class AccessLogMiddleware:
         finally:
             record.latency_ms = round((time.perf_counter() - started) * 1000, 2)
             # Not dataclasses.asdict: it deep-copies every value (~50 µs a request in the benchmark's profile);
-            # the values read in one call (`_LOGGED_VALUES`) rather than a getattr each.
-            logged: dict[str, Any] = {
-                n: v for n, v in zip(_LOGGED, _LOGGED_VALUES(record), strict=True) if v is not None
-            }
+            # the values read in one call (`_LOGGED_VALUES`) rather than a getattr each, and the unset ones
+            # left out in C (a comprehension ran ~180 bytecodes a request over the 20 fields).
+            values = _LOGGED_VALUES(record)
+            present = map(operator.is_not, values, _NONES)
+            logged: dict[str, Any] = dict(itertools.compress(zip(_LOGGED, values, strict=True), present))
             info_fields(log, "request", logged)
             if services is not None and record.model is not None:
                 record_request_metrics(services.metrics, record)
@@ -119,6 +120,7 @@ class AccessLogMiddleware:
 
 _LOGGED = tuple(f.name for f in fields(AccessRecord) if f.name not in {"started", "metric_deployment"})
 _LOGGED_VALUES = operator.attrgetter(*_LOGGED)
+_NONES = (None,) * len(_LOGGED)
 
 
 def record_request_metrics(metrics: Metrics, record: AccessRecord) -> None:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 _LF = b"\n"
 _CR = b"\r"
+#: Where one whole one-line event ends and the next begins.
+_NEXT_EVENT = b"\n\ndata: "
 #: First bytes of a line of bare JSON (or its indentation); an SSE field name never starts so.
 _JSON_LINE_START = frozenset(b'{}[] \t"')
 #: The most non-SSE text kept for `flush()`; a body that is not SSE at all is not held whole.
@@ -63,16 +65,21 @@ class SSEDecoder:
             self._pieces, self._pieces_size = [], 0
         else:
             buf = self._buf + chunk if self._buf else chunk
-        # What arrives nearly every time: exactly one whole event of one data line, without CR.
-        whole = (
-            buf.startswith(b"data: ")
+        # What arrives nearly every time: whole events of one data line each, without CR: one event, or
+        # several when the upstream writes faster than the service reads (a fast model, a busy loop).
+        # Every LF then belongs to an event's end, and each event after the first follows `\n\ndata: `:
+        # the payloads are cut out in C rather than line by line (~15 bytecodes a line in `_line`).
+        if (
+            not self._data
+            and buf.startswith(b"data: ")
             and buf.endswith(b"\n\n")
-            and buf.count(_LF) == 2
-            and len(buf) <= MAX_EVENT_BYTES + 8  # `data: ` and `\n\n` around the payload
-        )
-        if whole and _CR not in buf and not self._data:
-            self._buf = b""
-            return [buf[6:-2]]
+            and len(buf) <= MAX_EVENT_BYTES + 8  # `data: ` and `\n\n` around a payload: none is too long
+            and _CR not in buf
+        ):
+            later = buf.count(_NEXT_EVENT)
+            if buf.count(_LF) == 2 * later + 2:
+                self._buf = b""
+                return [buf[6:-2]] if not later else buf[6:-2].split(_NEXT_EVENT)
         events: list[bytes] = []
         if _CR not in buf:
             # Fast path for the usual LF-only stream.
