@@ -14,7 +14,6 @@ from llm_service.core.llm.gemini_format import (
     decode_gemini_response,
     encode_gemini_request,
     stable_call_id,
-    tool_call_ids,
 )
 from llm_service.core.llm.models import (
     ChunkChoice,
@@ -37,7 +36,7 @@ from llm_service.core.llm.models import (
     Usage,
 )
 from llm_service.core.llm.tool_call_store import ProviderCallData
-from llm_service.core.llm.tool_ids import normalize_tool_call_id
+from llm_service.core.llm.tool_ids import normalize_tool_call_id, tool_call_ids
 
 VERTEX = ProviderID.VERTEX_AI
 MODEL = "gemini-2.5-flash"

@@ -218,15 +218,21 @@ def test_stream_usage_maps_from_usage_metadata(client: httpx.Client) -> None:
 # ------------------------------------------------------------------------------------- Gemini 3
 
 
-@pytest.fixture
-def gemini3() -> Iterator[FakeVertex]:
-    fake = FakeVertex(
+def new_gemini3() -> FakeVertex:
+    """A fake Vertex AI answering as Gemini 3 does: function calls with ids and thought signatures, which
+    it requires back on the next turn."""
+    return FakeVertex(
         access_token="gemini3-token",
         project=VERTEX_PROJECT,
         location=VERTEX_LOCATION,
         function_call_ids=True,
         require_thought_signatures=True,
     )
+
+
+@pytest.fixture
+def gemini3() -> Iterator[FakeVertex]:
+    fake = new_gemini3()
     with FakeUpstreamThread(fake):
         yield fake
 
@@ -239,23 +245,33 @@ def gemini3_service(upstreams, fake: FakeVertex) -> ServiceThread:
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_function_call_ids_and_thought_signatures_go_back_on_the_next_turn(upstreams, gemini3, stream) -> None:
     with gemini3_service(upstreams, gemini3) as service, httpx.Client(base_url=service.url, timeout=20) as http:
-        if stream:
-            with http.stream(
-                "POST",
-                "/v1/chat/completions",
-                json={"model": MODEL, "messages": [ASK], "tools": [WEATHER_TOOL], "stream": True},
-            ) as r:
-                events = read_events(r)
-            fragments = [f for e in events[:-1] if e["choices"] for f in e["choices"][0]["delta"].get("tool_calls", ())]
-            calls = [{"id": f["id"], "type": "function", "function": f["function"]} for f in fragments]
-        else:
-            calls = post(http, [ASK], tools=[WEATHER_TOOL]).json()["choices"][0]["message"]["tool_calls"]
-        issued = [p for p in gemini3_parts(gemini3, stream)]
+        calls = ask_for_tool_calls(http, stream=stream)
         second = post(http, [ASK, *tool_turns(calls)], tools=[WEATHER_TOOL])
 
     assert second.status_code == 200, second.text
+    assert_the_issued_calls_went_back(gemini3, calls, stream=stream)
+
+
+def ask_for_tool_calls(http: httpx.Client, *, stream: bool) -> list[dict[str, Any]]:
+    """The tool calls of the first turn, as the client echoes them on the next (plain or streamed)."""
+    if not stream:
+        response = post(http, [ASK], tools=[WEATHER_TOOL])
+        assert response.status_code == 200, response.text
+        calls: list[dict[str, Any]] = response.json()["choices"][0]["message"]["tool_calls"]
+        return calls
+    body = {"model": MODEL, "messages": [ASK], "tools": [WEATHER_TOOL], "stream": True}
+    with http.stream("POST", "/v1/chat/completions", json=body) as r:
+        events = read_events(r)
+    fragments = [f for e in events[:-1] if e["choices"] for f in e["choices"][0]["delta"].get("tool_calls", ())]
+    return [{"id": f["id"], "type": "function", "function": f["function"]} for f in fragments]
+
+
+def assert_the_issued_calls_went_back(fake: FakeVertex, calls: list[dict[str, Any]], *, stream: bool) -> None:
+    """The fake's last request carried each call it issued with its own id and thought signature, and
+    each result under that id; the client never saw either."""
+    issued = gemini3_parts(fake, stream)
     assert all("thoughtSignature" not in json.dumps(c) for c in calls)  # the client never carries them
-    model_parts, result_parts = model_and_result_contents(gemini3.requests[-1])
+    model_parts, result_parts = model_and_result_contents(fake.requests[-1])
     assert [(p["functionCall"]["id"], p["thoughtSignature"]) for p in model_parts] == [
         (p["functionCall"]["id"], p["thoughtSignature"]) for p in issued
     ]

@@ -104,6 +104,8 @@ def create_app(
             tracer = tracing.attempts if tracing is not None else None
             dispatcher = LLMDispatcher(active, clients, observer=metrics, clock=monotonic, sleep=sleep, tracer=tracer)
             metrics.watch(dispatcher)
+            if dispatcher.state_backend.replicated:  # a conversation may go on at another replica
+                clients.tool_calls.share(dispatcher.state_backend)
             dispatcher.start()
             stack.push_async_callback(dispatcher.aclose)
             sessions = StreamSessions.of(active.streaming, monotonic)

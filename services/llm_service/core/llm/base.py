@@ -56,6 +56,7 @@ from llm_service.core.llm.streaming import (
     Transcript,
 )
 from llm_service.core.llm.tool_call_store import ToolCallStore
+from llm_service.core.llm.tool_ids import tool_call_ids
 
 _CONTENT_FILTER_CODES = frozenset({"content_filter", "content_policy_violation"})
 #: What a body that parsed as JSON but has the wrong shape raises while being decoded.
@@ -223,6 +224,8 @@ class BaseLLMClient(ABC):
 
     async def generate(self, request: LLMRequest) -> LLMResponse:
         client = await self._initialize_client()
+        if self._tool_calls.shared is not None:
+            await self._tool_calls.fetch(tool_call_ids(request))  # calls another replica answered
         try:
             async with client.session.post(
                 self._request_url(client, request),
@@ -295,6 +298,8 @@ class BaseLLMClient(ABC):
 
     async def _stream(self, request: LLMRequest) -> AsyncIterator[LLMChunk]:
         client = await self._initialize_client()
+        if self._tool_calls.shared is not None:
+            await self._tool_calls.fetch(tool_call_ids(request))
         state = StreamState(request)
         resp: aiohttp.ClientResponse | None = None
         try:
@@ -327,12 +332,7 @@ class BaseLLMClient(ABC):
             state.done = True
         finally:
             if resp is not None:
-                # Not read to its end (error, disconnect, cancellation): drop the connection rather
-                # than return a half-read one to the pool.
-                if state.done:
-                    resp.release()
-                else:
-                    resp.close()
+                _let_go(resp, read_to_its_end=state.done)
 
     def _decode_event(self, event: bytes, state: StreamState) -> Sequence[LLMChunk]:
         try:
@@ -549,6 +549,15 @@ def _openai_code(code: str | None) -> str | None:
     code whichever provider had it: numbers (OpenRouter, vLLM), gRPC status names (Google) and CamelCase
     (Azure) say nothing an OpenAI client understands."""
     return code if code is not None and len(code) <= _MAX_PARAM and _OPENAI_CODE.fullmatch(code) else None
+
+
+def _let_go(resp: aiohttp.ClientResponse, *, read_to_its_end: bool) -> None:
+    """A stream's connection back to the pool; dropped rather than returned half-read when the stream was
+    not read to its end (error, disconnect, cancellation)."""
+    if read_to_its_end:
+        resp.release()
+    else:
+        resp.close()
 
 
 def _filtered_before_saying_anything(choice: Choice) -> bool:

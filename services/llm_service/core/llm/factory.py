@@ -173,6 +173,8 @@ class ClientRegistry(Mapping[ProviderID, BaseLLMClient]):
     (its own server, Azure resource or key), all built at start-up."""
 
     def __init__(self, ctx: _Context) -> None:
+        #: Every client's tool-call data (one store for the process), for the lifespan to share.
+        self.tool_calls = ctx.tool_calls
         self._clients = {provider: _create(provider, ctx) for provider in _CLIENT_CLASSES}
         self._own: dict[Deployment, BaseLLMClient] = {}
         for deployments in ctx.settings.aliases.values():

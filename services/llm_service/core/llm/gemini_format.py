@@ -136,11 +136,6 @@ _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 # ==================================================================================================
 
 
-def tool_call_ids(request: LLMRequest) -> list[str]:
-    """Ids of every assistant tool call in the conversation, to fetch their ProviderCallData first."""
-    return [call.id for m in request.messages if m.role is Role.ASSISTANT for call in m.tool_calls]
-
-
 def encode_gemini_request(request: LLMRequest, call_data: Mapping[str, ProviderCallData]) -> dict[str, Any]:
     """LLMRequest -> a generateContent body; InvalidRequestError names what cannot be translated."""
     conversation = _Conversation(call_data)

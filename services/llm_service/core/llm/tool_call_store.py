@@ -5,17 +5,24 @@ A provider's own tool-call id (the client sees a normalised one: `tool_ids.py`),
 call's `id`, so the clients store that data here under the client-visible id when they decode a
 response and look it up when they encode the follow-up request.
 
-This store lives in process memory: bounded, oldest evicted first, entries expire after a TTL, and
-everything is lost on restart (the follow-up turn is then sent without the data). A later issue
-moves it behind the shared state backend (Redis) so that replicas share it and it survives restarts.
+This store lives in process memory: bounded, oldest evicted first, entries expire after a TTL. Shared
+(`share()`: the dispatcher's state backend, when replicas share one, i.e. Redis), what is put here is
+also kept there for the same TTL, and a follow-up turn that reaches another replica (or this one after a
+restart) fetches the calls it does not know before it is encoded (`fetch()`: one lookup a call, only for
+calls not known here). Without sharing, or while the shared state is unreachable, a follow-up turn
+elsewhere is sent without the data (Gemini then gets its documented placeholder signature).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
+
+import orjson
 
 from llm_service.core.config.constants import ProviderID
 
@@ -29,15 +36,45 @@ class ProviderCallData:
     provider: ProviderID | None = None  # who issued the call: its own id goes back only to it
 
 
+class SharedValues(Protocol):
+    """Where every replica reads what one keeps: the dispatcher's state backend, whose store of values
+    with a TTL (named for stream checkpoints, its first use) is shared while its state is (not `local`)."""
+
+    @property
+    def local(self) -> bool: ...
+
+    def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None: ...
+
+    async def get_checkpoint(self, key: str) -> bytes | None: ...
+
+
+#: Where a call's data is kept in the shared values, by its client-visible id.
+_SHARED_KEY = "toolcall:"
+#: The most calls one request looks up in the shared values (its latest ones: Gemini checks the signatures
+#: of the current turn), so that a request made of invented ids costs a bounded number of lookups.
+MAX_FETCHED_CALLS = 128
+#: The length of a client-visible id (`tool_ids.normalize_tool_call_id`: `call_` and 24 base62
+#: characters); only such ids are looked up, since only they were ever kept.
+_OWN_ID_LENGTH = 29
+
+
 class ToolCallStore:
     """In-memory, bounded (max_entries, oldest evicted first), entries expire after ttl_seconds (injected clock).
 
-    Every entry lives for the same TTL and a `put` moves its key to the end, so insertion order is
-    expiry order: expired entries are always at the front and are purged from there in O(expired).
+    Entries put here live for the same TTL and a `put` moves its key to the end, so insertion order is
+    (nearly) expiry order: expired entries are purged from the front in O(expired). An entry fetched from
+    the shared store keeps only the rest of its TTL there, so it may expire before older ones: `get`
+    checks each entry's own expiry, and the purge reaches it in its turn (`max_entries` bounds them all).
+    `wall_clock` (epoch seconds) dates what is shared, since replicas share no monotonic clock.
     """
 
     def __init__(
-        self, *, ttl_seconds: float = 86400.0, max_entries: int = 100_000, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        ttl_seconds: float = 86400.0,
+        max_entries: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError("ttl_seconds must be positive")
@@ -46,20 +83,58 @@ class ToolCallStore:
         self._ttl = ttl_seconds
         self._max = max_entries
         self._clock = clock
+        self._wall_clock = wall_clock
         self._entries: OrderedDict[str, tuple[float, ProviderCallData]] = OrderedDict()
+        #: Where replicas share the data (`share()`); None: this process only.
+        self.shared: SharedValues | None = None
+
+    def share(self, shared: SharedValues) -> None:
+        """From now on also keep every call's data in `shared`, and let `fetch()` look there."""
+        self.shared = shared
 
     def put(self, call_id: str, data: ProviderCallData) -> None:
+        self._keep(call_id, data, self._ttl)
+        shared = self.shared
+        if shared is not None and not shared.local:
+            expires = self._wall_clock() + self._ttl
+            shared.put_checkpoint(_SHARED_KEY + call_id, _encoded(data, expires), self._ttl)
+
+    async def fetch(self, call_ids: Iterable[str]) -> None:
+        """Bring in what the shared store holds of the calls in `call_ids` this store does not know (a
+        conversation begun on another replica): the latest `MAX_FETCHED_CALLS` of them, in one round trip
+        (the backend pipelines the lookups). Nothing without sharing, or while it is unreachable; a lookup
+        that fails finds nothing (the call then goes without its data, as without sharing)."""
+        shared = self.shared
+        if shared is None or shared.local:
+            return
+        unknown = [c for c in dict.fromkeys(call_ids) if len(c) == _OWN_ID_LENGTH and self.get(c) is None]
+        missing = [c for c in unknown if c.startswith("call_") and c.isascii() and c[5:].isalnum()]
+        if not missing:
+            return
+        missing = missing[-MAX_FETCHED_CALLS:]
+        try:
+            found = await asyncio.gather(*(shared.get_checkpoint(_SHARED_KEY + call_id) for call_id in missing))
+        except Exception:  # the backend's own failure (it degrades itself); never the request's
+            return
+        now = self._wall_clock()
+        for call_id, raw in zip(missing, found, strict=True):
+            kept = _decoded(raw) if raw is not None else None
+            if kept is not None and kept[1] > now:
+                self._keep(call_id, kept[0], min(kept[1] - now, self._ttl))
+
+    def _keep(self, call_id: str, data: ProviderCallData, ttl: float) -> None:
         now = self._clock()
         self._purge(now)
-        self._entries[call_id] = (now + self._ttl, data)
+        self._entries[call_id] = (now + ttl, data)
         self._entries.move_to_end(call_id)
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
     def get(self, call_id: str) -> ProviderCallData | None:
-        self._purge(self._clock())
+        now = self._clock()
+        self._purge(now)
         entry = self._entries.get(call_id)
-        return None if entry is None else entry[1]
+        return None if entry is None or entry[0] <= now else entry[1]
 
     def __len__(self) -> int:
         self._purge(self._clock())
@@ -72,3 +147,28 @@ class ToolCallStore:
             if expires > now:
                 return
             entries.popitem(last=False)
+
+
+def _encoded(data: ProviderCallData, expires: float) -> bytes:
+    """A call's data for the shared store, with when it expires (epoch seconds)."""
+    provider = data.provider.value if data.provider is not None else None
+    fields = {"provider": provider, "id": data.provider_id, "signature": data.thought_signature, "expires": expires}
+    return orjson.dumps(fields)
+
+
+def _decoded(raw: bytes) -> tuple[ProviderCallData, float] | None:
+    """A call's data and expiry as `_encoded` wrote them; None for anything else (a key not ours, say)."""
+    try:
+        fields = orjson.loads(raw)
+        provider, expires = fields["provider"], fields["expires"]
+        data = ProviderCallData(
+            provider_id=fields["id"],
+            thought_signature=fields["signature"],
+            provider=ProviderID(provider) if provider is not None else None,
+        )
+    except (orjson.JSONDecodeError, TypeError, KeyError, ValueError):
+        return None
+    texts = (data.provider_id, data.thought_signature)
+    if not all(text is None or type(text) is str for text in texts) or type(expires) not in (int, float):
+        return None
+    return data, float(expires)

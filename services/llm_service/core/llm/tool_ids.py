@@ -25,7 +25,7 @@ import string
 from collections.abc import Callable
 
 from llm_service.core.config.constants import ProviderID, ToolCallIdFormat
-from llm_service.core.llm.models import LLMRequest, Message
+from llm_service.core.llm.models import LLMRequest, Message, Role
 from llm_service.core.llm.tool_call_store import ProviderCallData
 
 _BASE62 = string.digits + string.ascii_letters
@@ -79,6 +79,11 @@ def outbound_tool_call_id(call_id: str, provider: ProviderID, lookup: Lookup, id
     if known is not None and known.provider is provider and known.provider_id:
         return known.provider_id
     return alnum9(call_id) if id_format == "alnum9" else call_id
+
+
+def tool_call_ids(request: LLMRequest) -> list[str]:
+    """Ids of every assistant tool call in the conversation, to fetch their ProviderCallData first."""
+    return [call.id for m in request.messages if m.role is Role.ASSISTANT for call in m.tool_calls]
 
 
 def with_outbound_ids(request: LLMRequest, translate: Callable[[str], str]) -> LLMRequest:

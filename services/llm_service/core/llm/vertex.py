@@ -27,10 +27,10 @@ from llm_service.core.llm.gemini_format import (
     GeminiStreamTranslator,
     decode_gemini_response,
     encode_gemini_request,
-    tool_call_ids,
 )
 from llm_service.core.llm.models import LLMChunk, LLMRequest, LLMResponse, ProviderNotConfiguredError
 from llm_service.core.llm.tool_call_store import ProviderCallData
+from llm_service.core.llm.tool_ids import tool_call_ids
 
 _TRANSLATOR = "gemini"
 

@@ -54,6 +54,8 @@ Clock = Callable[[], float]
 
 
 class RedisState:
+    replicated = True
+
     def __init__(
         self,
         client: Redis,

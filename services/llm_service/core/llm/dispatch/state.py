@@ -85,6 +85,10 @@ class StreamLog(Protocol):
 class StateBackend(Protocol):
     """The dispatcher's shared state; see the module docstring."""
 
+    #: Whether other replicas read what this one keeps (Redis; not this process's memory): what a
+    #: conversation needs on its next turn (tool-call data) is then kept here too.
+    replicated: bool
+
     @property
     def local(self) -> bool:
         """Whether admission is decided by the limiters alone, now, without `acquire()`."""
@@ -180,6 +184,8 @@ class MemoryCheckpoints:
 
 class MemoryState:
     """Everything in this process: the default, and what one process needs."""
+
+    replicated = False
 
     def __init__(
         self, *, clock: Clock = time.monotonic, checkpoints: MemoryCheckpoints | None = None, replicas: int = 1
