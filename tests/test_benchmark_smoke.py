@@ -14,17 +14,18 @@ RUNS = ("json_c32", "json_c1", "stream_paced", "stream_burst", "slow")
 TARGETS = ("direct", "passthrough", "service")
 
 
-def test_benchmark_smoke_runs_every_target_and_writes_the_report(tmp_path: Path) -> None:
-    report, raw = tmp_path / "performance.md", tmp_path / "results.json"
+def run_ok(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    """Python with `args` in the repository, which must exit 0 within `timeout` seconds."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--smoke", "--output", str(report), "--json", str(raw)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+        [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False
     )
     assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def test_benchmark_smoke_runs_every_target_and_writes_the_report(tmp_path: Path) -> None:
+    report, raw = tmp_path / "performance.md", tmp_path / "results.json"
+    done = run_ok([str(ROOT / "benchmarks" / "run.py"), "--smoke", "--output", str(report), "--json", str(raw)], 300)
 
     results = json.loads(raw.read_text())["results"]
     for run in RUNS:
@@ -50,15 +51,7 @@ def test_benchmark_smoke_runs_every_target_and_writes_the_report(tmp_path: Path)
 def test_the_in_process_bytecode_count_runs_both_apps_and_names_the_services_functions() -> None:
     """`python -m benchmarks.inproc --bytecodes`: both apps answer, each gets a count, and the service's
     busiest functions are listed (its own among them). No figure is checked but that it is there."""
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.inproc", "--bytecodes", "--requests", "40", "--top", "60"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = run_ok(["-m", "benchmarks.inproc", "--bytecodes", "--requests", "40", "--top", "60"], 120)
     lines = done.stdout.splitlines()
     counts = {line.split(":")[0]: line for line in lines if " bytecodes per request" in line}
     assert set(counts) == {"passthrough", "service"}, done.stdout
