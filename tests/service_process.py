@@ -6,6 +6,7 @@ Linux only: the views read `/proc`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -39,7 +40,7 @@ class ServiceProcess:
     """`llm-service serve` on a free loopback port with the profile `profile` (written as YAML) and the
     environment `env` (credentials); its stderr (JSON log lines) goes to `directory/service.log`."""
 
-    def __init__(self, directory: Path, profile: dict[str, Any], env: dict[str, str]) -> None:
+    def __init__(self, directory: Path, profile: dict[str, Any], env: dict[str, str], *, workers: int = 1) -> None:
         config = directory / "config"
         config.mkdir(parents=True, exist_ok=True)
         (config / "soak.yaml").write_text(yaml.safe_dump(profile), encoding="utf-8")
@@ -49,6 +50,7 @@ class ServiceProcess:
         own = {k: v for k, v in os.environ.items() if not k.startswith(SERVICE_ENV_PREFIXES)}
         self._env = own | env | {"LLM_CONFIG_DIR": str(config), "LLM_CONFIG_PROFILE": "soak", "LLM_DEMO_MODE": "off"}
         self._cwd = directory
+        self._workers = workers
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -59,7 +61,10 @@ class ServiceProcess:
     def start(self, timeout: float = 30.0) -> ServiceProcess:
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "llm_service", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [
+                    *(sys.executable, "-m", "llm_service", "serve", "--host", "127.0.0.1", "--port", str(self.port)),
+                    *(("--workers", str(self._workers)) if self._workers != 1 else ()),
+                ],
                 cwd=self._cwd,
                 env=self._env,
                 stdout=subprocess.DEVNULL,
@@ -83,6 +88,15 @@ class ServiceProcess:
             return False
 
     # ------------------------------------------------------------------ what is seen from outside
+
+    def children(self) -> list[int]:
+        """The process ids of its workers (with `workers` > 1: spawned processes; not multiprocessing's
+        resource tracker, its other child)."""
+        found: list[int] = []
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            with contextlib.suppress(OSError):
+                found += [int(pid) for pid in Path(f"/proc/{self.pid}/task/{task}/children").read_text().split()]
+        return [pid for pid in found if b"spawn_main" in _cmdline(pid)]
 
     def log_lines(self) -> list[str]:
         return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
@@ -129,3 +143,10 @@ class ServiceProcess:
                 if fields[9] in inodes and fields[3] != _LISTEN and remote_port in ports:
                     count += 1
         return count
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # ended meanwhile
+        return b""

@@ -1,4 +1,5 @@
-"""`llm-service serve --host H --port P` (also `python -m llm_service serve`), and `llm-service config`:
+"""`llm-service serve --host H --port P [--workers N]` (also `python -m llm_service serve`), and
+`llm-service config`:
 
 - `config check [--profile P] [--strict]` prints every configuration problem, one per line naming its
   culprit (env var, or profile file:line:column and YAML path); exit 1 on an error (with `--strict`,
@@ -13,22 +14,30 @@
 stderr, no traceback); warnings are logged and it starts. With no API key configured it serves only on
 a loopback interface (else exit 2) unless `LLM_ALLOW_UNAUTHENTICATED=true`, and warns that anyone who
 reaches it is let in. The first SIGTERM (or Ctrl+C) drains (api/drain.py) before uvicorn shuts down; a
-second one shuts down at once.
+second one shuts down at once. With `--workers N`, N spawned processes serve the one socket, each a
+replica of its own (`_serve_workers`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import ipaddress
 import json
 import logging
+import multiprocessing
+import multiprocessing.connection
+import multiprocessing.process
+import os
 import secrets
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 import yaml
@@ -36,6 +45,7 @@ from typing_extensions import override
 
 from llm_service.api.drain import CUT_GRACE_SECONDS, Drain
 from llm_service.core.config.auth import KEY_PREFIX, AuthSettings, hash_api_key
+from llm_service.core.config.settings import Settings
 from llm_service.core.config.validation import ConfigReport, check_configuration, effective_configuration
 from llm_service.logs import configure_logging
 from llm_service.main import create_app
@@ -58,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the HTTP service")
     serve.add_argument("--host", default=None, help="interface (default: LLM_HOST or 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default: LLM_PORT or 8000)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes serving the one port, each a replica of its own (default 1; see docs/deployment.md)",
+    )
     config = commands.add_parser("config", help="check or show the configuration (env + profile)")
     actions = config.add_subparsers(dest="config_command", required=True)
     check = actions.add_parser("check", help="print every configuration problem; exit 1 on an error")
@@ -92,8 +108,25 @@ def _serve(args: argparse.Namespace) -> int:
         log.warning("configuration warning", extra={"fields": {"where": problem.where, "problem": problem.message}})
     host = args.host or settings.server.host
     port = args.port if args.port is not None else settings.server.port
+    if args.workers < 1:
+        print("llm-service: --workers must be at least 1", file=sys.stderr)
+        return 2
     if not _authentication_allows(settings.auth, host):
         return 2
+    if args.workers > 1:
+        return _serve_workers(settings, host, port, args.workers)
+    return _run(settings, host, port)
+
+
+def _run(
+    settings: Settings,
+    host: str,
+    port: int,
+    sockets: list[socket.socket] | None = None,
+    on_started: Callable[[], object] | None = None,
+) -> int:
+    """The service in this process until it is told to stop (on `sockets` if given, else it binds);
+    `on_started` once it serves."""
     app = create_app(settings, own_process=True)
     config = uvicorn.Config(
         app,
@@ -105,9 +138,133 @@ def _serve(args: argparse.Namespace) -> int:
         # The drain has ended what was in flight by the time uvicorn shuts down: this is for stragglers.
         timeout_graceful_shutdown=int(CUT_GRACE_SECONDS),
     )
-    server = DrainingServer(config, app.state.drain)
-    server.run()
+    server = DrainingServer(config, app.state.drain, on_started=on_started)
+    server.run(sockets=sockets)
     return 0 if server.started else 3  # 3: uvicorn's code for a failed start (e.g. the port is taken)
+
+
+def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
+    """`workers` processes serving one listening socket (the kernel spreads connections among them), each
+    a whole service that counts as a replica (`LLM_REPLICAS` times `workers`, so that limits kept in each
+    process add up to the configured ones). SIGTERM and SIGINT go to every worker, which drains as one
+    process does. A worker that dies once it served is started again; one that dies before (it would
+    only fail again: a port, a credential file) stops the others, and `serve` exits with its code."""
+    if settings.scale_out.redis_url is None:
+        log.warning(
+            "several workers without REDIS_URL: each admits its share of every limit, and keeps its own "
+            "breakers, resumable streams and tool-call data (a resumption or a conversation's next turn may "
+            "reach another worker); set REDIS_URL to share them",
+            extra={"fields": {"workers": workers}},
+        )
+    bind = uvicorn.Config(_no_app, host=host, port=port, backlog=settings.server.backlog, log_config=None)
+    listening = bind.bind_socket()
+    spawn = multiprocessing.get_context("spawn")
+
+    def new_worker() -> tuple[multiprocessing.process.BaseProcess, _Started]:
+        started = spawn.Event()
+        return spawn.Process(target=_worker, args=(host, port, workers, listening, started)), started
+
+    pool = _Workers(new_worker)
+    signal.signal(signal.SIGTERM, pool.stop)
+    signal.signal(signal.SIGINT, pool.stop)
+    try:
+        code = pool.run(workers)
+    finally:
+        listening.close()
+    if code == 0 and pool.stopped_by is not None:
+        # Ended by a signal, as one process ends (uvicorn raises it again once shut down): so that a
+        # supervisor sees the stop it asked for.
+        signal.signal(pool.stopped_by, signal.SIG_DFL)
+        os.kill(os.getpid(), pool.stopped_by)
+    return code
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """The app of the configuration that only binds the workers' socket; never called."""
+
+
+class _Started(Protocol):
+    """A worker's flag, set once it serves (a `multiprocessing.Event`)."""
+
+    def set(self) -> None: ...
+
+    def is_set(self) -> bool: ...
+
+
+def _worker(host: str, port: int, workers: int, listening: socket.socket, started: _Started) -> None:
+    """One worker (a spawned process): the settings read again from the same environment, as a replica."""
+    os.setpgrp()  # a terminal's Ctrl+C reaches the parent alone, which stops every worker once
+    settings = check_configuration().settings
+    if settings is None:  # the parent checked the same environment: only a change since then gets here
+        sys.exit(2)
+    configure_logging(settings.log_level, settings.telemetry.log_format)
+    scale_out = settings.scale_out.model_copy(update={"replicas": settings.scale_out.replicas * workers})
+    try:
+        code = _run(settings.model_copy(update={"scale_out": scale_out}), host, port, [listening], started.set)
+    except KeyboardInterrupt:
+        # uvicorn raises the SIGINT it stopped on again once shut down, which asyncio makes this: end by
+        # the signal instead, quietly (no traceback from the process's bootstrap), as the parent expects.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        code = 1  # not reached
+    sys.exit(code)
+
+
+class _Workers:
+    """The worker processes: started, started again when one dies, stopped on a signal."""
+
+    def __init__(self, new: Callable[[], tuple[multiprocessing.process.BaseProcess, _Started]]) -> None:
+        self._new = new
+        self._running: dict[multiprocessing.process.BaseProcess, _Started] = {}
+        self._stopping = False
+        #: The first signal that stopped the workers, if one did.
+        self.stopped_by: int | None = None
+
+    def run(self, workers: int) -> int:
+        for _ in range(workers):
+            self._start()
+        code = 0
+        while self._running:
+            ended = multiprocessing.connection.wait([p.sentinel for p in self._running], timeout=1.0)
+            for process in [p for p in self._running if p.sentinel in ended]:
+                started = self._running.pop(process)
+                process.join()
+                exitcode = process.exitcode if process.exitcode is not None else 1
+                if self._stopping:
+                    # A worker ends by the signal it was sent (raised again once it shut down): a clean stop.
+                    code = code or (0 if self.stopped_by is not None and exitcode == -self.stopped_by else exitcode)
+                    continue
+                served = started.is_set()
+                log.error(
+                    "worker ended", extra={"fields": {"pid": process.pid, "exit_code": exitcode, "served": served}}
+                )
+                if served:
+                    self._start()
+                else:
+                    code = exitcode or 1
+                    self._signal_all(signal.SIGTERM)  # it would fail again: stop the rest
+        return code
+
+    def stop(self, sig: int, frame: FrameType | None) -> None:
+        """The handler of SIGTERM and SIGINT: the signal for every worker (a second one too: each then
+        shuts down at once)."""
+        if self.stopped_by is None:
+            self.stopped_by = sig
+        self._signal_all(sig)
+
+    def _signal_all(self, sig: int) -> None:
+        self._stopping = True
+        for process in self._running:
+            if process.pid is not None and process.exitcode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(process.pid, sig)
+
+    def _start(self) -> None:
+        process, started = self._new()
+        process.start()
+        self._running[process] = started
+        if self.stopped_by is not None and process.pid is not None:  # the signal came while it started
+            os.kill(process.pid, self.stopped_by)
 
 
 def _authentication_allows(auth: AuthSettings, host: str) -> bool:
@@ -143,9 +300,10 @@ class DrainingServer(uvicorn.Server):
     what is in flight finishes or is ended at the deadline) before uvicorn's own shutdown and the
     lifespan's; a second signal goes to uvicorn (shut down now; a third Ctrl+C: exit at once)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, *, on_started: Callable[[], object] | None = None) -> None:
         super().__init__(config)
         self.drain = drain
+        self._on_started = on_started
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining: asyncio.Task[None] | None = None
         self._drain_requested = False
@@ -154,6 +312,8 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started and self._on_started is not None:
+            self._on_started()
 
     @override
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
