@@ -285,6 +285,14 @@ def _machine(info: dict[str, Any]) -> list[str]:
         f"  work (load average {', '.join(str(x) for x in info['load_average'])} at the start).",
         f"- Python {info['python']}; {versions}.",
         f"- Commit {info['commit']}; {info['date']}; the run took {info.get('duration_s', 0) / 60:.1f} minutes.",
+        *(
+            [
+                f"- The service ran {info['service_workers']} worker processes (`serve --workers`): its figures "
+                "are theirs together."
+            ]
+            if info.get("service_workers", 1) > 1
+            else []
+        ),
     ]
 
 

@@ -219,7 +219,7 @@ def _profile_yaml(models: list[str], upstream: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def servers(workdir: Path, sizes: Sizes) -> dict[str, Server]:
+def servers(workdir: Path, sizes: Sizes, service_workers: int = 1) -> dict[str, Server]:
     python = sys.executable
     up = Server("upstream", [], free_port(), "/health", workdir / "upstream.log")
     up.argv = [python, "-m", "benchmarks.upstream", "--port", str(up.port)]
@@ -236,6 +236,8 @@ def servers(workdir: Path, sizes: Sizes) -> dict[str, Server]:
     )
     service = Server("service", [], free_port(), "/health/ready", workdir / "service.log", workdir, service_env)
     service.argv = [python, "-m", "llm_service", "serve", "--host", "127.0.0.1", "--port", str(service.port)]
+    if service_workers > 1:  # its CPU and memory are read over its process tree: every worker counts
+        service.argv += ["--workers", str(service_workers)]
     return {"upstream": up, PASSTHROUGH: through, SERVICE: service}
 
 
@@ -536,6 +538,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="rounds of the CPU runs (default 3)")
     parser.add_argument("--profile", action="store_true", help="also profile the service with py-spy (build/bench/)")
     parser.add_argument(
+        "--service-workers", type=int, default=1, help="the service's worker processes (serve --workers; default 1)"
+    )
+    parser.add_argument(
         "--only",
         help=f"a quick look while working: only these runs (comma-separated, of {', '.join(RUNS)}), the gateway "
         "CPU per request or chunk printed, no report written",
@@ -554,8 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="llm-bench-") as tmp:
         workdir = Path(tmp)
-        bench = Bench(sizes, servers(workdir, sizes), workdir, only)
+        bench = Bench(sizes, servers(workdir, sizes, args.service_workers), workdir, only)
         info = machine()
+        info["service_workers"] = args.service_workers
         with running(bench.servers):
             _say(
                 f"servers up: upstream {bench.servers['upstream'].base}, passthrough "
