@@ -35,6 +35,7 @@ import secrets
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, Protocol
@@ -124,9 +125,11 @@ def _run(
     port: int,
     sockets: list[socket.socket] | None = None,
     on_started: Callable[[], object] | None = None,
+    *,
+    parent_sentinel: int | None = None,
 ) -> int:
     """The service in this process until it is told to stop (on `sockets` if given, else it binds);
-    `on_started` once it serves."""
+    `on_started` once it serves; stopped as by SIGTERM when `parent_sentinel` (a worker's parent) ends."""
     app = create_app(settings, own_process=True)
     config = uvicorn.Config(
         app,
@@ -138,17 +141,19 @@ def _run(
         # The drain has ended what was in flight by the time uvicorn shuts down: this is for stragglers.
         timeout_graceful_shutdown=int(CUT_GRACE_SECONDS),
     )
-    server = DrainingServer(config, app.state.drain, on_started=on_started)
+    server = DrainingServer(config, app.state.drain, on_started=on_started, parent_sentinel=parent_sentinel)
     server.run(sockets=sockets)
     return 0 if server.started else 3  # 3: uvicorn's code for a failed start (e.g. the port is taken)
 
 
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
-    """`workers` processes serving one listening socket (the kernel spreads connections among them), each
-    a whole service that counts as a replica (`LLM_REPLICAS` times `workers`, so that limits kept in each
-    process add up to the configured ones). SIGTERM and SIGINT go to every worker, which drains as one
-    process does. A worker that dies once it served is started again; one that dies before (it would
-    only fail again: a port, a credential file) stops the others, and `serve` exits with its code."""
+    """`workers` processes serving one listening socket (the kernel hands each connection to one of them),
+    each a whole service that counts as a replica (`LLM_REPLICAS` times `workers`, so that limits kept in
+    each process add up to the configured ones), on the settings checked here. SIGTERM and SIGINT go to
+    every worker, which drains as one process does (a SIGTERM it also got straight, from systemd say, is
+    the same stop); the port stops taking connections at once. A worker that dies once the service served
+    is started again; one that dies before (it would only fail again: a port, a credential file) stops the
+    others, and `serve` exits with its code. A worker whose parent is gone drains and ends."""
     if settings.scale_out.redis_url is None:
         log.warning(
             "several workers without REDIS_URL: each admits its share of every limit, and keeps its own "
@@ -156,19 +161,24 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> in
             "reach another worker); set REDIS_URL to share them",
             extra={"fields": {"workers": workers}},
         )
+    scale_out = settings.scale_out.model_copy(update={"replicas": settings.scale_out.replicas * workers})
+    replica = settings.model_copy(update={"scale_out": scale_out})
     bind = uvicorn.Config(_no_app, host=host, port=port, backlog=settings.server.backlog, log_config=None)
     listening = bind.bind_socket()
     spawn = multiprocessing.get_context("spawn")
 
     def new_worker() -> tuple[multiprocessing.process.BaseProcess, _Started]:
         started = spawn.Event()
-        return spawn.Process(target=_worker, args=(host, port, workers, listening, started)), started
+        return spawn.Process(target=_worker, args=(replica, host, port, listening, started)), started
 
-    pool = _Workers(new_worker)
+    pool = _Workers(new_worker, on_stop=listening.close)
     signal.signal(signal.SIGTERM, pool.stop)
     signal.signal(signal.SIGINT, pool.stop)
     try:
         code = pool.run(workers)
+    except BaseException:
+        pool.kill_all()  # no worker outlives a parent that failed
+        raise
     finally:
         listening.close()
     if code == 0 and pool.stopped_by is not None:
@@ -191,16 +201,15 @@ class _Started(Protocol):
     def is_set(self) -> bool: ...
 
 
-def _worker(host: str, port: int, workers: int, listening: socket.socket, started: _Started) -> None:
-    """One worker (a spawned process): the settings read again from the same environment, as a replica."""
+def _worker(settings: Settings, host: str, port: int, listening: socket.socket, started: _Started) -> None:
+    """One worker (a spawned process), on the settings its parent checked (a worker started again hours
+    later serves as the others do, whatever became of the profile file since)."""
     os.setpgrp()  # a terminal's Ctrl+C reaches the parent alone, which stops every worker once
-    settings = check_configuration().settings
-    if settings is None:  # the parent checked the same environment: only a change since then gets here
-        sys.exit(2)
     configure_logging(settings.log_level, settings.telemetry.log_format)
-    scale_out = settings.scale_out.model_copy(update={"replicas": settings.scale_out.replicas * workers})
+    parent = multiprocessing.parent_process()
+    watch = parent.sentinel if parent is not None else None
     try:
-        code = _run(settings.model_copy(update={"scale_out": scale_out}), host, port, [listening], started.set)
+        code = _run(settings, host, port, [listening], started.set, parent_sentinel=watch)
     except KeyboardInterrupt:
         # uvicorn raises the SIGINT it stopped on again once shut down, which asyncio makes this: end by
         # the signal instead, quietly (no traceback from the process's bootstrap), as the parent expects.
@@ -210,13 +219,25 @@ def _worker(host: str, port: int, workers: int, listening: socket.socket, starte
     sys.exit(code)
 
 
+#: Signals a worker ends by when it was told to stop: a clean end.
+_STOPS = (signal.SIGTERM, signal.SIGINT)
+#: The pause before starting again a worker that died before it served, once the service has served.
+_RESTART_PAUSE_SECONDS = 1.0
+#: How long workers have to end after a failure of `serve` itself before they are killed.
+_KILL_AFTER_SECONDS = 10.0
+
+
 class _Workers:
     """The worker processes: started, started again when one dies, stopped on a signal."""
 
-    def __init__(self, new: Callable[[], tuple[multiprocessing.process.BaseProcess, _Started]]) -> None:
+    def __init__(
+        self, new: Callable[[], tuple[multiprocessing.process.BaseProcess, _Started]], on_stop: Callable[[], None]
+    ) -> None:
         self._new = new
+        self._on_stop = on_stop
         self._running: dict[multiprocessing.process.BaseProcess, _Started] = {}
         self._stopping = False
+        self._served = False  # a worker of this service has served
         #: The first signal that stopped the workers, if one did.
         self.stopped_by: int | None = None
 
@@ -226,13 +247,13 @@ class _Workers:
         code = 0
         while self._running:
             ended = multiprocessing.connection.wait([p.sentinel for p in self._running], timeout=1.0)
+            self._served = self._served or any(started.is_set() for started in self._running.values())
             for process in [p for p in self._running if p.sentinel in ended]:
                 started = self._running.pop(process)
                 process.join()
                 exitcode = process.exitcode if process.exitcode is not None else 1
                 if self._stopping:
-                    # A worker ends by the signal it was sent (raised again once it shut down): a clean stop.
-                    code = code or (0 if self.stopped_by is not None and exitcode == -self.stopped_by else exitcode)
+                    code = code or (0 if -exitcode in _STOPS else _exit_status(exitcode))
                     continue
                 served = started.is_set()
                 log.error(
@@ -240,8 +261,11 @@ class _Workers:
                 )
                 if served:
                     self._start()
+                elif self._served:  # the service works: a passing failure (memory, say); try again soon
+                    time.sleep(_RESTART_PAUSE_SECONDS)
+                    self._start()
                 else:
-                    code = exitcode or 1
+                    code = _exit_status(exitcode) or 1
                     self._signal_all(signal.SIGTERM)  # it would fail again: stop the rest
         return code
 
@@ -252,19 +276,38 @@ class _Workers:
             self.stopped_by = sig
         self._signal_all(sig)
 
+    def kill_all(self) -> None:
+        """Stop every worker, and kill those still running after `_KILL_AFTER_SECONDS`."""
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + _KILL_AFTER_SECONDS
+        for process in list(self._running):
+            process.join(max(deadline - time.monotonic(), 0))
+            if process.exitcode is None:
+                process.kill()
+                process.join()
+
     def _signal_all(self, sig: int) -> None:
-        self._stopping = True
+        if not self._stopping:
+            self._stopping = True
+            self._on_stop()  # the port refuses new connections from now on (the workers close theirs)
         for process in self._running:
             if process.pid is not None and process.exitcode is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(process.pid, sig)
 
     def _start(self) -> None:
+        if self._stopping:
+            return
         process, started = self._new()
         process.start()
         self._running[process] = started
-        if self.stopped_by is not None and process.pid is not None:  # the signal came while it started
-            os.kill(process.pid, self.stopped_by)
+        if self._stopping and process.pid is not None:  # the signal came while it started
+            os.kill(process.pid, self.stopped_by or signal.SIGTERM)
+
+
+def _exit_status(exitcode: int) -> int:
+    """A process's exit code as a shell reports it (a signal n: 128 + n)."""
+    return 128 - exitcode if exitcode < 0 else exitcode
 
 
 def _authentication_allows(auth: AuthSettings, host: str) -> bool:
@@ -295,15 +338,29 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve to anything
 
 
+#: A SIGTERM this soon after the one that began a drain is the same stop, not a second one (which would
+#: end the drain at once).
+_SAME_STOP_SECONDS = 2.0
+
+
 class DrainingServer(uvicorn.Server):
     """uvicorn, but the first SIGTERM or SIGINT drains (`Drain.run`: no new connections, readiness 503,
     what is in flight finishes or is ended at the deadline) before uvicorn's own shutdown and the
     lifespan's; a second signal goes to uvicorn (shut down now; a third Ctrl+C: exit at once)."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain, *, on_started: Callable[[], object] | None = None) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        drain: Drain,
+        *,
+        on_started: Callable[[], object] | None = None,
+        parent_sentinel: int | None = None,
+    ) -> None:
         super().__init__(config)
         self.drain = drain
         self._on_started = on_started
+        self._parent_sentinel = parent_sentinel
+        self._drain_signal: tuple[int, float] | None = None  # the signal that began the drain, and when
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining: asyncio.Task[None] | None = None
         self._drain_requested = False
@@ -312,16 +369,29 @@ class DrainingServer(uvicorn.Server):
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().startup(sockets)
+        if self.started and self._parent_sentinel is not None:
+            # A worker whose `serve` is gone (killed, say) must not go on serving with nobody in charge.
+            self._loop.add_reader(self._parent_sentinel, self._parent_gone)
         if self.started and self._on_started is not None:
             self._on_started()
+
+    def _parent_gone(self) -> None:
+        assert self._loop is not None and self._parent_sentinel is not None
+        self._loop.remove_reader(self._parent_sentinel)
+        log.warning("the parent process is gone: draining")
+        self.handle_exit(signal.SIGTERM, None)
 
     @override
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         loop = self._loop
+        first = self._drain_signal
+        if first is not None and sig == signal.SIGTERM == first[0] and time.monotonic() - first[1] < _SAME_STOP_SECONDS:
+            return  # the same stop told twice (systemd signals every process of a unit, and `serve` too)
         if self._drain_requested or loop is None or not self.started or self.should_exit:
             super().handle_exit(sig, frame)
             return
         self._drain_requested = True
+        self._drain_signal = (sig, time.monotonic())
         self._captured_signals.append(sig)  # re-raised after the shutdown, as uvicorn does
         loop.call_soon_threadsafe(self._start_drain)  # a signal handler runs between any two bytecodes
 

@@ -11,6 +11,7 @@ import asyncio
 import gc
 import inspect
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -131,6 +132,8 @@ def create_app(
                         "demo": demo,
                         "providers": [p.value for p in active.configured_providers()],
                         "aliases": sorted(active.aliases),
+                        "pid": os.getpid(),
+                        "replicas": active.scale_out.replicas,
                     }
                 },
             )
