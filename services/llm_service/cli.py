@@ -346,7 +346,8 @@ _SAME_STOP_SECONDS = 2.0
 class DrainingServer(uvicorn.Server):
     """uvicorn, but the first SIGTERM or SIGINT drains (`Drain.run`: no new connections, readiness 503,
     what is in flight finishes or is ended at the deadline) before uvicorn's own shutdown and the
-    lifespan's; a second signal goes to uvicorn (shut down now; a third Ctrl+C: exit at once)."""
+    lifespan's; a second signal goes to uvicorn (shut down now; a third Ctrl+C: exit at once), except a
+    SIGTERM within `_SAME_STOP_SECONDS` of the first: the same stop told twice."""
 
     def __init__(
         self,
