@@ -20,8 +20,9 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import KEYS, QUESTION
+from conftest import KEYS, QUESTION, fake_settings
 from harness import wait_until
+from llm_service.cli import limits_below
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
 from service_process import ServiceProcess
@@ -189,3 +190,17 @@ def _stream(url: str, first_event: threading.Event) -> list[Any]:
                 events.append(payload if payload == "[DONE]" else json.loads(payload))
                 first_event.set()
     return events
+
+
+def test_limits_smaller_than_the_replicas_are_named(upstreams: dict[ProviderID, Any]) -> None:
+    """`serve --workers` warns of them: each process's share of such a limit is still 1."""
+    deployment = {"provider": "openai", "model": "gpt-4o-mini"}
+    aliases = {"small": [{**deployment, "rpm": 3, "max_concurrency": 8}], "big": [{**deployment, "rpm": 600}]}
+    settings = fake_settings(upstreams, aliases=aliases)
+
+    assert limits_below(settings, 4) == ["small: openai/gpt-4o-mini rpm=3"]
+    assert limits_below(settings, 10) == [
+        "small: openai/gpt-4o-mini rpm=3",
+        "small: openai/gpt-4o-mini max_concurrency=8",
+    ]
+    assert limits_below(settings, 2) == []

@@ -163,6 +163,12 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> in
         )
     scale_out = settings.scale_out.model_copy(update={"replicas": settings.scale_out.replicas * workers})
     replica = settings.model_copy(update={"scale_out": scale_out})
+    small = limits_below(settings, scale_out.replicas)
+    if small:
+        log.warning(
+            "limits below the number of replicas: each process still admits one, so together they admit more",
+            extra={"fields": {"replicas": scale_out.replicas, "limits": small}},
+        )
     bind = uvicorn.Config(_no_app, host=host, port=port, backlog=settings.server.backlog, log_config=None)
     listening = bind.bind_socket()
     spawn = multiprocessing.get_context("spawn")
@@ -187,6 +193,18 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> in
         signal.signal(pool.stopped_by, signal.SIG_DFL)
         os.kill(os.getpid(), pool.stopped_by)
     return code
+
+
+def limits_below(settings: Settings, replicas: int) -> list[str]:
+    """The deployment limits smaller than `replicas` (`alias: deployment limit=value`): each replica's share
+    of such a limit is still 1 (`Limits.share`), so that the replicas together admit more than it."""
+    return [
+        f"{alias}: {deployment.label} {name}={value}"
+        for alias, deployments in settings.aliases.items()
+        for deployment in deployments
+        for name in ("rpm", "tpm", "max_concurrency")
+        if (value := getattr(deployment, name)) is not None and value < replicas
+    ]
 
 
 async def _no_app(scope: Any, receive: Any, send: Any) -> None:
