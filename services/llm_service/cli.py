@@ -239,8 +239,11 @@ def _worker(settings: Settings, host: str, port: int, listening: socket.socket, 
 
 #: Signals a worker ends by when it was told to stop: a clean end.
 _STOPS = (signal.SIGTERM, signal.SIGINT)
-#: The pause before starting again a worker that died before it served, once the service has served.
+#: The pause before starting again a worker that died before it served, once the service has served;
+#: doubled at each such death in a row, up to `_RESTARTS_BEFORE_SERVING` of them, when `serve` gives up
+#: (Redis down at every start, say: a supervisor must learn of it rather than clients wait on a port).
 _RESTART_PAUSE_SECONDS = 1.0
+_RESTARTS_BEFORE_SERVING = 5
 #: How long workers have to end after a failure of `serve` itself before they are killed.
 _KILL_AFTER_SECONDS = 10.0
 
@@ -256,6 +259,7 @@ class _Workers:
         self._running: dict[multiprocessing.process.BaseProcess, _Started] = {}
         self._stopping = False
         self._served = False  # a worker of this service has served
+        self._failed_in_a_row = 0  # workers that died before serving since one last served
         #: The first signal that stopped the workers, if one did.
         self.stopped_by: int | None = None
 
@@ -277,10 +281,12 @@ class _Workers:
                 log.error(
                     "worker ended", extra={"fields": {"pid": process.pid, "exit_code": exitcode, "served": served}}
                 )
+                self._failed_in_a_row = 0 if served else self._failed_in_a_row + 1
                 if served:
                     self._start()
-                elif self._served:  # the service works: a passing failure (memory, say); try again soon
-                    time.sleep(_RESTART_PAUSE_SECONDS)
+                elif self._served and self._failed_in_a_row <= _RESTARTS_BEFORE_SERVING:
+                    # The service works: a passing failure (memory, say); try again, later each time.
+                    time.sleep(_RESTART_PAUSE_SECONDS * 2 ** (self._failed_in_a_row - 1))
                     self._start()
                 else:
                     code = _exit_status(exitcode) or 1
@@ -308,10 +314,12 @@ class _Workers:
         if not self._stopping:
             self._stopping = True
             self._on_stop()  # the port refuses new connections from now on (the workers close theirs)
-        for process in self._running:
+        for process, started in self._running.items():
             if process.pid is not None and process.exitcode is None:
+                # A worker still starting has no handler of its own yet: SIGTERM ends it quietly, where
+                # SIGINT would be a KeyboardInterrupt with its traceback.
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(process.pid, sig)
+                    os.kill(process.pid, sig if started.is_set() else signal.SIGTERM)
 
     def _start(self) -> None:
         if self._stopping:
