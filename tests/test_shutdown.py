@@ -170,3 +170,17 @@ def test_a_drain_with_nothing_in_flight_ends_at_once() -> None:
     took, calls = asyncio.run(scenario())
     assert calls == ["stopped"]
     assert took < 1
+
+
+def test_ctrl_c_drains_and_ends_by_the_signal_without_a_traceback(served: ServiceProcess) -> None:
+    """SIGINT (Ctrl+C) drains as SIGTERM does; uvicorn then raises it again, and the service ends by it
+    quietly rather than print asyncio's KeyboardInterrupt."""
+    assert httpx.get(f"{served.url}/health/live", timeout=5).status_code == 200
+
+    os.kill(served.pid, signal.SIGINT)
+
+    assert wait_until(lambda: _exited(served), timeout=DRAIN_SECONDS + 10)
+    assert served._process is not None and served._process.returncode == -signal.SIGINT
+    lines = served.log_lines()
+    assert any('"drained"' in line for line in lines)
+    assert not [line for line in lines if "Traceback" in line or "KeyboardInterrupt" in line]

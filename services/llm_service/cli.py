@@ -142,7 +142,14 @@ def _run(
         timeout_graceful_shutdown=int(CUT_GRACE_SECONDS),
     )
     server = DrainingServer(config, app.state.drain, on_started=on_started, parent_sentinel=parent_sentinel)
-    server.run(sockets=sockets)
+    try:
+        server.run(sockets=sockets)
+    except KeyboardInterrupt:
+        # uvicorn raises the SIGINT it stopped on again once shut down, which asyncio makes this: end by
+        # the signal instead, quietly (a Ctrl+C that drained cleanly printed a traceback).
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+        raise  # not reached
     return 0 if server.started else 3  # 3: uvicorn's code for a failed start (e.g. the port is taken)
 
 
@@ -226,15 +233,7 @@ def _worker(settings: Settings, host: str, port: int, listening: socket.socket, 
     configure_logging(settings.log_level, settings.telemetry.log_format)
     parent = multiprocessing.parent_process()
     watch = parent.sentinel if parent is not None else None
-    try:
-        code = _run(settings, host, port, [listening], started.set, parent_sentinel=watch)
-    except KeyboardInterrupt:
-        # uvicorn raises the SIGINT it stopped on again once shut down, which asyncio makes this: end by
-        # the signal instead, quietly (no traceback from the process's bootstrap), as the parent expects.
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-        code = 1  # not reached
-    sys.exit(code)
+    sys.exit(_run(settings, host, port, [listening], started.set, parent_sentinel=watch))
 
 
 #: Signals a worker ends by when it was told to stop: a clean end.
