@@ -75,6 +75,15 @@ class ServiceProcess:
             raise RuntimeError(f"the service did not start:\n{self.log_path.read_text(errors='replace')}")
         return self
 
+    def exited(self) -> bool:
+        """Whether the process has ended (or was never started, or is stopped)."""
+        return self._process is None or self._process.poll() is not None
+
+    @property
+    def returncode(self) -> int | None:
+        """How the process ended, as `Popen.returncode` says (-n: by signal n); None while it runs."""
+        return self._process.returncode if self._process is not None else None
+
     def stop(self) -> None:
         process, self._process = self._process, None
         stop_process(process, timeout=10)

@@ -50,11 +50,6 @@ def served(tmp_path: Path, upstreams: dict[ProviderID, Any]) -> Iterator[Service
         service.stop()
 
 
-def _exited(service: ServiceProcess) -> bool:
-    process = service._process
-    return process is None or process.poll() is not None
-
-
 async def _stream(http: httpx.AsyncClient, model: str, started: asyncio.Event, count: list[int]) -> dict[str, Any]:
     """One streamed answer: its events (`[DONE]` as a string) and when it ended."""
     body = {"model": model, "messages": QUESTION, "stream": True}
@@ -123,7 +118,7 @@ def test_sigterm_drains_twenty_live_streams_and_ends_the_rest_at_the_deadline(
     upstreams[REMOTE].inject(Fault(delay_before_headers=8.0))  # a plain answer that is not ready in time
 
     seen = asyncio.run(_shutdown_scenario(served))
-    assert wait_until(lambda: _exited(served), timeout=DRAIN_SECONDS + 10)
+    assert wait_until(served.exited, timeout=DRAIN_SECONDS + 10)
     exited = time.monotonic()
     log = served.log_path.read_text()
 
@@ -179,8 +174,8 @@ def test_ctrl_c_drains_and_ends_by_the_signal_without_a_traceback(served: Servic
 
     os.kill(served.pid, signal.SIGINT)
 
-    assert wait_until(lambda: _exited(served), timeout=DRAIN_SECONDS + 10)
-    assert served._process is not None and served._process.returncode == -signal.SIGINT
+    assert wait_until(served.exited, timeout=DRAIN_SECONDS + 10)
+    assert served.returncode == -signal.SIGINT
     lines = served.log_lines()
     assert any('"drained"' in line for line in lines)
     assert not [line for line in lines if "Traceback" in line or "KeyboardInterrupt" in line]

@@ -27,6 +27,7 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
 from service_process import ServiceProcess
 from sse_client import fixture_text, streamed_text
+from test_redis_replicas import post_many
 
 OPENAI = ProviderID.OPENAI
 WORKERS = 2
@@ -58,7 +59,7 @@ def workers(tmp_path: Path, upstreams: dict[ProviderID, Any]) -> Iterator[Servic
 
 def _stop_all(service: ServiceProcess) -> None:
     """Stop `serve`, and any worker of it left (a failed test must leave no process behind)."""
-    left = service.children() if not _exited(service) else []
+    left = service.children() if not service.exited() else []
     service.stop()
     for pid in left:
         with contextlib.suppress(ProcessLookupError):
@@ -66,18 +67,7 @@ def _stop_all(service: ServiceProcess) -> None:
 
 
 def _burst(url: str, count: int) -> list[int]:
-    async def everyone() -> list[int]:
-        async with httpx.AsyncClient(base_url=url, timeout=20) as http:
-            body = {"model": ALIAS, "messages": QUESTION}
-            responses = await asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(count)))
-        return [r.status_code for r in responses]
-
-    return asyncio.run(everyone())
-
-
-def _exited(service: ServiceProcess) -> bool:
-    process = service._process
-    return process is None or process.poll() is not None
+    return [response.status_code for response in asyncio.run(post_many(url, ALIAS, count))]
 
 
 def test_workers_serve_one_port_and_together_stay_within_a_limit(workers: ServiceProcess) -> None:
@@ -104,9 +94,9 @@ def test_a_signal_drains_every_worker_and_the_service_ends_as_one_process_does(
 
     os.kill(workers.pid, stop)
 
-    assert wait_until(lambda: _exited(workers), timeout=20)
+    assert wait_until(workers.exited, timeout=20)
     # As one process does: shut down cleanly, then ended by the signal it was sent (uvicorn raises it again).
-    assert workers._process is not None and workers._process.returncode == -stop
+    assert workers.returncode == -stop
     assert not any(_alive(pid) for pid in children)
     records = workers.log_records()
     assert sum(1 for r in records if r.get("event") == "drained") == WORKERS
@@ -122,7 +112,7 @@ def test_a_worker_that_dies_once_it_served_is_started_again(workers: ServiceProc
     assert wait_until(lambda: first not in workers.children() and len(workers.children()) == WORKERS, timeout=20)
     assert second in workers.children()
     assert wait_until(lambda: _serving(workers) == WORKERS + 1, timeout=20)  # the new one started too
-    assert not _exited(workers)
+    assert not workers.exited()
     assert set(_burst(workers.url, 4)) <= {200, 429}
     ended = [r for r in workers.log_records() if r.get("event") == "worker ended"]
     assert [(r["pid"], r["served"]) for r in ended] == [(first, True)]
@@ -170,8 +160,8 @@ def test_a_sigterm_to_every_process_at_once_is_one_drain_that_lets_a_long_stream
             assert wait_until(lambda: _events(service, "draining") == WORKERS, timeout=10)
             os.kill(service.pid, signal.SIGTERM)
             events = streamed.result(timeout=30)
-        assert wait_until(lambda: _exited(service), timeout=30)
-        assert service._process is not None and service._process.returncode == -signal.SIGTERM
+        assert wait_until(service.exited, timeout=30)
+        assert service.returncode == -signal.SIGTERM
     finally:
         _stop_all(service)
 

@@ -38,7 +38,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import uvicorn
 import yaml
@@ -147,10 +147,15 @@ def _run(
     except KeyboardInterrupt:
         # uvicorn raises the SIGINT it stopped on again once shut down, which asyncio makes this: end by
         # the signal instead, quietly (a Ctrl+C that drained cleanly printed a traceback).
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGINT)
-        raise  # not reached
+        _end_by(signal.SIGINT)
     return 0 if server.started else 3  # 3: uvicorn's code for a failed start (e.g. the port is taken)
+
+
+def _end_by(sig: int) -> NoReturn:
+    """End this process by `sig` with its default action: a supervisor sees the stop it asked for."""
+    signal.signal(sig, signal.SIG_DFL)
+    os.kill(os.getpid(), sig)
+    raise SystemExit(128 + sig)  # not reached: the signal ends the process first
 
 
 def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> int:
@@ -195,10 +200,7 @@ def _serve_workers(settings: Settings, host: str, port: int, workers: int) -> in
     finally:
         listening.close()
     if code == 0 and pool.stopped_by is not None:
-        # Ended by a signal, as one process ends (uvicorn raises it again once shut down): so that a
-        # supervisor sees the stop it asked for.
-        signal.signal(pool.stopped_by, signal.SIG_DFL)
-        os.kill(os.getpid(), pool.stopped_by)
+        _end_by(pool.stopped_by)  # as one process ends (uvicorn raises it again once shut down)
     return code
 
 

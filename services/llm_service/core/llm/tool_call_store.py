@@ -53,9 +53,6 @@ _SHARED_KEY = "toolcall:"
 #: The most calls one request looks up in the shared values (its latest ones: Gemini checks the signatures
 #: of the current turn), so that a request made of invented ids costs a bounded number of lookups.
 MAX_FETCHED_CALLS = 128
-#: The length of a client-visible id (`tool_ids.normalize_tool_call_id`: `call_` and 24 base62
-#: characters); only such ids are looked up, since only they were ever kept.
-_OWN_ID_LENGTH = 29
 
 
 class ToolCallStore:
@@ -107,11 +104,9 @@ class ToolCallStore:
         shared = self.shared
         if shared is None or shared.local:
             return
-        unknown = [c for c in dict.fromkeys(call_ids) if len(c) == _OWN_ID_LENGTH and self.get(c) is None]
-        missing = [c for c in unknown if c.startswith("call_") and c.isascii() and c[5:].isalnum()]
+        missing = [c for c in dict.fromkeys(call_ids) if _issued_form(c) and self.get(c) is None][-MAX_FETCHED_CALLS:]
         if not missing:
             return
-        missing = missing[-MAX_FETCHED_CALLS:]
         try:
             found = await asyncio.gather(*(shared.get_checkpoint(_SHARED_KEY + call_id) for call_id in missing))
         except Exception:  # the backend's own failure (it degrades itself); never the request's
@@ -147,6 +142,12 @@ class ToolCallStore:
             if expires > now:
                 return
             entries.popitem(last=False)
+
+
+def _issued_form(call_id: str) -> bool:
+    """Whether `call_id` has the form of the ids the service issues (`tool_ids.normalize_tool_call_id`:
+    `call_` and 24 base62 characters): only such ids were ever kept, so only they are looked up."""
+    return len(call_id) == 29 and call_id.startswith("call_") and call_id.isascii() and call_id[5:].isalnum()
 
 
 def _encoded(data: ProviderCallData, expires: float) -> bytes:
