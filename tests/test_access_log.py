@@ -201,3 +201,37 @@ def test_a_client_leaving_a_resumable_stream_still_gets_its_whole_access_line_wi
     fields = access_records(caplog, "log-left")[0].fields
     assert fields["status"] == 200
     assert fields["total_tokens"] > 0
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_process_named_in_the_logging_configuration_names_itself_on_every_line(log_format: str) -> None:
+    """A worker of `serve --workers` configures its pid: on the access log's direct path, on lines through
+    `logging`, in both formats; a line's own field of the same name wins."""
+    from llm_service.logs import configure_logging, info_fields
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logging.getLogger("azure").level)
+    stream = io.StringIO()
+    try:
+        configure_logging("INFO", log_format, {"pid": 4242})
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+        log = logging.getLogger("llm_service.test_process_fields")
+        info_fields(log, "request", {"status": 200})
+        log.warning("worker note", extra={"fields": {"replicas": 2}})
+        log.info("started", extra={"fields": {"pid": 4242}})
+        handler.flush()
+    finally:
+        root.handlers[:], _, _ = saved
+        root.setLevel(saved[1])
+        logging.getLogger("azure").setLevel(saved[2])
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    if log_format == "json":
+        records = [json.loads(line) for line in lines]
+        assert [r["pid"] for r in records] == [4242, 4242, 4242]
+        assert records[0]["status"] == 200 and records[1]["replicas"] == 2
+    else:
+        assert all(" pid=4242" in line for line in lines)
+        assert lines[2].count("pid=") == 1

@@ -232,7 +232,7 @@ def _worker(settings: Settings, host: str, port: int, listening: socket.socket, 
     """One worker (a spawned process), on the settings its parent checked (a worker started again hours
     later serves as the others do, whatever became of the profile file since)."""
     os.setpgrp()  # a terminal's Ctrl+C reaches the parent alone, which stops every worker once
-    configure_logging(settings.log_level, settings.telemetry.log_format)
+    configure_logging(settings.log_level, settings.telemetry.log_format, {"pid": os.getpid()})
     parent = multiprocessing.parent_process()
     watch = parent.sentinel if parent is not None else None
     sys.exit(_run(settings, host, port, [listening], started.set, parent_sentinel=watch))

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import sys
 import time
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from typing_extensions import override
@@ -16,6 +16,11 @@ from llm_service.core.aio import running_loop
 
 
 class JSONFormatter(logging.Formatter):
+    def __init__(self, process_fields: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        #: Fields of every line of this process (a worker's pid), written after the event.
+        self.process_fields = process_fields or {}
+
     @override
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -23,6 +28,7 @@ class JSONFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
+            **self.process_fields,
         }
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
@@ -33,14 +39,19 @@ class JSONFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
-    def __init__(self) -> None:
+    def __init__(self, process_fields: dict[str, Any] | None = None) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+        self.process_fields = process_fields or {}
 
     @override
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record)
         fields = getattr(record, "fields", None)
-        if isinstance(fields, dict) and fields:
+        if not isinstance(fields, dict):
+            fields = {}
+        if self.process_fields:
+            fields = {**self.process_fields, **fields}
+        if fields:
             line += " " + " ".join(f"{key}={value}" for key, value in fields.items())
         return line
 
@@ -110,6 +121,9 @@ def info_fields(logger: logging.Logger, event: str, fields: dict[str, Any]) -> N
         logger.info(event, extra={"fields": fields})
         return
     entry: dict[str, Any] = {"ts": round(time.time(), 3), "level": "info", "logger": logger.name, "event": event}
+    process_fields = cast(JSONFormatter, handler.formatter).process_fields
+    if process_fields:
+        entry.update(process_fields)
     entry.update(fields)
     try:
         line = orjson.dumps(entry, default=str).decode()
@@ -140,9 +154,13 @@ def _direct_json_handler(logger: logging.Logger) -> BatchingStreamHandler | None
     return handler if not logging.root.filters else None
 
 
-def configure_logging(level: str, log_format: str = "json") -> None:
+def configure_logging(level: str, log_format: str = "json", process_fields: dict[str, Any] | None = None) -> None:
+    """The root logger's one handler, in `log_format`; `process_fields` go on every line (a worker of
+    `serve --workers` names itself by its pid, so that the lines of several processes on one stream can be
+    told apart)."""
     handler = BatchingStreamHandler()
-    handler.setFormatter(TextFormatter() if log_format == "text" else JSONFormatter())
+    formatter = TextFormatter if log_format == "text" else JSONFormatter
+    handler.setFormatter(formatter(process_fields))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
