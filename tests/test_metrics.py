@@ -1,8 +1,10 @@
-"""The per-request instruments as `GET /metrics` renders them: `le` buckets, cumulative counts, `_created`."""
+"""The per-request instruments as `GET /metrics` renders them: `le` buckets, cumulative counts, `_created`;
+and what is read from the dispatcher at scrape time."""
 
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -95,3 +97,15 @@ def test_sums_and_token_counts_add_up_across_requests() -> None:
 def test_a_negative_token_count_is_refused_as_prometheus_client_refuses_it() -> None:
     with pytest.raises(ValueError, match="non-negative"):
         request(Metrics(), 0.1, tokens_in=-1)
+
+
+def test_the_error_answers_of_the_shared_state_are_counted_by_error_class_as_its_backend_counts_them() -> None:
+    backend = SimpleNamespace(degraded=False, error_replies={"OutOfMemoryError": 3})
+    metrics = Metrics()
+    metrics.watch(SimpleNamespace(in_flight=0, queue_depth=0, state_backend=backend))
+    backend.error_replies["ReadOnlyError"] = 1
+
+    samples = rendered(metrics)
+    name = "llm_gateway_shared_state_error_replies_total"
+    assert samples[(name, frozenset({("error", "OutOfMemoryError")}))] == 3
+    assert samples[(name, frozenset({("error", "ReadOnlyError")}))] == 1

@@ -22,6 +22,7 @@ caller's free-form model name never becomes a label.
 | `llm_gateway_queue_depth` | gauge | |
 | `llm_gateway_in_flight` | gauge | |
 | `llm_gateway_shared_state_degraded` | gauge | (1: Redis unreachable, each replica on its share of the limits) |
+| `llm_gateway_shared_state_error_replies_total` | counter | error (class: Redis refused a command, e.g. when full) |
 """
 
 from __future__ import annotations
@@ -168,6 +169,27 @@ class _RequestInstruments(Collector):
         return self.collect()
 
 
+class _StateErrorReplies(Collector):
+    """`llm_gateway_shared_state_error_replies_total`, read from the state backend's own count at scrape time."""
+
+    def __init__(self, dispatcher: Watched) -> None:
+        self._dispatcher = dispatcher
+
+    @override
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily(
+            "llm_gateway_shared_state_error_replies",
+            "Commands the shared state answered with an error, e.g. out of memory (what they would write is lost)",
+            labels=["error"],
+        )
+        for error, count in list(self._dispatcher.state_backend.error_replies.items()):
+            family.add_metric([error], count)
+        return [family]
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
 class Metrics:
     """The instruments, on a registry of their own (several instances may live in one process)."""
 
@@ -217,10 +239,11 @@ class Metrics:
         self._request_cells: dict[tuple[str, str, str, bool], tuple[list[float], ...]] = {}
 
     def watch(self, dispatcher: Watched) -> None:
-        """Read queue depth and in-flight from `dispatcher` at every scrape."""
+        """Read queue depth, in-flight and the shared state from `dispatcher` at every scrape."""
         self.queue_depth.set_function(lambda: dispatcher.queue_depth)
         self.in_flight.set_function(lambda: dispatcher.in_flight)
         self.state_degraded.set_function(lambda: float(dispatcher.state_backend.degraded))
+        self.registry.register(_StateErrorReplies(dispatcher))
 
     def breaker_transition(self, transition: Transition) -> None:
         self.breaker_state.labels(transition.name).set(_BREAKER_VALUE[transition.to_state])

@@ -2,9 +2,19 @@
 
 A burst of admissions arriving at once is one pipeline, one round trip, on one connection, instead of a
 connection each. `call()` answers with a future; `send()` is fire-and-forget (the end of an admission,
-a breaker opening), its failure reported to `on_error`. At most `max_batch` commands go in one
+a breaker opening), each failure reported to `on_error`. At most `max_batch` commands go in one
 pipeline and `max_in_flight` pipelines at once; the rest wait for the next. Scripts go by SHA; one
 Redis does not know (restarted, flushed) is sent again whole, in a second pipeline.
+
+A command fails in one of two ways, told apart by `link_down()`:
+
+    Exception
+    ├── redis.exceptions.ResponseError   Redis answered this command with an error (out of memory
+    │                                    under `noeviction`, a read-only replica, a script error):
+    │                                    the link is fine, and so are the other commands of the batch
+    └── anything else                    the link is down: refused, dropped, timed out (redis-py's
+                                         ConnectionError and TimeoutError, OSError, ...); every command
+                                         of the batch failed with it
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from llm_service.core.llm.dispatch.redis_scripts import SCRIPTS, Script
 
@@ -24,6 +34,12 @@ Command = tuple[Any, ...]
 
 def script_command(script: Script, keys: Sequence[str], args: Sequence[Any]) -> Command:
     return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+def link_down(error: BaseException) -> bool:
+    """Whether `error` says the link to Redis is down, rather than that Redis answered the command with an
+    error. What is not known to be an answer counts as the link down, as every failure did before."""
+    return not isinstance(error, ResponseError)
 
 
 class RedisLink:
@@ -113,12 +129,10 @@ class RedisLink:
             self._in_flight -= 1
             if self._pending:
                 self._schedule()
-        reported = False
         for (_, future), reply in zip(batch, replies, strict=True):
             failed = isinstance(reply, Exception)
             if future is None:
-                if failed and not reported:
-                    reported = True
+                if failed:  # each one: an error answer is about its command only
                     self._on_error(reply)
             elif future.done():
                 continue

@@ -15,6 +15,11 @@ deployments.
   tried again every `redis_retry_seconds`; when it answers, shared admission resumes (leases still held
   are renewed at once, coming back if Redis lost them). Each change is logged once, on
   `llm_service.state`. The URL is never logged: it may hold the password.
+- Redis answering a command with an error (`link_down()` tells it from the link failing; typically out of
+  memory under `noeviction`) is no outage: a background write so refused is lost (what it carried is
+  best-effort), counted in `error_replies` and warned of at most once per `ERROR_LOG_SECONDS` per error
+  class, and the limits stay shared. But the limits need their own writes: a refused admission or lease
+  renewal turns the backend degraded as an outage does, and it comes back only once Redis takes a write.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import ConnectionPool, Redis
@@ -42,7 +47,7 @@ from llm_service.core.llm.dispatch.breaker import (
     Transition,
 )
 from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits
-from llm_service.core.llm.dispatch.redis_link import RedisLink, script_command
+from llm_service.core.llm.dispatch.redis_link import RedisLink, link_down, script_command
 from llm_service.core.llm.dispatch.redis_scripts import ACQUIRE, HOLD, KEY_KINDS, RENEW, SETTLE
 from llm_service.core.llm.dispatch.redis_streams import RedisStreamLog
 from llm_service.core.llm.dispatch.shared_limiter import SharedLimiter
@@ -51,6 +56,10 @@ from llm_service.core.llm.dispatch.state import Acquired, MemoryCheckpoints, Sta
 log = logging.getLogger("llm_service.state")
 
 Clock = Callable[[], float]
+
+#: At most one warning per error class in this many seconds (of the injected clock) for commands Redis
+#: answered with an error: a full Redis refuses every write, and one line a minute says so.
+ERROR_LOG_SECONDS = 60.0
 
 
 class RedisState:
@@ -73,7 +82,7 @@ class RedisState:
         """`clock` is this replica's (hints, its own limiters); `server_clock` the time the scripts count
         in, None for the Redis server's own (what replicas on several hosts must share)."""
         self._client = client
-        self._link = RedisLink(client, on_error=self._lost)
+        self._link = RedisLink(client, on_error=self._failed)
         self._checkpoints = checkpoints
         self._prefix = prefix
         self._replicas = replicas
@@ -90,6 +99,8 @@ class RedisState:
         self._ids = map("{}:{}".format, itertools.repeat(secrets.token_hex(6)), itertools.count())
         self._task: asyncio.Task[None] | None = None
         self._streams: RedisStreamLog | None = None
+        self._error_replies: dict[str, int] = {}
+        self._error_logged_at: dict[str, float] = {}
 
     @classmethod
     def from_settings(cls, settings: ScaleOutSettings, *, clock: Clock, checkpoints: MemoryCheckpoints) -> RedisState:
@@ -127,6 +138,10 @@ class RedisState:
     def poll_interval(self) -> float:
         return math.inf if self._degraded else self._poll
 
+    @property
+    def error_replies(self) -> Mapping[str, int]:
+        return self._error_replies
+
     def limiter(self, deployment: Deployment) -> DeploymentLimiter:
         keys = tuple(self._key(kind, deployment) for kind in KEY_KINDS)
         return SharedLimiter(Limits.of(deployment), keys=keys, replicas=self._replicas, link=self, clock=self._clock)
@@ -147,7 +162,11 @@ class RedisState:
             reply.add_done_callback(lambda done: self._abandoned(done, shared, tokens, lease))
             raise
         except Exception as exc:
-            self._lost(exc)
+            # Also when Redis answered with an error: without the script's writes the replicas do not count
+            # together, so this one admits on its share, as when Redis is unreachable. Nothing was taken: out
+            # of memory, a script fails at its first write (after one, Redis lets it finish); a slot taken
+            # before some other error is never renewed, and expires with its lease.
+            self._failed(exc, degrade=True)
             raise StateUnavailable("shared state unreachable") from None
         return self._granted(answer, shared, tokens, lease)
 
@@ -171,7 +190,7 @@ class RedisState:
             try:
                 data = await self._link.call(("GET", self._prefix + "checkpoint:" + key))
             except Exception as exc:
-                self._lost(exc)
+                self._failed(exc)
             else:
                 if isinstance(data, bytes):
                     return data
@@ -188,7 +207,7 @@ class RedisState:
                 ttl=ttl,
                 timeout=self._timeout,
                 shared=lambda: not self._degraded,
-                lost=self._lost,
+                failed=self._failed,
             )
         return self._streams
 
@@ -268,13 +287,37 @@ class RedisState:
         if permit is not None:
             permit.release()
 
+    def _failed(self, error: BaseException, *, degrade: bool = False) -> None:
+        """A command failed: the link is down (the backend degrades), or Redis answered it with an error,
+        which is counted and warned of, and degrades the backend only when the limits need the command
+        (`degrade`). Background writes are best-effort (a checkpoint, tool-call data, a stream event, a
+        breaker hold, a token correction): one refused is lost, and a lease it did not free expires."""
+        if link_down(error):
+            self._lost(error)
+            return
+        kind = type(error).__name__  # never the message: it may quote the command's arguments
+        self._error_replies[kind] = self._error_replies.get(kind, 0) + 1
+        if degrade:
+            self._lost(error)
+            return
+        now = self._clock()
+        if now - self._error_logged_at.get(kind, -math.inf) < ERROR_LOG_SECONDS:
+            return
+        self._error_logged_at[kind] = now
+        log.warning(
+            "shared state answered a command with an error: its data is lost, limits stay shared",
+            extra={"fields": {"backend": "redis", "error": kind, "error_replies": self._error_replies[kind]}},
+        )
+
     def _lost(self, error: BaseException) -> None:
         if self._degraded:
             return
         self._degraded = True
         self._changed_at = self._clock()
         log.warning(
-            "shared state unreachable: serving on this replica's share of the limits",
+            "shared state unreachable: serving on this replica's share of the limits"
+            if link_down(error)
+            else "shared state refuses the limits' writes: serving on this replica's share of the limits",
             extra={"fields": {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}},
         )
 
@@ -299,11 +342,14 @@ class RedisState:
                 next_renewal = loop.time() + self._lease / 3
 
     async def _answers(self) -> bool:
-        """Whether Redis runs the admission script again (an empty admission: nothing is taken), on a new
-        connection: those made before the outage may be dead, and would cut the next burst short."""
+        """Whether Redis runs the admission script again (an empty admission: nothing is taken) and takes a
+        write (a Redis out of memory answers the script, which then writes nothing, but would refuse the
+        next admission: the backend would come back only to degrade again), on a new connection: those
+        made before the outage may be dead, and would cut the next burst short."""
         try:
             await self._client.connection_pool.disconnect()
             await self._link.call(script_command(ACQUIRE, [], [self._now(), 0, "", self._lease]))
+            await self._link.call(("SET", self._prefix + "probe", "1", "PX", max(math.ceil(self._retry * 1000), 1)))
         except Exception:
             return False
         return True
@@ -316,4 +362,4 @@ class RedisState:
         try:
             await self._link.call(script_command(RENEW, [key for _, key in leases], args))
         except Exception as exc:
-            self._lost(exc)
+            self._failed(exc, degrade=True)  # a lease not renewed is reclaimed: this replica's share then

@@ -10,8 +10,9 @@ Writes are never awaited by the stream: `append()` queues the event, and what is
 pipeline (an `XADD` per event, one `PEXPIRE` per stream) sent by one writer task per process at the end
 of the event loop's turn, or as soon as the pipeline before it is answered: one at a time, so that a
 stream's events reach Redis in order (the `RedisLink`, with several pipelines in flight, would not keep
-it). While Redis is unreachable nothing is written; a stream that missed an event is not written any
-more but for its end marker, which a reader finds after the gap (it then stops).
+it). While Redis is unreachable nothing is written; a stream that missed an event (Redis unreachable, or
+refusing the write: out of memory) is not written any more but for its end marker, which a reader finds
+after the gap (it then stops).
 
 Readers `XRANGE` what is kept after their index, and when they have caught up wait for more with
 `XREAD BLOCK` (shorter than the socket timeout) on a connection of their own from the pool.
@@ -46,9 +47,10 @@ class RedisStreamLog:
         ttl: float,
         timeout: float,
         shared: Callable[[], bool],
-        lost: Callable[[BaseException], None],
+        failed: Callable[[BaseException], None],
     ) -> None:
-        """`shared()`: whether Redis is reachable now; `lost(error)`: it just failed to answer."""
+        """`shared()`: whether Redis is reachable now; `failed(error)`: a command failed (the link, or
+        Redis answering it with an error: `link_down()`)."""
         self._client = client
         self._link = link
         self._prefix = prefix + "stream:"
@@ -56,7 +58,7 @@ class RedisStreamLog:
         self._ttl_ms = max(math.ceil(ttl * 1000), 1)
         self._block_ms = max(int(timeout * 1000) // 2, 1)  # a blocked read must end before the socket times out
         self._shared = shared
-        self._lost = lost
+        self._failed = failed
         self._queued: list[tuple[str, int, bytes | None]] = []
         self._scheduled = False
         self._writing: asyncio.Future[None] | None = None  # the one pipeline of writes in flight
@@ -89,7 +91,7 @@ class RedisStreamLog:
                 reply: Any = await self._client.xread({name: _entry_id(after)}, count=PAGE, block=block)
                 entries = (list(reply.values()) if isinstance(reply, dict) else reply)[0][1] if reply else []
         except Exception as exc:
-            self._lost(exc)
+            self._failed(exc)
             raise StateUnavailable("shared state unreachable") from None
         return _page(oldest, entries)
 
@@ -127,7 +129,6 @@ class RedisStreamLog:
         try:
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         except Exception as exc:  # the connection failed: none of it was written
-            self._lost(exc)
             replies = [exc] * len(queued)
         finally:
             self._writing = None
@@ -135,8 +136,10 @@ class RedisStreamLog:
                 self._queue_flush()
         ended = {key for key, _, event in queued if event is None}
         for (key, _, _), reply in zip(queued, replies, strict=False):
-            if isinstance(reply, Exception) and key not in ended:
-                self._broken.add(key)
+            if isinstance(reply, Exception):
+                self._failed(reply)  # a link down degrades; an event refused (out of memory) is lost, its stream stops
+                if key not in ended:
+                    self._broken.add(key)
 
     def _queue_flush(self) -> None:
         if not self._scheduled:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -39,7 +39,8 @@ Clock = Callable[[], float]
 
 
 class StateUnavailable(Exception):
-    """The shared state did not answer; the backend is `local` (degraded) from now on until it does."""
+    """The shared state did not answer, and the backend is `local` (degraded) from now on until it does; or
+    it answered this call with an error."""
 
 
 @dataclass(slots=True)
@@ -103,6 +104,12 @@ class StateBackend(Protocol):
     def poll_interval(self) -> float:
         """How often a waiting request asks again for capacity freed elsewhere (inf: every release here
         is announced, no need to ask)."""
+        ...
+
+    @property
+    def error_replies(self) -> Mapping[str, int]:
+        """How many commands the shared state answered with an error (out of memory, ...), by error class:
+        what they would have written is lost."""
         ...
 
     def limiter(self, deployment: Deployment) -> DeploymentLimiter:
@@ -207,6 +214,10 @@ class MemoryState:
     @property
     def poll_interval(self) -> float:
         return float("inf")
+
+    @property
+    def error_replies(self) -> Mapping[str, int]:
+        return {}
 
     def limiter(self, deployment: Deployment) -> DeploymentLimiter:
         return DeploymentLimiter(Limits.of(deployment).share(self._replicas), clock=self._clock)
