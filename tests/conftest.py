@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from ipaddress import ip_address
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, FakeVertex
 from llm_service.fakes.threaded import ChatFake
+from redis_server import RedisServer
 from wire_check import assert_chunk_wire_matches, assert_response_wire_matches
 
 KEYS = {
@@ -245,3 +247,11 @@ def live_service(
         pytest.skip(f"set {LIVE_ENV[provider]} (or pass --mock-providers) to run against {provider.value}")
     with ServiceThread(Settings(demo_mode="off")) as running:
         yield running.url, LIVE_MODELS[provider]
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server of the test's own, on a free loopback port."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,6 @@ from test_failover import metric
 
 OPENAI, OPENROUTER = ProviderID.OPENAI, ProviderID.OPENROUTER
 LABEL = "openai/gpt-4o-mini"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def replica_settings(

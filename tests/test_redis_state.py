@@ -58,14 +58,6 @@ def server(shared_redis: RedisServer) -> RedisServer:
     return shared_redis
 
 
-@pytest.fixture
-def own_server(tmp_path) -> Iterator[RedisServer]:
-    """A redis-server of the test's own, which it may stop and start again."""
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
-
-
 def deployment(model: str = "gpt-4o-mini", **limits: Any) -> Deployment:
     return Deployment(provider=ProviderID.OPENAI, model=model, **limits)
 
@@ -312,26 +304,26 @@ async def eventually(predicate: Any, seconds: float = 5.0) -> bool:
     return bool(predicate())
 
 
-def test_an_unreachable_redis_degrades_to_local_limits_once_and_comes_back(own_server, caplog) -> None:
+def test_an_unreachable_redis_degrades_to_local_limits_once_and_comes_back(redis_server, caplog) -> None:
     caplog.set_level(logging.INFO, logger="llm_service.state")
 
     async def scenario(clock: FakeClock, a: RedisState) -> None:
         d = deployment(max_concurrency=4)
         limiter = shared(a, d)
         assert (await a.acquire([limiter], 1)).index == 0 and not a.degraded
-        own_server.stop()
+        redis_server.stop()
         for _ in range(3):
             with pytest.raises(StateUnavailable):
                 await a.acquire([limiter], 1)
         assert a.degraded and a.local and a.status()["degraded"] and a.poll_interval == math.inf
         a.put_checkpoint("s", b"kept here meanwhile", 30.0)
         assert await a.get_checkpoint("s") == b"kept here meanwhile"
-        own_server.start()
+        redis_server.start()
         assert await eventually(lambda: not a.degraded)
         assert (await a.acquire([limiter], 1)).index == 0  # the scripts are loaded again
         assert await a.get_checkpoint("s") == b"kept here meanwhile"  # found locally
 
-    on_replicas(own_server.url, scenario)
+    on_replicas(redis_server.url, scenario)
     messages = [r.getMessage() for r in caplog.records if r.name == "llm_service.state"]
     assert messages == [
         "shared state unreachable: serving on this replica's share of the limits",
@@ -340,15 +332,15 @@ def test_an_unreachable_redis_degrades_to_local_limits_once_and_comes_back(own_s
     assert "redis://" not in caplog.text
 
 
-def test_leases_held_across_a_redis_restart_are_renewed_back_into_it(own_server) -> None:
+def test_leases_held_across_a_redis_restart_are_renewed_back_into_it(redis_server) -> None:
     async def scenario(clock: FakeClock, a: RedisState, b: RedisState) -> None:
         d = deployment(max_concurrency=1)
         assert (await a.acquire([shared(a, d)], 1)).index == 0
-        own_server.stop()
-        own_server.start()  # empty: the lease is gone, until a's renewal puts it back
-        with redis.Redis.from_url(own_server.url) as client:
+        redis_server.stop()
+        redis_server.start()  # empty: the lease is gone, until a's renewal puts it back
+        with redis.Redis.from_url(redis_server.url) as client:
             assert await eventually(lambda: client.zcard("llm:slots:openai/gpt-4o-mini") == 1)
         lb = shared(b, d)
         assert (await b.acquire([lb], 1)).index is None
 
-    on_replicas(own_server.url, scenario, lease_seconds=0.3)
+    on_replicas(redis_server.url, scenario, lease_seconds=0.3)

@@ -9,7 +9,6 @@ Replicas run in this process on their own loopback ports against the fake Vertex
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -37,13 +36,6 @@ def gemini3() -> Iterator[FakeVertex]:
     fake = new_gemini3()
     with FakeUpstreamThread(fake):
         yield fake
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def gemini3_replica_settings(upstreams: dict[Any, Any], fake: FakeVertex, server: RedisServer) -> Settings:

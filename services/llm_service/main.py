@@ -32,6 +32,7 @@ from llm_service.api.errors import install_error_handlers
 from llm_service.api.resume import StreamSessions
 from llm_service.api.services import Services
 from llm_service.core.config.settings import Settings
+from llm_service.core.llm.dispatch.state import StateBackend
 from llm_service.core.llm.dispatcher import LLMDispatcher
 from llm_service.core.llm.factory import provider_clients
 from llm_service.demo import demo_upstreams
@@ -175,6 +176,7 @@ def _guards(settings: Settings, app: FastAPI) -> Callable[[ASGIApp], ASGIApp]:
         replicas=settings.scale_out.replicas,
         max_body_bytes=settings.server.max_body_bytes,
         streams_kept=streaming.max_resumable_streams if bound else 0,
+        shared_state=_shared_state if settings.scale_out.redis_url is not None else None,
     )
 
     def guarded(inner: ASGIApp) -> ASGIApp:
@@ -197,6 +199,15 @@ def tune_gc() -> None:
     gc.freeze()
     _, older, oldest = gc.get_threshold()
     gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
+
+
+def _shared_state(scope: Scope) -> StateBackend | None:
+    """The state this replica shares with the others (Redis), once the service has started."""
+    services: Services | None = getattr(scope["app"].state, "services", None)
+    if services is None:
+        return None
+    backend = services.dispatcher.state_backend
+    return backend if backend.replicated else None
 
 
 def _tracing(settings: Settings) -> Tracing | None:

@@ -5,7 +5,9 @@ key's SHA-256 digest is looked up by its first 8 bytes and then compared whole w
 `hmac.compare_digest`: one header scan, one hash, one dict lookup, one constant-time compare per
 request. A missing or wrong key is a 401 in OpenAI's shape with `WWW-Authenticate: Bearer`; a key with
 its own limits (`core/config/auth.py`) is held to them on each chat request (POST): past its requests
-per minute a 429 with Retry-After (a sliding window in this process), a model it may not use a 403
+per minute a 429 with Retry-After (a sliding window of the requests of every replica, kept in Redis when
+it is configured; else, and while it is unreachable, of this replica's share of the rate), a model it
+may not use a 403
 `model_not_found`, as OpenAI answers a project key without access to a model. The model is read from
 the body only for keys restricted to some models; the body is handed on unchanged. Such a key is left in
 the scope's state (`CALLER_STATE`) for `GET /v1/models`, which lists only what it may use.
@@ -36,9 +38,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llm_service.api.body import BodyEnd, read_body
 from llm_service.api.errors import error_body, json_response
 from llm_service.core.config.auth import ApiKey, AuthSettings
+from llm_service.core.llm.dispatch.state import StateBackend, StateUnavailable
 
 #: Requests per minute are counted over this sliding window (s).
 RPM_WINDOW = 60.0
+#: A request's state shared with other replicas, if there is one.
+SharedState = Callable[[Scope], StateBackend | None]
 #: The route that resumes a stream: /v1/chat/completions/{stream id}/stream.
 _RESUME_PREFIX, _RESUME_SUFFIX = "/v1/chat/completions/", "/stream"
 _RESUME_LENGTH = len(_RESUME_PREFIX) + len(_RESUME_SUFFIX)
@@ -69,14 +74,18 @@ CALLER_STATE = "restricted_caller"
 class CallerKey:
     """A configured key as the middleware holds it: its digest and limits, ready to check."""
 
-    __slots__ = ("digest", "exact_models", "label", "model_prefixes", "rpm", "window")
+    __slots__ = ("digest", "exact_models", "key_rpm", "label", "model_prefixes", "rpm", "shared_id", "window")
 
     def __init__(self, key: ApiKey, replicas: int) -> None:
         self.digest = bytes.fromhex(key.hash)
         #: How the access log names the caller: the key's name, else the start of its digest (the digest
         #: of a random key tells nothing about the key).
         self.label = key.name or f"sha256:{key.hash[:12]}"
-        # Each replica counts its own requests: it admits its share of the key's rate.
+        #: The key's rate, which the replicas count together in the state they share (Redis).
+        self.key_rpm = key.rpm
+        #: Its window there: a part of the key's digest (never the key, nor the name, which may change).
+        self.shared_id = key.hash[:32].lower()
+        # Without shared state each replica counts its own requests: it admits its share of the key's rate.
         self.rpm = max(1, key.rpm // replicas) if key.rpm is not None else None
         self.window: deque[float] = deque()
         models = key.models
@@ -84,7 +93,8 @@ class CallerKey:
         self.model_prefixes = tuple(m[:-1] for m in models or () if m.endswith("*"))
 
     def admit(self, now: float) -> float | None:
-        """Count a request now; None if within the rate, else the seconds until the window has room."""
+        """Count a request now; None if within this replica's share of the rate, else the seconds until
+        the window has room."""
         window, rpm = self.window, self.rpm
         if rpm is None:
             return None
@@ -94,6 +104,14 @@ class CallerKey:
             return window[0] + RPM_WINDOW - now
         window.append(now)
         return None
+
+    def count(self, now: float) -> None:
+        """Count a request the shared window admitted: should the shared state go, this replica's share
+        starts from what it let in."""
+        window = self.window
+        while window and window[0] <= now - RPM_WINDOW:
+            window.popleft()
+        window.append(now)
 
     def may_use(self, model: str) -> bool:
         exact = self.exact_models
@@ -145,6 +163,7 @@ class AuthMiddleware:
         open_paths: frozenset[str] = frozenset(),
         max_body_bytes: int,
         streams: StreamOwners | None = None,
+        shared_state: SharedState | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
@@ -152,6 +171,7 @@ class AuthMiddleware:
         self.open_paths = open_paths
         self.max_body_bytes = max_body_bytes
         self.streams = streams
+        self.shared_state = shared_state
         self.clock = clock
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -171,12 +191,14 @@ class AuthMiddleware:
         if caller.exact_models is not None:
             state[CALLER_STATE] = caller  # a key restricted to some models: /v1/models lists only those
         streams = self.streams
-        if scope["method"] == "POST":
-            wait = caller.admit(self.clock())
+        if scope["method"] == "POST" and caller.rpm is not None:
+            shared = self.shared_state(scope) if self.shared_state is not None else None
+            rpm, wait = await self._admit(caller, shared)
             if wait is not None:
                 _note(scope, "rate_limit_exceeded")
-                await _rate_limited(caller, wait)(scope, receive, send)
+                await _rate_limited(rpm, wait)(scope, receive, send)
                 return
+        if scope["method"] == "POST":
             if caller.exact_models is not None:
                 replayed = await self._check_model(caller, scope, receive, send)
                 if replayed is None:
@@ -189,6 +211,20 @@ class AuthMiddleware:
             await _stream_not_found()(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+    async def _admit(self, caller: CallerKey, shared: StateBackend | None) -> tuple[int | None, float | None]:
+        """The request counted against its key's rate: in the window the replicas share when there is one,
+        else on this replica's share of it. The rate counted against, and None or the seconds to wait."""
+        if shared is not None and caller.key_rpm is not None:
+            try:
+                wait = await shared.admit_caller(caller.shared_id, caller.key_rpm)
+            except StateUnavailable:
+                pass  # Redis unreachable: this replica's share, as for the deployments' limits
+            else:
+                if wait is None:
+                    caller.count(self.clock())
+                return caller.key_rpm, wait
+        return caller.rpm, caller.admit(self.clock())
 
     async def _check_model(self, caller: CallerKey, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """Read the body and refuse a model the key may not use (403: None); else a `receive` that replays it.
@@ -268,8 +304,8 @@ def _note(scope: Scope, code: str) -> None:
         access.error_code = code
 
 
-def _rate_limited(caller: CallerKey, wait: float) -> Response:
-    message = f"Rate limit reached for requests: this API key may make {caller.rpm} requests per minute."
+def _rate_limited(rpm: int | None, wait: float) -> Response:
+    message = f"Rate limit reached for requests: this API key may make {rpm} requests per minute."
     headers = {"retry-after": str(max(1, math.ceil(wait))), "x-should-retry": "true"}
     return json_response(429, error_body(message, "requests", code="rate_limit_exceeded"), headers)
 
@@ -286,11 +322,17 @@ def _stream_not_found() -> Response:
 
 
 def auth_middleware(
-    settings: AuthSettings, *, replicas: int, max_body_bytes: int, streams_kept: int
+    settings: AuthSettings,
+    *,
+    replicas: int,
+    max_body_bytes: int,
+    streams_kept: int,
+    shared_state: SharedState | None = None,
 ) -> Callable[[ASGIApp], ASGIApp] | None:
     """What wraps an app in the authentication, the same keys, windows and stream owners for every path;
     None with no key configured: then nothing is wrapped and authentication costs nothing.
-    `streams_kept`: resumable streams kept at most (0: resumption is off)."""
+    `streams_kept`: resumable streams kept at most (0: resumption is off). `shared_state`: the state the
+    replicas share, where keys' rates are counted together (None: each replica counts its share)."""
     if not settings.enabled():
         return None
     keys = KeyTable(settings.accepted_keys(), replicas)
@@ -302,6 +344,13 @@ def auth_middleware(
     streams = StreamOwners(streams_kept) if keys.count > 1 and streams_kept else None
 
     def wrap(app: ASGIApp) -> ASGIApp:
-        return AuthMiddleware(app, keys, open_paths=open_paths, max_body_bytes=max_body_bytes, streams=streams)
+        return AuthMiddleware(
+            app,
+            keys,
+            open_paths=open_paths,
+            max_body_bytes=max_body_bytes,
+            streams=streams,
+            shared_state=shared_state,
+        )
 
     return wrap

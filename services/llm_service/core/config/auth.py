@@ -60,7 +60,10 @@ class ApiKey(BaseModel):
         default=None, max_length=64, description="Who holds the key, for the operator (never sent to callers)"
     )
     rpm: int | None = Field(
-        default=None, gt=0, description="Chat requests per minute this key may make (each replica: rpm / replicas)"
+        default=None,
+        gt=0,
+        description="Chat requests per minute this key may make (with Redis, counted by every replica together; "
+        "without it, each replica: rpm / replicas)",
     )
     models: list[str] | None = Field(
         default=None,

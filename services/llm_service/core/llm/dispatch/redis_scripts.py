@@ -10,6 +10,9 @@ Keys of one deployment (`<prefix><kind>:<deployment label>`):
 | `open` | string | until when a replica's breaker holds the deployment open |
 | `paused` | string | until when an upstream 429's Retry-After pauses the deployment |
 
+And one per API key with an RPM (`<prefix>caller:<key id>`): a sorted set of its requests of the last
+60 s, admission id -> time.
+
 Every script takes the time as its first argument, or '' for the server's clock (`TIME`): replicas
 on several hosts then share one clock, and tests pass their own. A script that writes after `TIME`
 needs effects replication, the default since Redis 5. Numbers go back as strings: Redis would cut a Lua
@@ -194,4 +197,26 @@ return #KEYS
 """,
 )
 
-SCRIPTS: Final = {script.sha: script for script in (ACQUIRE, SETTLE, HOLD, RENEW)}
+#: Admit one request of an API key within its RPM, counted by every replica in one window.
+#: KEYS: the key's window. ARGV: now, rpm, admission id.
+#: Reply: {1, now} when admitted; {0, seconds until the window has room} when not.
+CALLER = Script(
+    "caller",
+    _NOW
+    + """
+local WINDOW = 60
+local rpm, id = tonumber(ARGV[2]), ARGV[3]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - WINDOW)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= rpm then
+  -- the count drops below rpm when the request at this position leaves the window
+  local at = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
+  return {0, tostring(tonumber(at[2]) + WINDOW - now)}
+end
+redis.call('ZADD', KEYS[1], now, id)
+redis.call('PEXPIRE', KEYS[1], (WINDOW + 1) * 1000)
+return {1, tostring(now)}
+""",
+)
+
+SCRIPTS: Final = {script.sha: script for script in (ACQUIRE, SETTLE, HOLD, RENEW, CALLER)}

@@ -48,7 +48,7 @@ from llm_service.core.llm.dispatch.breaker import (
 )
 from llm_service.core.llm.dispatch.limits import DeploymentLimiter, Limits
 from llm_service.core.llm.dispatch.redis_link import RedisLink, link_down, script_command
-from llm_service.core.llm.dispatch.redis_scripts import ACQUIRE, HOLD, KEY_KINDS, RENEW, SETTLE
+from llm_service.core.llm.dispatch.redis_scripts import ACQUIRE, CALLER, HOLD, KEY_KINDS, RENEW, SETTLE
 from llm_service.core.llm.dispatch.redis_streams import RedisStreamLog
 from llm_service.core.llm.dispatch.shared_limiter import SharedLimiter
 from llm_service.core.llm.dispatch.state import Acquired, MemoryCheckpoints, StateUnavailable
@@ -169,6 +169,20 @@ class RedisState:
             self._failed(exc, degrade=True)
             raise StateUnavailable("shared state unreachable") from None
         return self._granted(answer, shared, tokens, lease)
+
+    async def admit_caller(self, caller: str, rpm: int) -> float | None:
+        if self._degraded:
+            raise StateUnavailable("shared state unreachable")
+        self.start()
+        command = script_command(CALLER, [self._prefix + "caller:" + caller], [self._now(), rpm, next(self._ids)])
+        try:
+            admitted, wait = await self._link.call(command)
+        except asyncio.CancelledError:
+            raise  # the caller left: a request counted for it stays counted, as one that was answered
+        except Exception as exc:
+            self._failed(exc, degrade=True)  # as for a deployment's limits: each replica on its share
+            raise StateUnavailable("shared state unreachable") from None
+        return None if int(admitted) else max(float(wait), 0.0)
 
     def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
         if self._degraded:

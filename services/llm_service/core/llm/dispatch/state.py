@@ -125,6 +125,13 @@ class StateBackend(Protocol):
         """A breaker of this replica changed state (an opening is then avoided by every replica)."""
         ...
 
+    async def admit_caller(self, caller: str, rpm: int) -> float | None:
+        """A request of the API key `caller` (an id of the key, never the key) counted in the window of its
+        `rpm` requests a minute that every replica shares: None when admitted, else the seconds until the
+        window has room. StateUnavailable when there is no shared window (no Redis, or none reachable):
+        the replica then counts the key's requests on its own share of the rate."""
+        ...
+
     def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None:
         """Keep `data` under `key` for `ttl` seconds (replacing what was there)."""
         ...
@@ -231,6 +238,9 @@ class MemoryState:
 
     def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
         return None  # nobody else to tell
+
+    async def admit_caller(self, caller: str, rpm: int) -> float | None:
+        raise StateUnavailable("no state shared with other replicas")
 
     def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None:
         self._checkpoints.put(key, data, ttl)
