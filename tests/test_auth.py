@@ -17,7 +17,7 @@ import pytest
 from conftest import MODELS, QUESTION
 from harness import wait_until
 from llm_service import cli
-from llm_service.api.auth import KeyTable, presented_key
+from llm_service.api.auth import CallerKey, KeyTable, presented_key
 from llm_service.core.config.auth import ApiKey, AuthSettings, hash_api_key
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
@@ -218,6 +218,19 @@ def test_the_key_table_finds_configured_keys_only() -> None:
     assert presented_key([(b"x-other", b"v"), (b"api-key", b"k2")]) == b"k2"
     assert presented_key([(b"authorization", b"Token k1")]) is None
     assert presented_key([]) is None
+
+
+def test_a_replica_back_on_its_share_of_a_keys_rate_says_when_its_window_has_room() -> None:
+    """What the shared window admitted is counted here too, so the window may hold more than this replica's
+    share (rpm 4 over 2 replicas: 2) when Redis goes: it has room once all but one of a share have left."""
+    caller = CallerKey(ApiKey(hash=hash_api_key(KEY_B), rpm=4), replicas=2)
+    for at in (0.0, 1.0, 2.0, 3.0):
+        caller.count(at)
+
+    assert caller.admit(10.0) == 52.0  # when the request of t=2 leaves, one (t=3) is left: room for one
+    assert caller.admit(61.5) == 0.5
+    assert caller.admit(62.0) is None
+    assert caller.admit(62.5) == 0.5  # full again (t=3 and t=62): room when t=3 leaves
 
 
 def test_key_digests_are_read_from_a_comma_separated_variable_and_a_bad_one_is_not_echoed(monkeypatch) -> None:

@@ -203,7 +203,7 @@ def tune_gc() -> None:
 
 def _shared_state(scope: Scope) -> StateBackend | None:
     """The state this replica shares with the others (Redis), once the service has started."""
-    services: Services | None = getattr(scope["app"].state, "services", None)
+    services: Services | None = getattr(getattr(scope.get("app"), "state", None), "services", None)
     if services is None:
         return None
     backend = services.dispatcher.state_backend

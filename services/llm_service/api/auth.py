@@ -83,8 +83,9 @@ class CallerKey:
         self.label = key.name or f"sha256:{key.hash[:12]}"
         #: The key's rate, which the replicas count together in the state they share (Redis).
         self.key_rpm = key.rpm
-        #: Its window there: a part of the key's digest (never the key, nor the name, which may change).
-        self.shared_id = key.hash[:32].lower()
+        #: Its window there: named by a digest of the key's digest (never the key, nor the name, which may
+        #: change; nor the digest the profile holds, so that key names in Redis cannot be matched with it).
+        self.shared_id = hashlib.sha256(b"caller:" + self.digest).hexdigest()[:32]
         # Without shared state each replica counts its own requests: it admits its share of the key's rate.
         self.rpm = max(1, key.rpm // replicas) if key.rpm is not None else None
         self.window: deque[float] = deque()
@@ -95,23 +96,27 @@ class CallerKey:
     def admit(self, now: float) -> float | None:
         """Count a request now; None if within this replica's share of the rate, else the seconds until
         the window has room."""
-        window, rpm = self.window, self.rpm
+        rpm = self.rpm
         if rpm is None:
             return None
-        while window and window[0] <= now - RPM_WINDOW:
-            window.popleft()
+        window = self._pruned(now)
         if len(window) >= rpm:
-            return window[0] + RPM_WINDOW - now
+            # The window may hold more than this share (what the shared window admitted): it has room once
+            # the request at this position leaves it.
+            return window[len(window) - rpm] + RPM_WINDOW - now
         window.append(now)
         return None
 
     def count(self, now: float) -> None:
         """Count a request the shared window admitted: should the shared state go, this replica's share
         starts from what it let in."""
+        self._pruned(now).append(now)
+
+    def _pruned(self, now: float) -> deque[float]:
         window = self.window
         while window and window[0] <= now - RPM_WINDOW:
             window.popleft()
-        window.append(now)
+        return window
 
     def may_use(self, model: str) -> bool:
         exact = self.exact_models

@@ -39,6 +39,20 @@ if not now then
 end
 """
 
+#: The sliding 60-second window of admissions (a sorted set: id -> time), and the seconds until one of
+#: `rpm` a minute has room in it (0: now).
+_RPM_WINDOW = """
+local WINDOW = 60
+
+local function rpm_wait(win, rpm)
+  local count = redis.call('ZCARD', win)
+  if count < rpm then return 0 end
+  -- the count drops below rpm when the admission at this position leaves the window
+  local at = redis.call('ZRANGE', win, count - rpm, count - rpm, 'WITHSCORES')
+  return tonumber(at[2]) + WINDOW - now
+end
+"""
+
 
 @dataclass(frozen=True)
 class Script:
@@ -58,8 +72,8 @@ class Script:
 ACQUIRE = Script(
     "acquire",
     _NOW
+    + _RPM_WINDOW
     + """
-local WINDOW = 60
 local tokens, id, lease = tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
 local reply = {0, tostring(now)}
 
@@ -78,14 +92,6 @@ local function prune(win, tok)
   end
   redis.call('ZREMRANGEBYSCORE', win, '-inf', now - WINDOW)
   redis.call('HINCRBY', tok, '_sum', -freed)
-end
-
-local function rpm_wait(win, rpm)
-  local count = redis.call('ZCARD', win)
-  if count < rpm then return 0 end
-  -- the count drops below rpm when the admission at this position leaves the window
-  local at = redis.call('ZRANGE', win, count - rpm, count - rpm, 'WITHSCORES')
-  return tonumber(at[2]) + WINDOW - now
 end
 
 local function tpm_wait(win, tok, tpm)
@@ -203,16 +209,12 @@ return #KEYS
 CALLER = Script(
     "caller",
     _NOW
+    + _RPM_WINDOW
     + """
-local WINDOW = 60
 local rpm, id = tonumber(ARGV[2]), ARGV[3]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - WINDOW)
-local count = redis.call('ZCARD', KEYS[1])
-if count >= rpm then
-  -- the count drops below rpm when the request at this position leaves the window
-  local at = redis.call('ZRANGE', KEYS[1], count - rpm, count - rpm, 'WITHSCORES')
-  return {0, tostring(tonumber(at[2]) + WINDOW - now)}
-end
+local wait = rpm_wait(KEYS[1], rpm)
+if wait > 0 then return {0, tostring(wait)} end
 redis.call('ZADD', KEYS[1], now, id)
 redis.call('PEXPIRE', KEYS[1], (WINDOW + 1) * 1000)
 return {1, tostring(now)}

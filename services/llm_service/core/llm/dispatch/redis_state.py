@@ -162,12 +162,7 @@ class RedisState:
             reply.add_done_callback(lambda done: self._abandoned(done, shared, tokens, lease))
             raise
         except Exception as exc:
-            # Also when Redis answered with an error: without the script's writes the replicas do not count
-            # together, so this one admits on its share, as when Redis is unreachable. Nothing was taken: out
-            # of memory, a script fails at its first write (after one, Redis lets it finish); a slot taken
-            # before some other error is never renewed, and expires with its lease.
-            self._failed(exc, degrade=True)
-            raise StateUnavailable("shared state unreachable") from None
+            raise self._unshared(exc) from None
         return self._granted(answer, shared, tokens, lease)
 
     async def admit_caller(self, caller: str, rpm: int) -> float | None:
@@ -180,9 +175,17 @@ class RedisState:
         except asyncio.CancelledError:
             raise  # the caller left: a request counted for it stays counted, as one that was answered
         except Exception as exc:
-            self._failed(exc, degrade=True)  # as for a deployment's limits: each replica on its share
-            raise StateUnavailable("shared state unreachable") from None
+            raise self._unshared(exc) from None
         return None if int(admitted) else max(float(wait), 0.0)
+
+    def _unshared(self, error: Exception) -> StateUnavailable:
+        """An admission (a deployment's, an API key's) Redis did not make: the backend degrades, also when
+        Redis answered with an error (without the script's writes the replicas do not count together), so
+        that each replica admits on its share, as when Redis is unreachable. Nothing was taken: out of
+        memory, a script fails at its first write (after one, Redis lets it finish); a slot taken before
+        some other error is never renewed, and expires with its lease."""
+        self._failed(error, degrade=True)
+        return StateUnavailable("shared state unreachable")
 
     def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
         if self._degraded:
