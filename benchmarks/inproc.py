@@ -21,14 +21,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import logging
 import os
+import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -36,6 +39,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from benchmarks.layers import LAYERS, without
 from benchmarks.passthrough import Passthrough
 from benchmarks.run import _child_env, _profile_yaml, free_port
 from benchmarks.upstream import raise_fd_limit
@@ -154,8 +158,18 @@ async def _bytecodes_per(app: App, body: bytes, requests: int, units: int) -> co
 
 
 async def measure(
-    upstream: str, scenario: Scenario, *, stream: bool, requests: int, rounds: int, bytecodes: bool = False
+    upstream: str,
+    scenario: Scenario,
+    *,
+    stream: bool,
+    requests: int,
+    rounds: int,
+    bytecodes: bool = False,
+    only: str | None = None,
 ) -> dict[str, Any]:
+    """Both apps, `rounds` rounds of `requests` each (CPU time, or one round counting bytecodes); `only`
+    one app ("passthrough" or "service"): a warm-up and `requests` requests of it, nothing measured (what
+    `--instructions` runs under callgrind)."""
     from llm_service.core.config.settings import Settings
     from llm_service.main import create_app, tune_gc
 
@@ -170,6 +184,11 @@ async def measure(
     try:
         async with service.router.lifespan_context(service):
             tune_gc()  # as `llm-service serve` does
+            if only is not None:
+                app: App = through if only == "passthrough" else service
+                await _load(app, body, CONCURRENCY * 2)  # warm-up: what a first request does once
+                await _load(app, body, requests)
+                return {}
             if bytecodes:
                 figures["passthrough"].append((await _bytecodes_per(through, body, requests, units)).total())
                 functions = await _bytecodes_per(service, body, requests, units)
@@ -196,45 +215,54 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--bytecodes", action="store_true", help="count Python bytecodes instead of CPU time")
     parser.add_argument("--top", type=int, default=40, help="with --bytecodes: the service's functions shown")
+    parser.add_argument(
+        "--without",
+        type=lambda text: [layer for layer in text.split(",") if layer],
+        default=[],
+        help=f"take these layers out of the service (comma-separated: {', '.join(LAYERS)}; benchmarks/layers.py)",
+    )
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count machine instructions (C included) under valgrind's callgrind instead of CPU time",
+    )
+    parser.add_argument("--only", choices=("passthrough", "service"), help=argparse.SUPPRESS)  # --instructions' runs
+    parser.add_argument("--upstream", help=argparse.SUPPRESS)  # theirs, started by the run that counts
     args = parser.parse_args(argv)
     raise_fd_limit()
+    if args.instructions:
+        return _count_instructions(args, argv if argv is not None else sys.argv[1:])
     scenario = Scenario(100, 0, args.pace if args.stream else 0)
     requests = args.requests or ((32 if args.stream else 300) if args.bytecodes else (320 if args.stream else 3000))
-    with tempfile.TemporaryDirectory(prefix="llm-inproc-") as tmp:
-        port = free_port()
-        upstream = f"http://127.0.0.1:{port}"
-        server = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)],
-            env=_child_env(),
-            stdout=subprocess.DEVNULL,
+    with tempfile.TemporaryDirectory(prefix="llm-inproc-") as tmp, _upstream(args.upstream) as upstream:
+        Path(tmp, "bench.yaml").write_text(_profile_yaml([scenario.model], upstream))
+        os.environ.update(
+            LLM_CONFIG_DIR=tmp,
+            LLM_CONFIG_PROFILE="bench",
+            LLM_DEMO_MODE="off",
+            REMOTE_LLM_BASE_URL=f"{upstream}/v1",
+            REMOTE_LLM_API_KEY="sk-bench-0123456789abcdef",
         )
-        try:
-            time.sleep(1.0)
-            Path(tmp, "bench.yaml").write_text(_profile_yaml([scenario.model], upstream))
-            os.environ.update(
-                LLM_CONFIG_DIR=tmp,
-                LLM_CONFIG_PROFILE="bench",
-                LLM_DEMO_MODE="off",
-                REMOTE_LLM_BASE_URL=f"{upstream}/v1",
-                REMOTE_LLM_API_KEY="sk-bench-0123456789abcdef",
+        configure_logging("INFO", "json")  # as the service logs, to nowhere
+        with open(os.devnull, "w") as sink:
+            for handler in logging.getLogger().handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    handler.setStream(sink)
+            run = measure(
+                upstream,
+                scenario,
+                stream=args.stream,
+                requests=requests,
+                rounds=args.rounds,
+                bytecodes=args.bytecodes,
+                only=args.only,
             )
-            configure_logging("INFO", "json")  # as the service logs, to nowhere
-            with open(os.devnull, "w") as sink:
-                for handler in logging.getLogger().handlers:
-                    if isinstance(handler, logging.StreamHandler):
-                        handler.setStream(sink)
-                run = measure(
-                    upstream,
-                    scenario,
-                    stream=args.stream,
-                    requests=requests,
-                    rounds=args.rounds,
-                    bytecodes=args.bytecodes,
-                )
+            with without(args.without):
                 result = uvloop.run(run)
-        finally:
-            server.terminate()
-            server.wait(timeout=10)
+    if args.only is not None:
+        return 0
+    if args.without:
+        print(f"the service without: {', '.join(args.without)}")
     if args.bytecodes:
         for name, values in result["rounds"].items():
             print(f"{name}: {values[0]:,.0f} bytecodes per {result['unit']}")
@@ -247,6 +275,65 @@ def main(argv: list[str] | None = None) -> int:
         shown = ", ".join(f"{v:,.1f}" for v in values)
         print(f"{name}: {statistics.median(values):,.1f} µs per {result['unit']} (rounds: {shown})")
     print(f"service / passthrough: {result['ratio']:.2f}x")
+    return 0
+
+
+@contextlib.contextmanager
+def _upstream(url: str | None) -> Iterator[str]:
+    """The benchmark upstream at `url`, or one started for the run (and stopped after it)."""
+    if url is not None:
+        yield url
+        return
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.upstream", "--port", str(port)], env=_child_env(), stdout=subprocess.DEVNULL
+    )
+    try:
+        time.sleep(1.0)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+#: Requests (streams: tenths of them) of the two runs under callgrind whose difference is counted: what
+#: starting the process, importing and warming up costs is the same in both, and drops out.
+_FEWER, _MORE = 100, 400
+
+
+def _count_instructions(args: argparse.Namespace, argv: list[str]) -> int:
+    """Instructions per request (or chunk) of each app: two runs of it under callgrind, of `_FEWER` and
+    `_MORE` requests, their difference divided by the requests between them. Deterministic: a figure that
+    does not move with the machine's load, C code (the event loop, orjson, the allocator) included."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        print("--instructions needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    units = 100 if args.stream else 1
+    fewer, more = (_FEWER // 10, _MORE // 10) if args.stream else (_FEWER, _MORE)
+    passed = [a for a in argv if a not in ("--instructions", "--bytecodes")]
+    per_unit: dict[str, float] = {}
+    with _upstream(args.upstream) as upstream:
+        for app in ("passthrough", "service"):
+            counted = []
+            for requests in (fewer, more):
+                command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m"]
+                command += ["benchmarks.inproc", *passed, "--only", app, "--requests", str(requests)]
+                done = subprocess.run(
+                    [*command, "--upstream", upstream], capture_output=True, text=True, check=False, env=_child_env()
+                )
+                found = re.search(r"Collected : (\d+)", done.stderr)
+                if done.returncode != 0 or found is None:
+                    print(done.stderr[-3000:], file=sys.stderr)
+                    return 1
+                counted.append(int(found.group(1)))
+            per_unit[app] = (counted[1] - counted[0]) / ((more - fewer) * units)
+    if args.without:
+        print(f"the service without: {', '.join(args.without)}")
+    unit = "chunk" if args.stream else "request"
+    for app, count in per_unit.items():
+        print(f"{app}: {count:,.0f} instructions per {unit}")
+    print(f"service / passthrough: {per_unit['service'] / per_unit['passthrough']:.2f}x")
     return 0
 
 

@@ -57,3 +57,14 @@ def test_the_in_process_bytecode_count_runs_both_apps_and_names_the_services_fun
     assert set(counts) == {"passthrough", "service"}, done.stdout
     assert all(float(line.split()[1].replace(",", "")) > 0 for line in counts.values())
     assert any("llm_service/core/llm/dispatcher.py" in line for line in lines), done.stdout
+
+
+def test_the_in_process_benchmark_takes_every_layer_out_of_the_service() -> None:
+    """`--without` (benchmarks/layers.py) replaces the service's functions by name: each layer taken out,
+    the service still answers (a failed request raises), and the run says what it measured."""
+    layers = "translation,dispatcher,access-log,disconnect-watch"
+    done = run_ok(
+        ["-m", "benchmarks.inproc", "--bytecodes", "--requests", "40", "--top", "0", "--without", layers], 120
+    )
+    assert f"the service without: {layers.replace(',', ', ')}" in done.stdout
+    assert "service: " in done.stdout and " bytecodes per request" in done.stdout
