@@ -19,9 +19,14 @@ from llm_service.core.llm.openai_format import (
     decode_chat_response,
     encode_chat_request,
 )
+from llm_service.core.llm.text_chunks import TextChunkTemplate
 from llm_service.core.llm.tool_ids import outbound_tool_call_id, with_outbound_ids
 
 _DONE = b"[DONE]"
+#: Where a stream's `TextChunkTemplate` is kept in its `StreamState.scratch` (or how often one was tried).
+_TEXT_CHUNKS = "text_chunks"
+#: Text chunks a template is tried from before the stream is read the whole way to its end.
+_TEMPLATE_TRIES = 3
 
 
 def error_detail(raw: Any) -> ErrorDetail | None:
@@ -95,15 +100,31 @@ class OpenAICompatibleClient(BaseLLMClient):
 
     @override
     def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | None:
+        scratch = state.scratch
+        template = scratch.get(_TEXT_CHUNKS)
+        if type(template) is TextChunkTemplate:
+            chunk = template.read(data)  # most of a stream: its text chunks, without parsing each whole
+            if chunk is not None:
+                return chunk
         if data == _DONE:
             state.done = True
             return None
+        chunk = self._decode_whole(data, state.request.include_usage)
+        if template is None or type(template) is int:
+            # The stream's text chunk template, made from one of its first text chunks (tried a few times).
+            tried = template or 0
+            if tried < _TEMPLATE_TRIES and chunk.choices and chunk.choices[0].content:
+                made = TextChunkTemplate.of(
+                    chunk, data, lambda event: self._decode_whole(event, state.request.include_usage)
+                )
+                scratch[_TEXT_CHUNKS] = made if made is not None else tried + 1
+        return chunk
+
+    def _decode_whole(self, data: bytes, include_usage: bool) -> LLMChunk:
         obj = orjson.loads(data)
         if "error" in obj:
             raise self.classify_error(None, error_detail(obj))
-        return decode_chat_chunk(
-            obj, self.provider, self._tool_calls.put, event=data, include_usage=state.request.include_usage
-        )
+        return decode_chat_chunk(obj, self.provider, self._tool_calls.put, event=data, include_usage=include_usage)
 
     @override
     def _parse_error_body(self, body: bytes) -> ErrorDetail | None:

@@ -1,0 +1,193 @@
+"""A stream's text chunks read from the bytes they share (`text_chunks.py`) are read exactly as the whole
+decoder reads them: the same chunk, the same wire form, or not read at all (then the whole decoder reads
+them, or refuses them, as before). Over OpenAI's recorded stream and over generated events one change
+away from a text chunk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import SecretStr
+
+from llm_service.core.config.constants import ProviderID
+from llm_service.core.config.settings import OpenAISettings
+from llm_service.core.llm.base import StreamState
+from llm_service.core.llm.credentials import APIKeyCredentialProvider
+from llm_service.core.llm.models import LLMChunk, LLMRequest, Message, Role
+from llm_service.core.llm.openai_client import OpenAIClient
+from llm_service.core.llm.openai_format import decode_chat_chunk
+from llm_service.core.llm.text_chunks import TextChunkTemplate
+from llm_service.fakes.wire import parse_sse, strip_usage
+
+PROVIDER = ProviderID.OPENAI
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def whole(include_usage: bool) -> Callable[[bytes], LLMChunk]:
+    """The whole decoder, as the OpenAI-compatible client runs it."""
+    return lambda event: decode_chat_chunk(
+        orjson.loads(event), PROVIDER, None, event=event, include_usage=include_usage
+    )
+
+
+def template_of(event: bytes, include_usage: bool) -> TextChunkTemplate | None:
+    decode = whole(include_usage)
+    return TextChunkTemplate.of(decode(event), event, decode)
+
+
+def recorded(include_usage: bool) -> list[bytes]:
+    events = parse_sse((FIXTURES / "openai" / "chat_text.sse").read_bytes())
+    kept = events if include_usage else strip_usage(events)
+    return [e.data for e in kept if e.data is not None and not e.is_done]
+
+
+@pytest.mark.parametrize("include_usage", [True, False], ids=["usage asked", "usage not asked"])
+def test_openais_text_chunks_are_read_from_the_template_of_the_first_as_the_decoder_reads_them(
+    include_usage: bool,
+) -> None:
+    events = recorded(include_usage)
+    texts = [e for e in events if b'"delta":{"content"' in e]
+    template = template_of(texts[0], include_usage)
+    assert template is not None
+
+    for event in events:
+        read = template.read(event)
+        if event in texts:
+            assert read is not None, event  # every text chunk of the stream is read the short way
+        if read is not None:
+            expected = whole(include_usage)(event)
+            assert read == expected and read.wire == expected.wire
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"role": "assistant", "content": "", "refusal": None},
+        {"content": "hi", "refusal": "no"},
+        {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]},
+        {"content": "hi", "reasoning": "because"},
+    ],
+    ids=["role", "refusal", "tool call", "an unknown field"],
+)
+def test_no_template_is_made_from_a_chunk_that_says_more_than_text(delta: dict[str, Any]) -> None:
+    chunk = {**_CHUNK, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+    assert template_of(orjson.dumps(chunk), include_usage=True) is None
+
+
+def test_no_template_is_made_from_a_chunk_the_client_does_not_get_as_it_came() -> None:
+    spaced = orjson.dumps(_CHUNK, option=orjson.OPT_INDENT_2)  # not one line: re-encoded for the client
+    assert template_of(spaced, include_usage=True) is None
+    usage_twice = orjson.dumps({**_CHUNK, "x": {"usage": None}})
+    assert template_of(usage_twice, include_usage=False) is None
+
+
+_CHUNK: dict[str, Any] = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "created": 1750000000,
+    "model": "gpt-4o-mini-2024-07-18",
+    "service_tier": "default",
+    "system_fingerprint": "fp_1",
+    "choices": [{"index": 0, "delta": {"content": "The capital"}, "logprobs": None, "finish_reason": None}],
+    "usage": None,
+}
+
+texts = st.text(max_size=20) | st.sampled_from(['"', "\\", '\\"', "\u2603", "\n", '"},"x":"', "\x00"])
+odd = st.none() | st.booleans() | st.integers(-2, 2) | st.text(max_size=5) | st.just([]) | st.just({})
+# One change to the template's chunk: (where, key, value); None as the value under "drop" takes the key out.
+changes = (
+    st.tuples(st.just("top"), st.sampled_from([*_CHUNK, "obfuscation", "error"]), odd)
+    | st.tuples(st.just("choice"), st.sampled_from(["index", "logprobs", "finish_reason", "x"]), odd | st.just("stop"))
+    | st.tuples(st.just("delta"), st.sampled_from(["role", "refusal", "tool_calls", "x"]), odd)
+    | st.tuples(st.just("drop"), st.sampled_from([*_CHUNK, "delta", "index", "content"]), st.none())
+    | st.tuples(st.just("choices"), st.sampled_from(["none", "two"]), st.none())
+)
+
+
+def _changed(chunk: dict[str, Any], change: tuple[str, str, Any]) -> dict[str, Any]:
+    """`chunk` with `change` made, where the places it names still are (an earlier change may have taken
+    them away)."""
+    where, key, value = change
+    choices = chunk.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+    if where == "choices":
+        chunk["choices"] = [] if key == "none" or not choice else [choice, {**choice, "index": 1}]
+    elif where == "drop":
+        for place in (chunk, choice, delta):
+            place.pop(key, None)
+    else:
+        {"top": chunk, "choice": choice, "delta": delta}[where][key] = value
+    return chunk
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    texts,
+    st.lists(changes, max_size=2),
+    st.booleans(),
+    st.sampled_from([b"", b"x", b'"', b"\\", b"\xff", b"\x01"]),
+)
+def test_an_event_is_read_from_the_template_exactly_as_the_decoder_reads_it_or_not_at_all(
+    text: str, made: list[tuple[str, str, Any]], include_usage: bool, garbage: bytes
+) -> None:
+    template = template_of(orjson.dumps(_CHUNK), include_usage)
+    assert template is not None
+    chunk = orjson.loads(orjson.dumps(_CHUNK))
+    chunk["choices"][0]["delta"]["content"] = text
+    for change in made:
+        chunk = _changed(chunk, change)
+    event = orjson.dumps(chunk)
+    if garbage and b'"content":"' in event:  # bytes no JSON writer would put in a text
+        at = event.index(b'"content":"') + len(b'"content":"')
+        event = event[:at] + garbage + event[at:]
+
+    read = template.read(event)
+
+    try:
+        expected: LLMChunk | None = whole(include_usage)(event)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        expected = None  # malformed: the client refuses it, so the template must not read it
+    if read is not None:
+        assert expected is not None
+        assert read == expected and read.wire == expected.wire
+    elif not made and not garbage:
+        pytest.fail(f"a text chunk of the template was not read by it: {event!r}")
+
+
+@pytest.mark.parametrize("include_usage", [True, False], ids=["usage asked", "usage not asked"])
+def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_usage: bool) -> None:
+    """The client's stream decoding (`_decode_stream_event`), over OpenAI's recorded stream: the same chunks
+    as the whole decoder's, and after the first text chunk every text chunk read by the template."""
+    client = OpenAIClient(
+        settings=OpenAISettings(api_key=SecretStr("k")),
+        credentials=APIKeyCredentialProvider(SecretStr("k"), env_var="OPENAI_API_KEY"),
+        session=None,  # type: ignore[arg-type]  # decoding does not touch the session
+    )
+    request = LLMRequest(model="gpt-4o-mini", messages=[Message(role=Role.USER, content="hi")], stream=True)
+    request.include_usage = include_usage
+    state = StreamState(request)
+    events = recorded(include_usage)
+    read_by_template = []
+    real_read = TextChunkTemplate.read
+
+    def spied(template: TextChunkTemplate, event: bytes) -> LLMChunk | None:
+        chunk = real_read(template, event)
+        if chunk is not None and event in events:  # not the probe the template is checked with
+            read_by_template.append(event)
+        return chunk
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(TextChunkTemplate, "read", spied)
+        chunks = [client._decode_stream_event(event, state) for event in events]
+
+    expected = [whole(include_usage)(event) for event in events]
+    assert chunks == expected and [c.wire for c in chunks if c] == [c.wire for c in expected]
+    texts = [e for e in events if b'"delta":{"content"' in e]
+    assert read_by_template == texts[1:]  # the first made the template
