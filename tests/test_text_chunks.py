@@ -41,17 +41,30 @@ def template_of(event: bytes, include_usage: bool) -> TextChunkTemplate | None:
     return TextChunkTemplate.of(decode(event), event, decode)
 
 
-def recorded(include_usage: bool) -> list[bytes]:
+def recorded(include_usage: bool, *, obfuscated: bool = False) -> list[bytes]:
+    """OpenAI's recorded text stream; `obfuscated`: each chunk ending with an `obfuscation` string of its own
+    length, as OpenAI sends them unless the client turns it off."""
     events = parse_sse((FIXTURES / "openai" / "chat_text.sse").read_bytes())
     kept = events if include_usage else strip_usage(events)
-    return [e.data for e in kept if e.data is not None and not e.is_done]
+    data = [e.data for e in kept if e.data is not None and not e.is_done]
+    if obfuscated:
+        data = [orjson.dumps({**orjson.loads(d), "obfuscation": "x\\y"[: i % 5] + "Qz"}) for i, d in enumerate(data)]
+    return data
 
 
-@pytest.mark.parametrize("include_usage", [True, False], ids=["usage asked", "usage not asked"])
+STREAMS = [
+    pytest.param(True, False, id="usage asked"),
+    pytest.param(False, False, id="usage not asked"),
+    pytest.param(True, True, id="usage asked, obfuscated"),
+    pytest.param(False, True, id="usage not asked, obfuscated"),
+]
+
+
+@pytest.mark.parametrize(("include_usage", "obfuscated"), STREAMS)
 def test_openais_text_chunks_are_read_from_the_template_of_the_first_as_the_decoder_reads_them(
-    include_usage: bool,
+    include_usage: bool, obfuscated: bool
 ) -> None:
-    events = recorded(include_usage)
+    events = recorded(include_usage, obfuscated=obfuscated)
     texts = [e for e in events if b'"delta":{"content"' in e]
     template = template_of(texts[0], include_usage)
     assert template is not None
@@ -133,14 +146,18 @@ def _changed(chunk: dict[str, Any], change: tuple[str, str, Any]) -> dict[str, A
     st.lists(changes, max_size=2),
     st.booleans(),
     st.sampled_from([b"", b"x", b'"', b"\\", b"\xff", b"\x01"]),
+    st.none() | texts,
 )
 def test_an_event_is_read_from_the_template_exactly_as_the_decoder_reads_it_or_not_at_all(
-    text: str, made: list[tuple[str, str, Any]], include_usage: bool, garbage: bytes
+    text: str, made: list[tuple[str, str, Any]], include_usage: bool, garbage: bytes, padding: str | None
 ) -> None:
-    template = template_of(orjson.dumps(_CHUNK), include_usage)
+    base = _CHUNK if padding is None else {**_CHUNK, "obfuscation": "abc"}  # OpenAI's last field
+    template = template_of(orjson.dumps(base), include_usage)
     assert template is not None
-    chunk = orjson.loads(orjson.dumps(_CHUNK))
+    chunk = orjson.loads(orjson.dumps(base))
     chunk["choices"][0]["delta"]["content"] = text
+    if padding is not None:
+        chunk["obfuscation"] = padding
     for change in made:
         chunk = _changed(chunk, change)
     event = orjson.dumps(chunk)
@@ -161,8 +178,8 @@ def test_an_event_is_read_from_the_template_exactly_as_the_decoder_reads_it_or_n
         pytest.fail(f"a text chunk of the template was not read by it: {event!r}")
 
 
-@pytest.mark.parametrize("include_usage", [True, False], ids=["usage asked", "usage not asked"])
-def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_usage: bool) -> None:
+@pytest.mark.parametrize(("include_usage", "obfuscated"), STREAMS)
+def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_usage: bool, obfuscated: bool) -> None:
     """The client's stream decoding (`_decode_stream_event`), over OpenAI's recorded stream: the same chunks
     as the whole decoder's, and after the first text chunk every text chunk read by the template."""
     client = OpenAIClient(
@@ -173,7 +190,7 @@ def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_u
     request = LLMRequest(model="gpt-4o-mini", messages=[Message(role=Role.USER, content="hi")], stream=True)
     request.include_usage = include_usage
     state = StreamState(request)
-    events = recorded(include_usage)
+    events = recorded(include_usage, obfuscated=obfuscated)
     read_by_template = []
     real_read = TextChunkTemplate.read
 

@@ -3,17 +3,19 @@
 An OpenAI-compatible upstream writes every text chunk of a stream the same way but for the text: the same
 `id`, `created`, `model`, fingerprint and field order, one choice whose delta is `{"content": "..."}`, and
 most of a stream's chunks are such chunks. Once one has been decoded the whole way (`decode_chat_chunk`),
-`TextChunkTemplate.of` keeps the bytes before its text and after it; a later event that starts and ends
-with those bytes is that chunk with another text, and `read` makes its LLMChunk from the kept fields and
-the text alone: one JSON string parsed instead of the event, and none of the decoder's look at every field
-(the profile's largest item per chunk, with `orjson.loads` of the event).
+`TextChunkTemplate.of` keeps the bytes before its text and after it; a later event made of the same bytes
+around another text is that chunk with the other text, and `read` makes its LLMChunk from the kept fields
+and the text alone: one JSON string parsed instead of the event, and none of the decoder's look at every
+field (the profile's largest item per chunk, with `orjson.loads` of the event). OpenAI's chunks also end
+with an `obfuscation` string of random length (padding against traffic analysis, on unless the client
+turns it off): a string field that ends the chunk is read as a second variable part.
 
-It reads nothing the decoder would read otherwise: the template is made only from a chunk that will go to
-the client as the upstream sent it (its `wire` form), it is checked once by decoding a probe event made
-from it the whole way, and an event is taken only when the bytes between the two parts are one valid
-JSON string (orjson decides: an unescaped quote or a control character sends the event the whole way,
-where it is read, or refused, as before). Anything else, an event of another shape or an upstream that
-changes its fields mid-stream, is decoded the whole way.
+It reads nothing the decoder would read otherwise: the template is made only from a chunk that goes to the
+client as the upstream sent it (its `wire` form), it is checked once by decoding a probe event made from
+it the whole way, and an event is taken only when what lies between the kept parts are valid JSON strings
+(orjson decides: an unescaped quote or a control character sends the event the whole way, where it is
+read, or refused, as before). Anything else, an event of another shape or an upstream that changes its
+fields mid-stream, is decoded the whole way.
 """
 
 from __future__ import annotations
@@ -25,26 +27,33 @@ import orjson
 from llm_service.core.llm.models import ChunkChoice, LLMChunk
 
 _CONTENT_KEY = b'"content":"'
-#: A text that no escaping form of the upstream's writes as it stands, for the probe event.
-_PROBE = '\u2603 probe \\ "'
+#: The end of a chunk whose last field is a string: its closing quote and brace.
+_STRING_END = b'"}'
+#: Texts no escaping form writes as they stand, for the probe event (the second for a trailing field).
+_PROBES = ('\u2603 probe \\ "', 'p\\"x')
+#: What `decode_chat_chunk` may take out of an event for the client (a `"usage":null` it did not ask for).
+_TAKEN_OUT = (b',"usage":null', b'"usage":null,')
 
 
 class TextChunkTemplate:
     """The bytes around the text of one stream's text chunks, with the fields they all have."""
 
     __slots__ = (
-        "_created", "_extra", "_fingerprint", "_id", "_index", "_model", "_prefix", "_provider", "_start", "_suffix",
-        "_tail", "_wire",
+        "_created", "_extra", "_fingerprint", "_id", "_index", "_last", "_middle", "_model", "_prefix",
+        "_provider", "_start", "_tail", "_wire",
     )  # fmt: skip
 
-    def __init__(self, chunk: LLMChunk, prefix: bytes, suffix: bytes, wire: tuple[bytes, bytes] | None) -> None:
-        self._prefix, self._suffix = prefix, suffix
-        self._start, self._tail = len(prefix), len(suffix)
+    def __init__(self, chunk: LLMChunk, parts: tuple[bytes, bytes, bytes], last: str | None) -> None:
+        prefix, middle, tail = parts
+        self._prefix, self._middle, self._tail = prefix, middle, tail
+        self._start = len(prefix)
+        #: The chunk's last field, a string that varies too (`extra`), or None: then `tail` is empty.
+        self._last = last
         self._index = chunk.choices[0].index
         self._id, self._created, self._model = chunk.id, chunk.created, chunk.model
         self._provider, self._fingerprint, self._extra = chunk.provider, chunk.system_fingerprint, chunk.extra
-        #: The client's chunk around the text when it is not the event itself (`"usage":null` taken out).
-        self._wire = wire
+        #: The client's chunk's parts when it is not the event itself (`"usage":null` taken out).
+        self._wire: tuple[bytes, bytes, bytes] | None = None
 
     @classmethod
     def of(cls, chunk: LLMChunk, event: bytes, decode: Callable[[bytes], LLMChunk]) -> TextChunkTemplate | None:
@@ -70,14 +79,22 @@ class TextChunkTemplate:
         if end is None or orjson.loads(event[start - 1 : end + 1]) != text:
             return None
         prefix, suffix = event[:start], event[end:]
-        wire: tuple[bytes, bytes] | None = None
+        parts, last = (prefix, suffix, b""), None
+        trailing = _trailing_string(chunk, suffix)
+        if trailing is not None:
+            last, value_at = trailing
+            parts = (prefix, suffix[:value_at], _STRING_END)
+        template = cls(chunk, parts, last)
         if chunk.wire != event:
-            wire = _around(chunk.wire, prefix, event[start:end], suffix)
-            if wire is None:
+            template._wire = _taken_out(
+                chunk.wire, parts, event[start:end], suffix[len(parts[1]) : -2] if last else b""
+            )
+            if template._wire is None:
                 return None
-        template = cls(chunk, prefix, suffix, wire)
-        # Checked once: a probe text put where this one was is read the whole way as the template reads it.
-        probe = prefix + orjson.dumps(_PROBE)[1:-1] + suffix
+        # Checked once: probe texts put where the variable parts were are read the whole way as the
+        # template reads them.
+        text_probe, last_probe = (orjson.dumps(probe)[1:-1] for probe in _PROBES)
+        probe = prefix + text_probe + parts[1] + (last_probe + parts[2] if last else b"")
         try:
             expected = decode(probe)
         except Exception:
@@ -90,17 +107,32 @@ class TextChunkTemplate:
     def read(self, event: bytes) -> LLMChunk | None:
         """The chunk `event` is, when it is a text chunk of this template; None when it is not."""
         # Once per chunk of most streams: written for few bytecodes (lengths kept, no tuple unpacking).
-        if not event.startswith(self._prefix) or not event.endswith(self._suffix):
+        if not event.startswith(self._prefix):
             return None
-        start, end = self._start, len(event) - self._tail
-        if end < start:
-            return None  # the two parts overlap in it
+        start, middle, extra = self._start, self._middle, self._extra
+        if self._last is None:
+            if not event.endswith(middle):
+                return None
+            end = len(event) - len(middle)
+            if end < start:
+                return None  # the two parts overlap in it
+            value = b""
+        else:
+            if not event.endswith(_STRING_END):
+                return None
+            end = event.find(middle, start)  # the text holds no unescaped quote: a match inside it fails below
+            if end < 0:
+                return None
+            value = event[end + len(middle) : -2]
+            try:
+                extra = {**extra, self._last: orjson.loads(b'"%b"' % value)}  # in its place among them
+            except orjson.JSONDecodeError:
+                return None
         body = event[start:end]
         try:
             text = orjson.loads(b'"%b"' % body)  # one string (it begins with a quote), escapes, no control chars
         except orjson.JSONDecodeError:
             return None
-        extra = self._extra
         chunk = LLMChunk(
             self._id,
             self._created,
@@ -109,10 +141,10 @@ class TextChunkTemplate:
             [ChunkChoice(self._index, None, text, None, [], None, None, {})],
             None,
             self._fingerprint,
-            dict(extra) if extra else {},
+            dict(extra) if extra is self._extra else extra,  # a chunk's own: it may be changed
         )
         wire = self._wire
-        chunk.wire = event if wire is None else wire[0] + body + wire[1]
+        chunk.wire = event if wire is None else wire[0] + body + wire[1] + value + wire[2]
         return chunk
 
 
@@ -131,11 +163,38 @@ def _string_end(event: bytes, start: int) -> int | None:
         at += 1
 
 
-def _around(wire: bytes, prefix: bytes, text: bytes, suffix: bytes) -> tuple[bytes, bytes] | None:
-    """The client's chunk before the text and after it, when it is the event with something taken out of
-    one side of the text (`"usage":null`: `decode_chat_chunk`)."""
-    if wire.startswith(prefix + text):
-        return prefix, wire[len(prefix) + len(text) :]
-    if wire.endswith(text + suffix):
-        return wire[: len(wire) - len(text) - len(suffix)], suffix
+def _trailing_string(chunk: LLMChunk, suffix: bytes) -> tuple[str, int] | None:
+    """The chunk's last field when it is a string field the domain does not model (OpenAI's `obfuscation`),
+    with where its value begins in `suffix`; None when the chunk ends otherwise."""
+    if not chunk.extra or not suffix.endswith(_STRING_END):
+        return None
+    key = next(reversed(chunk.extra))
+    value = chunk.extra[key]
+    if type(value) is not str:
+        return None
+    opening = b"," + orjson.dumps(key) + b':"'
+    at = suffix.rfind(opening)
+    if at < 0 or suffix.count(opening) != 1:
+        return None
+    value_at = at + len(opening)
+    try:
+        if orjson.loads(suffix[value_at - 1 : -1]) != value:
+            return None
+    except orjson.JSONDecodeError:
+        return None
+    return key, value_at
+
+
+def _taken_out(
+    wire: bytes, parts: tuple[bytes, bytes, bytes], text: bytes, value: bytes
+) -> tuple[bytes, bytes, bytes] | None:
+    """The client's chunk's fixed parts, when it is the event with one of `_TAKEN_OUT` taken out of one of
+    them (the variable parts the same)."""
+    for index, part in enumerate(parts):
+        for form in _TAKEN_OUT:
+            if form in part:
+                changed = list(parts)
+                changed[index] = part.replace(form, b"", 1)
+                if changed[0] + text + changed[1] + value + changed[2] == wire:
+                    return changed[0], changed[1], changed[2]
     return None
