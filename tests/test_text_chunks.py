@@ -208,3 +208,32 @@ def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_u
     assert chunks == expected and [c.wire for c in chunks if c] == [c.wire for c in expected]
     texts = [e for e in events if b'"delta":{"content"' in e]
     assert read_by_template == texts[1:]  # the first made the template
+
+
+def test_a_trailing_field_cut_off_at_its_opening_quote_is_not_read() -> None:
+    """The middle part's last quote must not double as the one that closes the event: that event is not JSON."""
+    template = template_of(orjson.dumps({**_CHUNK, "obfuscation": "abc"}), include_usage=True)
+    assert template is not None
+    cut = orjson.dumps({**_CHUNK, "obfuscation": "abc"}).replace(b'"obfuscation":"abc"}', b'"obfuscation":"}')
+
+    assert template.read(cut) is None
+    with pytest.raises(orjson.JSONDecodeError):
+        whole(True)(cut)
+
+
+def test_no_template_is_made_where_a_duplicate_key_hides_what_the_decoder_reads() -> None:
+    """orjson keeps the last of two equal keys: a delta with a second `content` (written so that it does not
+    look like the first) decodes to that one, whatever the first says. Were both the text of a probe, that
+    probe would pass; the other probe does not."""
+    first_probe = '\u2603 probe \\ "'  # text_chunks._PROBES[0][0]
+    probe = orjson.dumps(first_probe)
+    delta = b'"delta":{"content":' + probe + b',"content" :' + probe + b"}"
+    event = orjson.dumps(_CHUNK).replace(b'"delta":{"content":"The capital"}', delta)
+    assert whole(True)(event).choices[0].content == first_probe
+
+    assert template_of(event, include_usage=True) is None
+
+
+def test_no_template_is_made_from_a_chunk_with_a_field_its_chunks_would_share_and_could_change() -> None:
+    event = orjson.dumps({**_CHUNK, "x_groq": {"id": "q"}})
+    assert template_of(event, include_usage=True) is None

@@ -29,8 +29,13 @@ from llm_service.core.llm.models import ChunkChoice, LLMChunk
 _CONTENT_KEY = b'"content":"'
 #: The end of a chunk whose last field is a string: its closing quote and brace.
 _STRING_END = b'"}'
-#: Texts no escaping form writes as they stand, for the probe event (the second for a trailing field).
-_PROBES = ('\u2603 probe \\ "', 'p\\"x')
+#: Pairs of texts (the text, a trailing field's value) for the probe events: none as an escaping form writes
+#: it, and two of them, so that no fixed value hidden in the event (a duplicate key, which the decoder reads
+#: last) can pass for the text in both.
+_PROBES = (('\u2603 probe \\ "', 'p\\"x'), ("\u00e9\t\\u", "q/"))
+#: The values a field the domain does not model may have for the template to be made: its chunks share
+#: them with the template, so none may be changed through one of them.
+_IMMUTABLE = (str, int, float, bool, type(None))
 #: What `decode_chat_chunk` may take out of an event for the client (a `"usage":null` it did not ask for).
 _TAKEN_OUT = (b',"usage":null', b'"usage":null,')
 
@@ -72,6 +77,7 @@ class TextChunkTemplate:
             or choice.extra
             or choice.logprobs is not None
             or event.count(_CONTENT_KEY) != 1
+            or not all(isinstance(value, _IMMUTABLE) for value in chunk.extra.values())
         ):
             return None
         start = event.index(_CONTENT_KEY) + len(_CONTENT_KEY)
@@ -93,15 +99,16 @@ class TextChunkTemplate:
                 return None
         # Checked once: probe texts put where the variable parts were are read the whole way as the
         # template reads them.
-        text_probe, last_probe = (orjson.dumps(probe)[1:-1] for probe in _PROBES)
-        probe = prefix + text_probe + parts[1] + (last_probe + parts[2] if last else b"")
-        try:
-            expected = decode(probe)
-        except Exception:
-            return None
-        found = template.read(probe)
-        if found is None or found != expected or found.wire != expected.wire:
-            return None
+        for text_probe, last_probe in _PROBES:
+            written = orjson.dumps(text_probe)[1:-1]
+            probe = prefix + written + parts[1] + (orjson.dumps(last_probe)[1:-1] + parts[2] if last else b"")
+            try:
+                expected = decode(probe)
+            except Exception:
+                return None
+            found = template.read(probe)
+            if found is None or found != expected or found.wire != expected.wire:
+                return None
         return template
 
     def read(self, event: bytes) -> LLMChunk | None:
@@ -121,8 +128,8 @@ class TextChunkTemplate:
             if not event.endswith(_STRING_END):
                 return None
             end = event.find(middle, start)  # the text holds no unescaped quote: a match inside it fails below
-            if end < 0:
-                return None
+            if end < 0 or end + len(middle) > len(event) - 2:
+                return None  # not found; or found at the end, its last quote the closing one (a cut field)
             value = event[end + len(middle) : -2]
             try:
                 extra = {**extra, self._last: orjson.loads(b'"%b"' % value)}  # in its place among them
