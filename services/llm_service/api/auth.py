@@ -196,14 +196,14 @@ class AuthMiddleware:
         if caller.exact_models is not None:
             state[CALLER_STATE] = caller  # a key restricted to some models: /v1/models lists only those
         streams = self.streams
-        if scope["method"] == "POST" and caller.rpm is not None:
-            shared = self.shared_state(scope) if self.shared_state is not None else None
-            rpm, wait = await self._admit(caller, shared)
-            if wait is not None:
-                _note(scope, "rate_limit_exceeded")
-                await _rate_limited(rpm, wait)(scope, receive, send)
-                return
         if scope["method"] == "POST":
+            if caller.rpm is not None:
+                shared = self.shared_state(scope) if self.shared_state is not None else None
+                rpm, wait = await self._admit(caller, shared)
+                if wait is not None:
+                    _note(scope, "rate_limit_exceeded")
+                    await _rate_limited(rpm, wait)(scope, receive, send)
+                    return
             if caller.exact_models is not None:
                 replayed = await self._check_model(caller, scope, receive, send)
                 if replayed is None:

@@ -59,6 +59,9 @@ _MESSAGE_WRITTEN = frozenset({"role", "content", "refusal"})  # what encode_chat
 _ROLES = {r.value: r for r in Role}
 _NOTHING: dict[str, Any] = {}  # read only
 _FINISH = {f.value: f for f in FinishReason}
+#: How a chunk's `"usage":null` the client did not ask for is taken out of the upstream's event (`_wire_chunk`),
+#: in the order tried: after another field, else before one.
+NULL_USAGE_FORMS = (b',"usage":null', b'"usage":null,')
 
 
 # ==================================================================================================
@@ -635,7 +638,7 @@ def _wire_chunk(data: dict[str, Any], event: bytes, include_usage: bool) -> byte
         return event
     if event.count(b'"usage"') != 1:
         return None
-    for form in (b',"usage":null', b'"usage":null,'):
+    for form in NULL_USAGE_FORMS:
         stripped = event.replace(form, b"", 1)
         if len(stripped) < len(event):
             return stripped

@@ -25,6 +25,7 @@ from collections.abc import Callable
 import orjson
 
 from llm_service.core.llm.models import ChunkChoice, LLMChunk
+from llm_service.core.llm.openai_format import NULL_USAGE_FORMS
 
 _CONTENT_KEY = b'"content":"'
 #: The end of a chunk whose last field is a string: its closing quote and brace.
@@ -36,8 +37,6 @@ _PROBES = (('\u2603 probe \\ "', 'p\\"x'), ("\u00e9\t\\u", "q/"))
 #: The values a field the domain does not model may have for the template to be made: its chunks share
 #: them with the template, so none may be changed through one of them.
 _IMMUTABLE = (str, int, float, bool, type(None))
-#: What `decode_chat_chunk` may take out of an event for the client (a `"usage":null` it did not ask for).
-_TAKEN_OUT = (b',"usage":null', b'"usage":null,')
 
 
 class TextChunkTemplate:
@@ -195,10 +194,10 @@ def _trailing_string(chunk: LLMChunk, suffix: bytes) -> tuple[str, int] | None:
 def _taken_out(
     wire: bytes, parts: tuple[bytes, bytes, bytes], text: bytes, value: bytes
 ) -> tuple[bytes, bytes, bytes] | None:
-    """The client's chunk's fixed parts, when it is the event with one of `_TAKEN_OUT` taken out of one of
-    them (the variable parts the same)."""
+    """The client's chunk's fixed parts, when it is the event with a `"usage":null` taken out of one of them
+    as `decode_chat_chunk` takes it out (the variable parts the same)."""
     for index, part in enumerate(parts):
-        for form in _TAKEN_OUT:
+        for form in NULL_USAGE_FORMS:
             if form in part:
                 changed = list(parts)
                 changed[index] = part.replace(form, b"", 1)
