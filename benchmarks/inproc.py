@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 import uvloop
 
+from benchmarks.floor import Floor
 from benchmarks.layers import LAYERS, without
 from benchmarks.passthrough import Passthrough
 from benchmarks.run import _child_env, _profile_yaml, free_port
@@ -165,11 +166,12 @@ async def measure(
     requests: int,
     rounds: int,
     bytecodes: bool = False,
+    floor: bool = False,
     only: str | None = None,
 ) -> dict[str, Any]:
-    """Both apps, `rounds` rounds of `requests` each (CPU time, or one round counting bytecodes); `only`
-    one app ("passthrough" or "service"): a warm-up and `requests` requests of it, nothing measured (what
-    `--instructions` runs under callgrind)."""
+    """Both apps (with `floor`, the floor too: benchmarks/floor.py), `rounds` rounds of `requests` each (CPU
+    time, or one round counting bytecodes); `only` one app ("passthrough", "service" or "floor"): a warm-up
+    and `requests` requests of it, nothing measured (what `--instructions` runs under callgrind)."""
     from llm_service.core.config.settings import Settings
     from llm_service.main import create_app, tune_gc
 
@@ -179,30 +181,33 @@ async def measure(
     connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
     through.session = aiohttp.ClientSession(connector=connector, auto_decompress=True)
     service = create_app(Settings())
-    figures: dict[str, list[float]] = {"passthrough": [], "service": []}
+    apps: dict[str, App] = {"passthrough": through, "service": service}
+    if floor or only == "floor":
+        apps["floor"] = Floor(upstream, through.session)
+    figures: dict[str, list[float]] = {name: [] for name in apps}
     functions: collections.Counter[str] = collections.Counter()
     try:
         async with service.router.lifespan_context(service):
             tune_gc()  # as `llm-service serve` does
             if only is not None:
-                app: App = through if only == "passthrough" else service
-                await _load(app, body, CONCURRENCY * 2)  # warm-up: what a first request does once
-                await _load(app, body, requests)
+                await _load(apps[only], body, CONCURRENCY * 2)  # warm-up: what a first request does once
+                await _load(apps[only], body, requests)
                 return {}
             if bytecodes:
-                figures["passthrough"].append((await _bytecodes_per(through, body, requests, units)).total())
-                functions = await _bytecodes_per(service, body, requests, units)
-                figures["service"].append(functions.total())
-            for _ in range(0 if bytecodes else rounds):  # interleaved: a drift of the machine touches both alike
-                figures["passthrough"].append(await _cpu_per(through, body, requests, units))
-                figures["service"].append(await _cpu_per(service, body, requests, units))
+                for name, app in apps.items():
+                    counted = await _bytecodes_per(app, body, requests, units)
+                    figures[name].append(counted.total())
+                    functions = counted if name == "service" else functions
+            for _ in range(0 if bytecodes else rounds):  # interleaved: a drift of the machine touches all alike
+                for name, app in apps.items():
+                    figures[name].append(await _cpu_per(app, body, requests, units))
     finally:
         await through.session.close()
-    passthrough, service_cpu = (statistics.median(v) for v in figures.values())
+    medians = {name: statistics.median(values) for name, values in figures.items()}
     return {
         "unit": "chunk" if stream else "request",
         "rounds": figures,
-        "ratio": service_cpu / passthrough,
+        "ratios": {name: value / medians["passthrough"] for name, value in medians.items() if name != "passthrough"},
         "functions": functions,
     }
 
@@ -226,9 +231,18 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="count machine instructions (C included) under valgrind's callgrind instead of CPU time",
     )
-    parser.add_argument("--only", choices=("passthrough", "service"), help=argparse.SUPPRESS)  # --instructions' runs
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="measure the floor too (benchmarks/floor.py: the per-request target's features, inlined)",
+    )
+    parser.add_argument(
+        "--only", choices=("passthrough", "service", "floor"), help=argparse.SUPPRESS
+    )  # --instructions' runs
     parser.add_argument("--upstream", help=argparse.SUPPRESS)  # theirs, started by the run that counts
     args = parser.parse_args(argv)
+    if args.floor and args.stream:
+        parser.error("--floor measures non-streaming requests only")
     raise_fd_limit()
     if args.instructions:
         return _count_instructions(args, argv if argv is not None else sys.argv[1:])
@@ -255,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 requests=requests,
                 rounds=args.rounds,
                 bytecodes=args.bytecodes,
+                floor=args.floor,
                 only=args.only,
             )
             with without(args.without):
@@ -266,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.bytecodes:
         for name, values in result["rounds"].items():
             print(f"{name}: {values[0]:,.0f} bytecodes per {result['unit']}")
-        print(f"service / passthrough: {result['ratio']:.2f}x")
+        _print_ratios(result["ratios"])
         print(f"the service's {args.top} busiest functions (bytecodes per {result['unit']}):")
         for where, count in result["functions"].most_common(args.top):
             print(f"{count:8,.1f}  {where}")
@@ -274,8 +289,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, values in result["rounds"].items():
         shown = ", ".join(f"{v:,.1f}" for v in values)
         print(f"{name}: {statistics.median(values):,.1f} µs per {result['unit']} (rounds: {shown})")
-    print(f"service / passthrough: {result['ratio']:.2f}x")
+    _print_ratios(result["ratios"])
     return 0
+
+
+def _print_ratios(ratios: dict[str, float]) -> None:
+    for name, ratio in ratios.items():
+        print(f"{name} / passthrough: {ratio:.2f}x")
 
 
 @contextlib.contextmanager
@@ -311,10 +331,10 @@ def _count_instructions(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     units = 100 if args.stream else 1
     fewer, more = (_FEWER // 10, _MORE // 10) if args.stream else (_FEWER, _MORE)
-    passed = [a for a in argv if a not in ("--instructions", "--bytecodes")]
+    passed = [a for a in argv if a not in ("--instructions", "--bytecodes", "--floor")]
     per_unit: dict[str, float] = {}
     with _upstream(args.upstream) as upstream:
-        for app in ("passthrough", "service"):
+        for app in ("passthrough", "service", *(["floor"] if args.floor else [])):
             counted = []
             for requests in (fewer, more):
                 command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m"]
@@ -333,7 +353,7 @@ def _count_instructions(args: argparse.Namespace, argv: list[str]) -> int:
     unit = "chunk" if args.stream else "request"
     for app, count in per_unit.items():
         print(f"{app}: {count:,.0f} instructions per {unit}")
-    print(f"service / passthrough: {per_unit['service'] / per_unit['passthrough']:.2f}x")
+    _print_ratios({app: count / per_unit["passthrough"] for app, count in per_unit.items() if app != "passthrough"})
     return 0
 
 

@@ -68,3 +68,12 @@ def test_the_in_process_benchmark_takes_every_layer_out_of_the_service() -> None
     )
     assert f"the service without: {layers.replace(',', ', ')}" in done.stdout
     assert "service: " in done.stdout and " bytecodes per request" in done.stdout
+
+
+def test_the_floor_answers_next_to_both_apps() -> None:
+    """`--floor` (benchmarks/floor.py) measures the floor beside the passthrough and the service: it answers
+    the benchmark's request (a failed request raises) and gets its count and its ratio."""
+    done = run_ok(["-m", "benchmarks.inproc", "--bytecodes", "--floor", "--requests", "40", "--top", "0"], 120)
+    counts = {line.split(":")[0] for line in done.stdout.splitlines() if " bytecodes per request" in line}
+    assert counts == {"passthrough", "service", "floor"}, done.stdout
+    assert "floor / passthrough: " in done.stdout
