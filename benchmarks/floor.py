@@ -105,8 +105,8 @@ class Floor:
         data = orjson.loads(answer)
         usage = data.get("usage") or {}
         prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        plain = data.get("object") == "chat.completion" and type(prompt) is int and type(completion) is int
-        if status != 200 or not plain:
+        kind = data.get("object")
+        if status != 200 or kind != "chat.completion" or not isinstance(prompt, int) or not isinstance(completion, int):
             self.failures += 1
             raise RuntimeError("not a plain answer")
         for choice in data["choices"]:
