@@ -78,7 +78,8 @@ def test_workers_serve_one_port_and_together_stay_within_a_limit(workers: Servic
     # Each worker admits its share (RPM / 2); which worker gets a connection is the kernel's choice, so
     # together they admit at most RPM, and at least what one worker's share allows.
     assert RPM // WORKERS <= statuses.count(200) <= RPM, statuses
-    assert any("several workers without REDIS_URL" in line for line in workers.log_lines())
+    warned = [r for r in workers.log_records() if "several workers without REDIS_URL" in r.get("event", "")]
+    assert [r["pid"] for r in warned] == [workers.pid]  # the parent names itself too
     started = [r for r in workers.log_records() if r.get("event") == "started"]
     assert [r["replicas"] for r in started] == [WORKERS, WORKERS]  # each admits its share: RPM / 2
     assert sorted(r["pid"] for r in started) == sorted(workers.children())
@@ -122,7 +123,7 @@ def test_a_worker_that_dies_once_it_served_is_started_again(workers: ServiceProc
     assert not workers.exited()
     assert set(_burst(workers.url, 4)) <= {200, 429}
     ended = [r for r in workers.log_records() if r.get("event") == "worker ended"]
-    assert [(r["pid"], r["served"]) for r in ended] == [(first, True)]
+    assert [(r["worker_pid"], r["served"], r["pid"]) for r in ended] == [(first, True, workers.pid)]
 
 
 def _serving(service: ServiceProcess) -> int:

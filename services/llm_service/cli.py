@@ -104,7 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"llm-service: {problem}", file=sys.stderr)
         print(f"llm-service: configuration error: not starting ({_counts(report)})", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.telemetry.log_format)
+    # Workers name themselves on every line (`_worker`); their parent too, as the one line source left.
+    process_fields = {"pid": os.getpid()} if args.workers > 1 else None
+    configure_logging(settings.log_level, settings.telemetry.log_format, process_fields)
     for problem in report.warnings:
         log.warning("configuration warning", extra={"fields": {"where": problem.where, "problem": problem.message}})
     host = args.host or settings.server.host
@@ -280,7 +282,8 @@ class _Workers:
                     continue
                 served = started.is_set()
                 log.error(
-                    "worker ended", extra={"fields": {"pid": process.pid, "exit_code": exitcode, "served": served}}
+                    "worker ended",
+                    extra={"fields": {"worker_pid": process.pid, "exit_code": exitcode, "served": served}},
                 )
                 self._failed_in_a_row = 0 if served else self._failed_in_a_row + 1
                 if served:
