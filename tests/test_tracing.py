@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +21,11 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
 from llm_service.core.config.telemetry import parse_otlp_headers
 from llm_service.core.config.validation import check_configuration
-from llm_service.fakes import Fault, ServerThread
+from llm_service.fakes import FakeUpstreamThread, Fault, ServerThread
 from llm_service.fakes.otlp_collector import FakeOTLPCollector, ReceivedSpan
 from llm_service.logs import JSONFormatter
 from sse_client import read_events, streamed_text
+from test_genai_platform import PLATFORM_TOKEN, PROJECT, platform_fakes, platform_settings
 
 OPENAI, OPENROUTER = ProviderID.OPENAI, ProviderID.OPENROUTER
 ALIASES = {
@@ -312,6 +314,117 @@ def test_the_headers_never_reach_a_log_line(start_service, collector, caplog) ->
     for record in caplog.records:
         assert HEADER_SECRET not in formatter.format(record)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+# --------------------------------------------------------------------------------------------------
+# Trace context: sent to upstreams, named in the access log
+# --------------------------------------------------------------------------------------------------
+
+CALLER_TRACE, CALLER_SPAN = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+CALLER_HEADERS = {"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01", "tracestate": "vendor=1"}
+
+
+def names(traceparent: str, span: ReceivedSpan, *, sampled: bool = True) -> bool:
+    """Whether a W3C traceparent names `span` in its trace, with the sampled flag as given (the other flags
+    are the SDK's: a trace id it made is marked random, 0x02)."""
+    version, trace_id, span_id, flags = traceparent.split("-")
+    return (version, trace_id, span_id, int(flags, 16) & 1) == ("00", span.trace_id, span.span_id, int(sampled))
+
+
+def test_each_attempt_names_its_own_span_to_its_upstream(start_service, upstreams, collector) -> None:
+    """The upstream of each attempt gets a traceparent naming that attempt's CLIENT span in the caller's
+    trace, and the caller's tracestate: an upstream that traces too hangs its spans under the attempt."""
+    service = start_service(aliases=ALIASES, telemetry=traced(collector))
+    upstreams[OPENAI].inject(Fault(status=503))
+
+    response = chat(service, {"model": "resilient", "messages": QUESTION}, headers=CALLER_HEADERS)
+
+    assert response.status_code == 200, response.text
+    spans = exported(collector, service, 3)
+    failed, served = children(spans, one(spans, "SERVER"))
+    for upstream, attempt in ((upstreams[OPENAI], failed), (upstreams[OPENROUTER], served)):
+        sent = upstream.requests[-1].headers
+        assert names(sent["traceparent"], attempt) and attempt.trace_id == CALLER_TRACE
+        assert sent["tracestate"] == "vendor=1"
+
+
+def test_a_streamed_attempt_names_its_span_to_its_upstream(start_service, upstreams, collector) -> None:
+    service = start_service(telemetry=traced(collector))
+    request = {"model": MODELS[OPENAI], "messages": QUESTION, "stream": True}
+
+    with (
+        httpx.Client(base_url=service.url, timeout=20) as http,
+        http.stream("POST", "/v1/chat/completions", json=request) as response,
+    ):
+        assert "Paris" in streamed_text(read_events(response)[:-1])
+
+    attempt = one(exported(collector, service, 2), "CLIENT")
+    assert names(upstreams[OPENAI].requests[-1].headers["traceparent"], attempt)
+
+
+def test_an_unsampled_trace_is_propagated_as_unsampled(start_service, upstreams, collector) -> None:
+    """At a sample ratio of 0 nothing is recorded, and the upstream is told so (flags 00): it follows the
+    decision rather than start a trace of its own."""
+    service = start_service(telemetry=traced(collector, traces_sample_ratio=0))
+
+    assert chat(service, {"model": MODELS[OPENAI], "messages": QUESTION}).status_code == 200
+
+    traceparent = upstreams[OPENAI].requests[-1].headers["traceparent"]
+    assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-0[02]", traceparent), traceparent
+
+
+@pytest.mark.parametrize("telemetry", ["off", "tracing-off"])
+def test_no_trace_context_reaches_the_upstream_when_it_is_not_to(
+    start_service, upstreams, collector, telemetry
+) -> None:
+    """With propagation turned off, or without tracing, the upstream gets no trace context: not the
+    service's, and not the caller's either (a caller's headers are never passed on)."""
+    settings = traced(collector, propagate_trace_context=False) if telemetry == "off" else {}
+    service = start_service(telemetry=settings)
+
+    assert chat(service, {"model": MODELS[OPENAI], "messages": QUESTION}, headers=CALLER_HEADERS).status_code == 200
+
+    sent = upstreams[OPENAI].requests[-1].headers
+    assert "traceparent" not in sent and "tracestate" not in sent
+
+
+def test_through_the_genai_platform_the_attempt_is_named_beside_the_attribution_headers(
+    start_service, collector
+) -> None:
+    fake = platform_fakes(PLATFORM_TOKEN)[ProviderID.AZURE_OPENAI]
+    with FakeUpstreamThread(fake):
+        service = start_service(genai_platform=platform_settings(fake), telemetry=traced(collector))
+        response = chat(service, {"model": MODELS[ProviderID.AZURE_OPENAI], "messages": QUESTION, "user": "alice"})
+
+        assert response.status_code == 200, response.text
+        attempt = one(exported(collector, service, 2), "CLIENT")
+        sent = fake.requests[-1].headers
+    assert names(sent["traceparent"], attempt)
+    assert (sent["x-genai-project-name"], sent["x-genai-user-id"]) == (PROJECT, "alice")
+
+
+def test_the_access_line_names_the_trace_and_the_request_span(start_service, collector, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llm_service.access")
+    service = start_service(telemetry=traced(collector))
+
+    response = chat(service, {"model": MODELS[OPENAI], "messages": QUESTION}, headers=CALLER_HEADERS)
+
+    assert response.status_code == 200
+    server = one(exported(collector, service, 2), "SERVER")
+    (line,) = [r.fields for r in caplog.records if r.name == "llm_service.access"]  # type: ignore[attr-defined]
+    assert (line["trace_id"], line["span_id"]) == (CALLER_TRACE, server.span_id)
+    assert server.trace_id == CALLER_TRACE
+
+
+def test_without_tracing_the_access_line_has_no_trace_fields(start_service, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="llm_service.access")
+    service = start_service()
+
+    assert chat(service, {"model": MODELS[OPENAI], "messages": QUESTION}, headers=CALLER_HEADERS).status_code == 200
+
+    service.stop()  # the line is written once the answer has gone
+    (line,) = [r.fields for r in caplog.records if r.name == "llm_service.access"]  # type: ignore[attr-defined]
+    assert "trace_id" not in line and "span_id" not in line
 
 
 # --------------------------------------------------------------------------------------------------

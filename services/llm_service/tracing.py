@@ -4,7 +4,10 @@ Each chat request is a trace: a SERVER span from the ASGI edge (`RequestSpan`, s
 access-log middleware, so a stream's span ends with its last byte), continuing the caller's W3C
 `traceparent`, and one CLIENT child span per upstream attempt (`AttemptSpans`, the dispatcher's
 `AttemptTracer`), from taking a deployment slot to ending it. Attributes follow the OpenTelemetry GenAI
-and HTTP semantic conventions; prompt and completion text never go into a span.
+and HTTP semantic conventions; prompt and completion text never go into a span. Each attempt's upstream
+request carries the attempt span's W3C `traceparent` (and the caller's `tracestate`), as an instrumented
+HTTP client's does, unless `LLM_PROPAGATE_TRACE_CONTEXT` is off; the access log line of a traced request
+names its trace and SERVER span (`trace_id`, `span_id`), to go from a log line to its trace.
 
 The tracer provider is this app's own, never the global one (several apps may live in one process). It
 samples new traces by ratio and follows a caller's sampling decision (parent-based), and exports from a
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from contextvars import Token
 from urllib.parse import urlsplit
 
@@ -28,7 +32,7 @@ from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, format_span_id, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 from starlette.types import Scope
@@ -75,7 +79,9 @@ class Tracing:
         self._provider.add_span_processor(BatchSpanProcessor(exporter))
         self._tracer = self._provider.get_tracer("llm_service", version)
         self._propagator = TraceContextTextMapPropagator()
-        self.attempts = AttemptSpans(self._tracer, settings)
+        self.attempts = AttemptSpans(
+            self._tracer, settings, self._propagator if telemetry.propagate_trace_context else None
+        )
         log.info(
             "tracing",
             extra={
@@ -121,6 +127,11 @@ class RequestSpan:
         self._span = span
         self._token = token
 
+    def ids(self) -> tuple[str, str]:
+        """Its trace id and span id as W3C trace context writes them (32 and 16 lower-case hex digits)."""
+        context = self._span.get_span_context()
+        return format_trace_id(context.trace_id), format_span_id(context.span_id)
+
     def end(self, status: int, model: str | None, stream_error: str | None = None) -> None:
         """End it with the response status, the model the caller asked for (maybe an alias), and the error
         that ended a stream after its 200, if one did."""
@@ -140,11 +151,12 @@ class RequestSpan:
 
 class AttemptSpans:
     """`AttemptTracer` with OpenTelemetry: a CLIENT span `chat {upstream model}` per upstream attempt, a
-    child of the current (request) span."""
+    child of the current (request) span; with a `propagator`, named to the upstream in its headers."""
 
-    def __init__(self, tracer: Tracer, settings: Settings) -> None:
+    def __init__(self, tracer: Tracer, settings: Settings, propagator: TraceContextTextMapPropagator | None) -> None:
         self._tracer = tracer
         self._settings = settings
+        self._propagator = propagator
         #: (address, port) by (provider, the deployment's own base URL): as many entries as the profile has.
         self._servers: dict[tuple[ProviderID, str | None], tuple[str, int] | None] = {}
 
@@ -166,7 +178,10 @@ class AttemptSpans:
         if server is not None:
             attributes["server.address"], attributes["server.port"] = server
         span = self._tracer.start_span(f"chat {deployment.model}", kind=SpanKind.CLIENT, attributes=attributes)
-        return AttemptSpan(span)
+        headers: dict[str, str] = {}
+        if self._propagator is not None:  # sampled or not: the upstream follows the decision
+            self._propagator.inject(headers, context=trace.set_span_in_context(span))
+        return AttemptSpan(span, headers)
 
     def _server(self, deployment: Deployment) -> tuple[str, int] | None:
         key = (deployment.provider, deployment.base_url)
@@ -176,10 +191,12 @@ class AttemptSpans:
 
 
 class AttemptSpan:
-    __slots__ = ("_span",)
+    __slots__ = ("_span", "headers")
 
-    def __init__(self, span: Span) -> None:
+    def __init__(self, span: Span, headers: Mapping[str, str]) -> None:
         self._span = span
+        #: `traceparent` (and `tracestate`) naming this span to the upstream; empty when not propagated.
+        self.headers = headers
 
     def end(self, outcome: AttemptOutcome) -> None:
         span = self._span

@@ -53,6 +53,8 @@ class AccessRecord:
     tool_calls: list[dict[str, str | None]] | None = None
     ttft_ms: float | None = None  # streams: until the first chunk was ready to go out
     overhead_ms: float | None = None  # the gateway's own time until the response started
+    trace_id: str | None = None  # with tracing: the request's trace and SERVER span (tracing.RequestSpan)
+    span_id: str | None = None
     started: float = field(default_factory=time.perf_counter, repr=False)
 
     def first_token(self) -> None:
@@ -85,6 +87,8 @@ class AccessLogMiddleware:
         services = getattr(scope["app"].state, "services", None) if "app" in scope else None
         tracing = services.tracing if services is not None else None
         span = tracing.request_span(scope) if tracing is not None else None
+        if span is not None:
+            record.trace_id, record.span_id = span.ids()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":

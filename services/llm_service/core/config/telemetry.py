@@ -68,6 +68,11 @@ class TelemetrySettings(SettingsGroup):
         le=1,
         description="Share of new traces recorded, 0 to 1; a caller's traceparent decides for its own trace",
     )
+    propagate_trace_context: bool = Field(
+        default=True,
+        description="With tracing on, send each upstream attempt's W3C traceparent (and the caller's tracestate) "
+        "to the upstream, so one that traces too (vLLM, another instance of this service) joins the trace",
+    )
 
     @field_validator("otlp_endpoint", "otlp_traces_endpoint", "otlp_headers", mode="before")
     @classmethod

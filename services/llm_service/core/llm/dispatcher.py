@@ -37,7 +37,7 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
 from llm_service.core.llm.base import BaseLLMClient
 from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQueue
-from llm_service.core.llm.dispatch.attempt_trace import AttemptOutcome, AttemptTracer
+from llm_service.core.llm.dispatch.attempt_trace import ATTEMPT_HEADERS, AttemptOutcome, AttemptTracer
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
 from llm_service.core.llm.dispatch.deadlines import next_within
 from llm_service.core.llm.dispatch.health import HealthChecker
@@ -447,13 +447,17 @@ class LLMDispatcher:
                 # The request as this deployment's upstream knows it (a copy only when the name differs:
                 # `replace` re-runs the whole constructor, about 6 µs).
                 upstream = request if request.model == model else dataclasses.replace(request, model=model)
+                named = None
                 if self._tracer is not None:
-                    slot.trace = self._tracer.attempt(deployment, upstream)
+                    trace = slot.trace = self._tracer.attempt(deployment, upstream)
+                    named = ATTEMPT_HEADERS.set(trace.headers)  # for the client's request (a stream's too)
                 started = time.perf_counter()
                 try:
                     return slot, await call(self._clients.for_deployment(deployment), upstream, deployment)
                 finally:
                     upstream_time.seconds += time.perf_counter() - started
+                    if named is not None:
+                        ATTEMPT_HEADERS.reset(named)
             except ProviderError as error:
                 slot.failed(error)
                 if isinstance(error, UpstreamRequestError):

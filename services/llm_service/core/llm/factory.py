@@ -36,12 +36,13 @@ from llm_service.core.llm.credentials import (
     OAuthClientCredentialsTokenSource,
     TokenCredentialProvider,
 )
+from llm_service.core.llm.dispatch.attempt_trace import attempt_headers
 from llm_service.core.llm.genai_platform import (
     GenAIPlatformCredentialProvider,
     platform_prefixes,
     resolve_genai_endpoint,
 )
-from llm_service.core.llm.models import ModelNotFoundError
+from llm_service.core.llm.models import LLMRequest, ModelNotFoundError
 from llm_service.core.llm.openai_client import OpenAIClient
 from llm_service.core.llm.openrouter_client import OpenRouterClient
 from llm_service.core.llm.remote_client import RemoteClient
@@ -158,6 +159,9 @@ def _create(provider: ProviderID, ctx: _Context, deployment: Deployment | None =
         request_headers = gateway.request_headers
     else:
         credentials = _own_credentials(cls, group, ctx, key_env)
+    telemetry = settings.telemetry
+    if telemetry.propagate_trace_context and telemetry.traces_url() is not None:
+        request_headers = _with_attempt_headers(request_headers)
     return cls(
         settings=group,
         credentials=credentials,
@@ -166,6 +170,18 @@ def _create(provider: ProviderID, ctx: _Context, deployment: Deployment | None =
         tool_calls=ctx.tool_calls,
         checkpoint_every=ctx.settings.streaming.checkpoint_every_chunks,
     )
+
+
+def _with_attempt_headers(hook: RequestHeaders | None) -> RequestHeaders:
+    """`hook`'s headers (the GenAI Platform's attribution), and the current attempt's trace context."""
+    if hook is None:
+        return attempt_headers
+    own = hook
+
+    def both(request: LLMRequest) -> Mapping[str, str]:
+        return {**own(request), **attempt_headers(request)}
+
+    return both
 
 
 class ClientRegistry(Mapping[ProviderID, BaseLLMClient]):

@@ -6,11 +6,19 @@ OpenTelemetry implementation lives outside core (`llm_service/tracing.py`), so c
 OpenTelemetry and a dispatcher without a tracer does no tracing work at all.
 
 An outcome carries what the answer says about itself (id, model, finish reasons, usage), never its text.
+
+An attempt may name itself to its upstream (`Attempt.headers`: W3C `traceparent` and `tracestate`), so an
+upstream that traces too (vLLM, another instance of this service) joins the caller's trace: the dispatcher
+makes them the task's `ATTEMPT_HEADERS` for the attempt, and a client's request-headers hook
+(`attempt_headers`, given by the factory when tracing propagates) adds them to the upstream request.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 from llm_service.core.config.settings import Deployment
@@ -45,8 +53,22 @@ class AttemptOutcome:
             self.usage = chunk.usage
 
 
+NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+#: The trace context headers of the upstream attempt the running task makes (none outside an attempt).
+ATTEMPT_HEADERS: ContextVar[Mapping[str, str]] = ContextVar("llm_attempt_headers", default=NO_HEADERS)
+
+
+def attempt_headers(request: LLMRequest) -> Mapping[str, str]:
+    """A client's request-headers hook (`base.RequestHeaders`): the current attempt's trace context headers."""
+    return ATTEMPT_HEADERS.get()
+
+
 class Attempt(Protocol):
     """One traced attempt; ended exactly once (the slot guarantees it)."""
+
+    #: The headers that name it to its upstream (trace context; empty: none are sent).
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     def end(self, outcome: AttemptOutcome) -> None: ...
 
