@@ -282,7 +282,7 @@ def _serve(monkeypatch, *args: str) -> list[str]:
         server.started = True
 
     monkeypatch.setattr(cli.DrainingServer, "run", run)
-    monkeypatch.setattr(cli, "configure_logging", lambda level, log_format: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda level, log_format, process_fields=None: None)
     assert cli.main(["serve", *args]) in (0, 2)
     return hosts
 

@@ -543,7 +543,7 @@ def test_config_show_with_errors_prints_them_and_exits_1(monkeypatch, config_dir
 def test_serve_logs_warnings_and_starts(monkeypatch, config_dir, caplog):
     monkeypatch.setenv("LLM_MAX_RETRYS", "3")
     started: list[tuple[str, int]] = []
-    monkeypatch.setattr(cli, "configure_logging", lambda level, log_format: None)
+    monkeypatch.setattr(cli, "configure_logging", lambda level, log_format, process_fields=None: None)
 
     def run(server: cli.DrainingServer, sockets: object = None) -> None:
         started.append((server.config.host, server.config.port))
