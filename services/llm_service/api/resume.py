@@ -185,17 +185,8 @@ class StreamSession:
             self._timer = None
         return reader
 
-    def _next_for(self, reader: SessionReader) -> bytes | asyncio.Future[None] | bool:
-        """The reader's next event; a future to wait on while another reader pulls; True when the reader
-        is to pull the next event itself; False at the end."""
-        if reader.index < self._count:
-            event = self._events[reader.index - self._first]
-            reader.index += 1
-            return event
-        if self.ended:
-            return False
-        if self._puller is None:
-            return True
+    def _wait(self) -> asyncio.Future[None]:
+        """A future done when the reader pulling now has pulled (or the session ended)."""
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         return waiter
@@ -257,14 +248,15 @@ class SessionReader:
         # fewer on its way out (every coroutine level costs again at each chunk).
         session = self._session
         while not self._closed:
-            step = session._next_for(self)
-            if isinstance(step, bytes):
-                return step
-            if step is False:
+            index = self.index
+            if index < session._count:  # an event it has not read yet (a resumed reader's, one another pulled)
+                self.index = index + 1
+                return session._events[index - session._first]
+            if session.ended:
                 await self.aclose()
                 return DONE_EVENT
-            if step is not True:
-                await step  # another reader pulls
+            if session._puller is not None:
+                await session._wait()  # another reader pulls
                 continue
             # Caught up and nobody pulling: this reader pulls the next event from the source.
             if session._stopping or session._failed:  # abandoned; or the source's error event was the last

@@ -67,18 +67,22 @@ class Transcript:
         if chunk.usage is not None:
             self.usage_sent = True
         for choice in chunk.choices:
-            self.begun.add(choice.index)
+            index = choice.index
+            self.begun.add(index)
             if choice.finish_reason is not None:
-                self.finished.add(choice.index)
+                self.finished.add(index)
             if choice.refusal or choice.extra or choice.tool_calls:
                 for channel, text in _channels(choice):
                     self._pieces.setdefault(channel, []).append(text)
-            elif choice.content:  # the usual chunk, without a generator's cost
-                self._pieces.setdefault(("content", choice.index), []).append(choice.content)
-            for delta in choice.tool_calls:
-                call = self._calls.setdefault((choice.index, delta.index), _Call(None, None))
-                call.id = call.id or delta.id
-                call.name = call.name or delta.name
+                for delta in choice.tool_calls:
+                    call = self._calls.setdefault((index, delta.index), _Call(None, None))
+                    call.id = call.id or delta.id
+                    call.name = call.name or delta.name
+            elif choice.content:  # the usual chunk: no generator, and no new list but for the first
+                pieces = self._pieces.get(("content", index))
+                if pieces is None:
+                    pieces = self._pieces[("content", index)] = []
+                pieces.append(choice.content)
 
     def text(self, channel: Channel) -> str:
         return "".join(self._pieces.get(channel, ()))
