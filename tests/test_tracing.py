@@ -3,6 +3,7 @@ over OTLP/HTTP to a fake collector; and the telemetry settings that turn it on, 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -14,16 +15,19 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import MODELS, QUESTION
+from conftest import MODELS, QUESTION, fake_settings
 from harness import ServiceThread
 from llm_service import __version__, cli
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
 from llm_service.core.config.telemetry import parse_otlp_headers
 from llm_service.core.config.validation import check_configuration
+from llm_service.core.llm.dispatch.attempt_trace import ATTEMPT_HEADERS, NO_HEADERS
+from llm_service.core.llm.openai_format import parse_chat_request
 from llm_service.fakes import FakeUpstreamThread, Fault, ServerThread
 from llm_service.fakes.otlp_collector import FakeOTLPCollector, ReceivedSpan
 from llm_service.logs import JSONFormatter
+from llm_service.main import create_app
 from sse_client import read_events, streamed_text
 from test_genai_platform import PLATFORM_TOKEN, PROJECT, platform_fakes, platform_settings
 
@@ -362,6 +366,51 @@ def test_a_streamed_attempt_names_its_span_to_its_upstream(start_service, upstre
     assert names(upstreams[OPENAI].requests[-1].headers["traceparent"], attempt)
 
 
+@pytest.mark.parametrize("provider", [OPENAI, ProviderID.VERTEX_AI], ids=lambda p: p.value)
+def test_a_stream_replayed_after_a_break_names_its_new_attempt_upstream(
+    start_service, upstreams, collector, provider
+) -> None:
+    """A stream cut after two chunks is asked for again: that second request names the second attempt."""
+    service = start_service(telemetry=traced(collector))
+    upstreams[provider].inject(Fault(drop_after_chunks=2))
+    request = {"model": MODELS[provider], "messages": QUESTION, "stream": True}
+
+    with (
+        httpx.Client(base_url=service.url, timeout=20) as http,
+        http.stream("POST", "/v1/chat/completions", json=request, headers=CALLER_HEADERS) as response,
+    ):
+        assert read_events(response)[-1] == "[DONE]"
+
+    spans = exported(collector, service, 3)
+    first, second = children(spans, one(spans, "SERVER"))
+    cut, replayed = upstreams[provider].requests
+    assert names(cut.headers["traceparent"], first) and names(replayed.headers["traceparent"], second)
+    assert replayed.headers["tracestate"] == "vendor=1"
+
+
+def test_an_attempts_headers_are_its_tasks_only_while_it_is_made(upstreams, collector) -> None:
+    """Set for the attempt, taken back after it: nothing the task does later (another request's attempt
+    in a worker task, a health probe) is named after an attempt that has ended."""
+    app = create_app(fake_settings(upstreams, telemetry=traced(collector)))
+    plain, streamed = (
+        parse_chat_request({"model": MODELS[OPENAI], "messages": QUESTION, "stream": stream})
+        for stream in (False, True)
+    )
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            dispatcher = app.state.services.dispatcher
+            await dispatcher.generate(plain)
+            assert ATTEMPT_HEADERS.get() is NO_HEADERS
+            routed = await dispatcher.open_stream(streamed)  # its first chunk read: the request made
+            assert ATTEMPT_HEADERS.get() is NO_HEADERS
+            async for _ in routed.chunks:
+                pass
+
+    asyncio.run(run())
+    assert all("traceparent" in r.headers for r in upstreams[OPENAI].requests[-2:])
+
+
 def test_an_unsampled_trace_is_propagated_as_unsampled(start_service, upstreams, collector) -> None:
     """At a sample ratio of 0 nothing is recorded, and the upstream is told so (flags 00): it follows the
     decision rather than start a trace of its own."""
@@ -386,6 +435,8 @@ def test_no_trace_context_reaches_the_upstream_when_it_is_not_to(
 
     sent = upstreams[OPENAI].requests[-1].headers
     assert "traceparent" not in sent and "tracestate" not in sent
+    if telemetry == "off":  # traced all the same: the attempt has its span, only the upstream is not told
+        assert one(exported(collector, service, 2), "CLIENT").trace_id == CALLER_TRACE
 
 
 def test_through_the_genai_platform_the_attempt_is_named_beside_the_attribution_headers(

@@ -39,7 +39,7 @@ from starlette.types import Scope
 
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings, VertexAISettings
-from llm_service.core.llm.dispatch.attempt_trace import AttemptOutcome
+from llm_service.core.llm.dispatch.attempt_trace import NO_HEADERS, AttemptOutcome
 from llm_service.core.llm.models import LLMRequest, ProviderError
 
 log = logging.getLogger("llm_service.tracing")
@@ -178,9 +178,10 @@ class AttemptSpans:
         if server is not None:
             attributes["server.address"], attributes["server.port"] = server
         span = self._tracer.start_span(f"chat {deployment.model}", kind=SpanKind.CLIENT, attributes=attributes)
+        if self._propagator is None:
+            return AttemptSpan(span, NO_HEADERS)
         headers: dict[str, str] = {}
-        if self._propagator is not None:  # sampled or not: the upstream follows the decision
-            self._propagator.inject(headers, context=trace.set_span_in_context(span))
+        self._propagator.inject(headers, context=trace.set_span_in_context(span))  # sampled or not: it follows
         return AttemptSpan(span, headers)
 
     def _server(self, deployment: Deployment) -> tuple[str, int] | None:

@@ -450,7 +450,8 @@ class LLMDispatcher:
                 named = None
                 if self._tracer is not None:
                     trace = slot.trace = self._tracer.attempt(deployment, upstream)
-                    named = ATTEMPT_HEADERS.set(trace.headers)  # for the client's request (a stream's too)
+                    if trace.headers:  # for the client's request (a stream's too); reset once it is made
+                        named = ATTEMPT_HEADERS.set(trace.headers)
                 started = time.perf_counter()
                 try:
                     return slot, await call(self._clients.for_deployment(deployment), upstream, deployment)

@@ -66,7 +66,8 @@ def attempt_headers(request: LLMRequest) -> Mapping[str, str]:
 class Attempt(Protocol):
     """One traced attempt; ended exactly once (the slot guarantees it)."""
 
-    #: The headers that name it to its upstream (trace context; empty: none are sent).
+    #: The headers that name it to its upstream (trace context), made the task's `ATTEMPT_HEADERS` while it
+    #: is made; empty: nothing is sent, and nothing set.
     @property
     def headers(self) -> Mapping[str, str]: ...
 
