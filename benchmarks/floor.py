@@ -24,6 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from llm_service.api.body import BodyEnd, read_body
 from llm_service.logs import info_fields
 from llm_service.metrics import Metrics
 
@@ -32,6 +33,7 @@ Scope = dict[str, Any]
 _ROLES = frozenset({"system", "user", "assistant", "developer"})
 _OPTIONS = frozenset({"model", "messages", "temperature", "max_tokens", "user", "stream"})
 _WINDOW = 60.0
+_MAX_BODY = 4 * 1024 * 1024
 _log = logging.getLogger("llm_service.access")
 
 
@@ -51,12 +53,9 @@ class Floor:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:  # noqa: C901 (inlined on purpose)
         started = time.perf_counter()
-        body = b""
-        more = True
-        while more:
-            message = await receive()
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+        body, end = await read_body(receive, _MAX_BODY)  # as the service reads it: a limit, a disconnect seen
+        if end is not BodyEnd.COMPLETE:
+            raise ValueError(end.value)
         request = orjson.loads(body)
         model = request["model"]
         messages = request["messages"]
