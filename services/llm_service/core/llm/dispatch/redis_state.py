@@ -20,6 +20,9 @@ deployments.
   best-effort), counted in `error_replies` and warned of at most once per `ERROR_LOG_SECONDS` per error
   class, and the limits stay shared. But the limits need their own writes: a refused admission or lease
   renewal turns the backend degraded as an outage does, and it comes back only once Redis takes a write.
+  One refused again and again right after coming back (a key of the wrong type, a script Redis will not
+  run) would flap between shared and local at every retry: each refusal in a row without a shared
+  admission between doubles the wait before the next try, up to `MAX_RETRY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ Clock = Callable[[], float]
 #: At most one warning per error class in this many seconds (of the injected clock) for commands Redis
 #: answered with an error: a full Redis refuses every write, and one line a minute says so.
 ERROR_LOG_SECONDS = 60.0
+#: The longest wait before a backend that Redis keeps refusing tries it again (s; the injected clock's).
+MAX_RETRY_SECONDS = 300.0
 
 
 class RedisState:
@@ -101,6 +106,9 @@ class RedisState:
         self._streams: RedisStreamLog | None = None
         self._error_replies: dict[str, int] = {}
         self._error_logged_at: dict[str, float] = {}
+        #: Degradations by a refusal (not the link) since the last shared admission; when to try Redis again.
+        self._refused_in_a_row = 0
+        self._retry_at = -math.inf
 
     @classmethod
     def from_settings(cls, settings: ScaleOutSettings, *, clock: Clock, checkpoints: MemoryCheckpoints) -> RedisState:
@@ -163,6 +171,7 @@ class RedisState:
             raise
         except Exception as exc:
             raise self._unshared(exc) from None
+        self._refused_in_a_row = 0
         return self._granted(answer, shared, tokens, lease)
 
     async def admit_caller(self, caller: str, rpm: int) -> float | None:
@@ -176,6 +185,7 @@ class RedisState:
             raise  # the caller left: a request counted for it stays counted, as one that was answered
         except Exception as exc:
             raise self._unshared(exc) from None
+        self._refused_in_a_row = 0
         return None if int(admitted) else max(float(wait), 0.0)
 
     def _unshared(self, error: Exception) -> StateUnavailable:
@@ -330,13 +340,20 @@ class RedisState:
         if self._degraded:
             return
         self._degraded = True
-        self._changed_at = self._clock()
-        log.warning(
-            "shared state unreachable: serving on this replica's share of the limits"
-            if link_down(error)
-            else "shared state refuses the limits' writes: serving on this replica's share of the limits",
-            extra={"fields": {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}},
-        )
+        self._changed_at = now = self._clock()
+        fields: dict[str, Any] = {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}
+        if link_down(error):
+            self._retry_at = now
+            message = "shared state unreachable: serving on this replica's share of the limits"
+        else:
+            self._refused_in_a_row += 1
+            wait = 0.0 if self._refused_in_a_row == 1 else self._retry * 2 ** (self._refused_in_a_row - 1)
+            self._retry_at = now + min(wait, MAX_RETRY_SECONDS)
+            message = "shared state refuses the limits' writes: serving on this replica's share of the limits"
+            fields["refused_in_a_row"] = self._refused_in_a_row
+            if wait:
+                fields["retry_in_s"] = round(min(wait, MAX_RETRY_SECONDS), 3)
+        log.warning(message, extra={"fields": fields})
 
     def _found(self) -> None:
         self._degraded = False
@@ -350,13 +367,19 @@ class RedisState:
         while True:
             await asyncio.sleep(min(self._lease / 3, self._retry))
             if self._degraded:
-                if await self._answers():
-                    self._found()
-                    await self._renew()
+                if await self._recover():
                     next_renewal = loop.time() + self._lease / 3
             elif loop.time() >= next_renewal:
                 await self._renew()
                 next_renewal = loop.time() + self._lease / 3
+
+    async def _recover(self) -> bool:
+        """Degraded: whether Redis, tried once it is time to (`_retry_at`), answers; then shared again."""
+        if self._clock() < self._retry_at or not await self._answers():
+            return False
+        self._found()
+        await self._renew()
+        return True
 
     async def _answers(self) -> bool:
         """Whether Redis runs the admission script again (an empty admission: nothing is taken) and takes a
