@@ -45,8 +45,28 @@ def test_request_goes_to_the_deployment_url_with_api_version_and_api_key(client:
     assert sent.headers["api-key"] == KEYS[AZURE]
     assert "authorization" not in sent.headers
     assert response.headers["x-llm-provider"] == "azure_openai"
-    # Azure's own fields pass through without breaking anything.
+    # Azure's own fields pass through without breaking anything: the response's, and each choice's.
     assert "prompt_filter_results" in response.json()
+    recorded = fixture_json("azure_openai", "chat_text.json")
+    choice = response.json()["choices"][0]
+    assert choice["content_filter_results"] == recorded["choices"][0]["content_filter_results"]
+
+
+def test_each_streamed_choice_keeps_its_content_filter_results(client: httpx.Client) -> None:
+    events = stream_events(client, {"model": MODELS[AZURE], "messages": QUESTION, "stream": True})
+
+    recorded = [
+        json.loads(line[6:])
+        for line in (FIXTURES / "azure_openai" / "chat_text.sse").read_text().splitlines()
+        if line.startswith("data: {")
+    ]
+    choices = [e["choices"][0] for e in recorded if e["choices"]]
+    rendered = [c for c in choices if c.get("delta") or c.get("finish_reason")]  # not the annotations
+    received = [e for e in events[:-1] if e["choices"]]
+    assert [c["choices"][0].get("content_filter_results") for c in received] == [
+        c.get("content_filter_results") for c in rendered
+    ]
+    assert any(c["choices"][0].get("content_filter_results") for c in received)
 
 
 def test_stream_skips_the_annotation_only_first_chunk(client: httpx.Client) -> None:

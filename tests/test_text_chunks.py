@@ -81,12 +81,12 @@ def test_openais_text_chunks_are_read_from_the_template_of_the_first_as_the_deco
 @pytest.mark.parametrize(
     "delta",
     [
-        {"role": "assistant", "content": "", "refusal": None},
+        {"role": "tool", "content": "hi"},
         {"content": "hi", "refusal": "no"},
         {"tool_calls": [{"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}]},
         {"content": "hi", "reasoning": "because"},
     ],
-    ids=["role", "refusal", "tool call", "an unknown field"],
+    ids=["another role", "refusal", "tool call", "an unknown field"],
 )
 def test_no_template_is_made_from_a_chunk_that_says_more_than_text(delta: dict[str, Any]) -> None:
     chunk = {**_CHUNK, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
@@ -182,6 +182,18 @@ def test_an_event_is_read_from_the_template_exactly_as_the_decoder_reads_it_or_n
 def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_usage: bool, obfuscated: bool) -> None:
     """The client's stream decoding (`_decode_stream_event`), over OpenAI's recorded stream: the same chunks
     as the whole decoder's, and after the first text chunk every text chunk read by the template."""
+    events = recorded(include_usage, obfuscated=obfuscated)
+    chunks, read_by_template = client_decodes(events, include_usage)
+
+    expected = [whole(include_usage)(event) for event in events]
+    assert chunks == expected and [c.wire for c in chunks if c] == [c.wire for c in expected]
+    texts = [e for e in events if b'"delta":{"content"' in e]
+    assert read_by_template == texts[1:]  # the first made the template
+
+
+def client_decodes(events: list[bytes], include_usage: bool) -> tuple[list[LLMChunk | None], list[bytes]]:
+    """The OpenAI client's stream decoding of `events` (`_decode_stream_event`, one stream): its chunks, and
+    the events a template read."""
     client = OpenAIClient(
         settings=OpenAISettings(api_key=SecretStr("k")),
         credentials=APIKeyCredentialProvider(SecretStr("k"), env_var="OPENAI_API_KEY"),
@@ -190,7 +202,6 @@ def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_u
     request = LLMRequest(model="gpt-4o-mini", messages=[Message(role=Role.USER, content="hi")], stream=True)
     request.include_usage = include_usage
     state = StreamState(request)
-    events = recorded(include_usage, obfuscated=obfuscated)
     read_by_template = []
     real_read = TextChunkTemplate.read
 
@@ -203,11 +214,33 @@ def test_the_openai_client_reads_a_streams_text_chunks_by_its_template(include_u
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(TextChunkTemplate, "read", spied)
         chunks = [client._decode_stream_event(event, state) for event in events]
+    return chunks, read_by_template
 
-    expected = [whole(include_usage)(event) for event in events]
-    assert chunks == expected and [c.wire for c in chunks if c] == [c.wire for c in expected]
-    texts = [e for e in events if b'"delta":{"content"' in e]
-    assert read_by_template == texts[1:]  # the first made the template
+
+def test_a_template_its_text_chunks_do_not_match_is_made_again_from_one_that_does_not() -> None:
+    """An upstream whose first text chunk also names the role and whose later ones do not: the template of
+    the first reads none of the others, so the next one makes the stream's template, which reads the rest."""
+    first = {
+        **_CHUNK,
+        "choices": [
+            {"index": 0, "delta": {"role": "assistant", "content": "The"}, "logprobs": None, "finish_reason": None}
+        ],
+    }
+    rest = [
+        orjson.dumps(
+            {
+                **_CHUNK,
+                "choices": [{"index": 0, "delta": {"content": f" word {i}"}, "logprobs": None, "finish_reason": None}],
+            }
+        )
+        for i in range(5)
+    ]
+    events = [orjson.dumps(first), *rest]
+
+    chunks, read_by_template = client_decodes(events, include_usage=True)
+
+    assert chunks == [whole(True)(event) for event in events]
+    assert read_by_template == rest[1:]
 
 
 def test_a_trailing_field_cut_off_at_its_opening_quote_is_not_read() -> None:
@@ -237,3 +270,32 @@ def test_no_template_is_made_where_a_duplicate_key_hides_what_the_decoder_reads(
 def test_no_template_is_made_from_a_chunk_with_a_field_its_chunks_would_share_and_could_change() -> None:
     event = orjson.dumps({**_CHUNK, "x_groq": {"id": "q"}})
     assert template_of(event, include_usage=True) is None
+
+
+@pytest.mark.parametrize("include_usage", [True, False], ids=["usage asked", "usage not asked"])
+def test_openrouters_text_chunks_with_their_role_and_own_choice_fields_are_read_from_the_template(
+    include_usage: bool,
+) -> None:
+    """OpenRouter writes `"role":"assistant"` in every delta and a `native_finish_reason` in every choice: its
+    text chunks take a template too, and read as the whole decoder reads them (recorded stream). A client
+    that asked for usage gets the `"usage":null` OpenRouter leaves out, as OpenAI writes it."""
+    events = [
+        e.data
+        for e in parse_sse((FIXTURES / "openrouter" / "chat_text.sse").read_bytes())
+        if e.data is not None and not e.is_done
+    ]
+    decode = whole(include_usage)
+    texts = [e for e in events if (c := decode(e)).choices and c.choices[0].content and c.usage is None]
+    texts = [e for e in texts if decode(e).choices[0].finish_reason is None]
+    assert len(texts) > 2 and all(b'"role":"assistant"' in e and b'"native_finish_reason":null' in e for e in texts)
+    template = template_of(texts[0], include_usage)
+    assert template is not None
+
+    for event in events:
+        read = template.read(event)
+        if event in texts:
+            assert read is not None, event
+        if read is not None:
+            expected = decode(event)
+            assert read == expected and read.wire == expected.wire
+            assert read.wire == (event[:-1] + b',"usage":null}' if include_usage else event)

@@ -41,10 +41,13 @@ def decoded(event: bytes, *, include_usage: bool = False) -> LLMChunk:
 
 @pytest.mark.parametrize("include_usage", [False, True])
 def test_a_plain_content_chunk_keeps_its_event_bytes(include_usage: bool) -> None:
+    """A client that asked for usage gets `"usage":null` in every chunk, as from OpenAI: added at the end of
+    an event that has none (OpenRouter's)."""
     event = CONTENT + b"}"
     chunk = decoded(event, include_usage=include_usage)
-    assert chunk.wire == event
+    assert chunk.wire == (CONTENT + b',"usage":null}' if include_usage else event)
     assert_chunk_wire_matches(chunk, include_usage=include_usage)
+    assert orjson.loads(chunk.wire).get("usage", "absent") == (None if include_usage else "absent")
 
 
 def test_the_role_chunk_keeps_its_bytes_and_extra_fields_ride_along() -> None:
@@ -203,6 +206,29 @@ def _changed(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("native_finish_reason", "stop", id="openrouter"),
+        pytest.param("content_filter_results", {"hate": {"filtered": False, "severity": "safe"}}, id="azure"),
+    ],
+)
+def test_a_choices_own_fields_ride_along_in_the_bytes_and_in_the_encoding(field: str, value: Any) -> None:
+    """OpenRouter's `native_finish_reason`, Azure's `content_filter_results`: the client gets them, in the
+    upstream's bytes or, when those cannot go, in the encoding."""
+    body = orjson.dumps(_changed(("choices", 0, field), value))
+    response = decode_chat_response(orjson.loads(body), OPENAI, body=body)
+    assert response.choices[0].extra == {field: value}
+    assert response.wire == body
+    assert_response_wire_matches(response)
+
+    event = HEAD + b',"choices":[{"index":0,"delta":{"content":"x"},"logprobs":null,"finish_reason":null,'
+    chunk = decoded(event + orjson.dumps({field: value})[1:-1] + b"}]}")
+    assert chunk.choices[0].choice_extra == {field: value}
+    assert chunk.wire is not None
+    assert_chunk_wire_matches(chunk, include_usage=False)
+
+
+@pytest.mark.parametrize(
     "body",
     [
         pytest.param(
@@ -221,7 +247,6 @@ def _changed(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
         pytest.param(_changed(("object",), KeyError), id="no-object"),
         pytest.param(_changed(("choices", 0, "message", "refusal"), KeyError), id="no-refusal"),
         pytest.param(_changed(("usage",), KeyError), id="no-usage"),
-        pytest.param(_changed(("choices", 0, "native_finish_reason"), "stop"), id="choice-extra-field"),
         pytest.param(_changed(("choices", 0, "index"), KeyError), id="no-index"),
     ],
 )
@@ -255,7 +280,21 @@ def test_a_client_receives_the_upstreams_content_chunks_byte_for_byte(
     assert all(line in received for line in expected)
 
 
-def test_a_client_receives_the_upstreams_plain_body_byte_for_byte(client: httpx.Client) -> None:
-    response = client.post("/v1/chat/completions", json={"model": MODELS[OPENAI], "messages": QUESTION})
+@pytest.mark.parametrize("provider", [OPENAI, ProviderID.OPENROUTER], ids=lambda p: p.value)
+def test_a_client_receives_the_upstreams_plain_body_byte_for_byte(client: httpx.Client, provider: ProviderID) -> None:
+    response = client.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION})
     assert response.status_code == 200
-    assert response.content == (FIXTURES / "openai" / "chat_text.json").read_bytes()
+    assert response.content == (FIXTURES / provider.value / "chat_text.json").read_bytes()
+
+
+def test_an_openrouter_stream_reaches_the_client_byte_for_byte(client: httpx.Client) -> None:
+    """Every text event of OpenRouter's recorded stream, `native_finish_reason` and `provider` included, is
+    what the client gets (not its usage chunk: OpenRouter sends usage whether asked or not)."""
+    body = {"model": MODELS[ProviderID.OPENROUTER], "messages": QUESTION, "stream": True}
+    with client.stream("POST", "/v1/chat/completions", json=body) as response:
+        assert response.status_code == 200
+        received = _data_lines(response.read().decode())
+    upstream = _data_lines((FIXTURES / "openrouter" / "chat_text.sse").read_text())
+    texts = [line for line in upstream if b'"finish_reason":null' in line and b'"usage"' not in line]
+    assert len(texts) > 2 and all(b'"native_finish_reason":null' in line for line in texts)
+    assert [line for line in received if b'"finish_reason":null' in line] == texts

@@ -6,8 +6,8 @@ by the factory. Talk is the shared OpenAI codec; Azure's additions are handled h
 
 - the annotation-only first stream chunk (`"id":""`, `"choices":[]`, `prompt_filter_results`) and
   choices that carry only `content_filter_results` are skipped: they hold nothing a client renders;
-- `prompt_filter_results` on plain responses passes through as an extra field (the per-choice
-  `content_filter_results` are not carried: the domain's choices have no extras);
+- `prompt_filter_results` on plain responses passes through as an extra field, and the per-choice
+  `content_filter_results` as the choice's own (`Choice.extra`, `ChunkChoice.choice_extra`);
 - a blocked prompt (HTTP 400, code `content_filter`) becomes a ContentFilterError (400,
   `content_filter`) through the shared classification;
 - a completion the filter blocked before it said anything is a ContentFilterError too (the base

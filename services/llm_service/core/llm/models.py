@@ -29,9 +29,12 @@ The API edge (`api/errors.py`) maps these to HTTP statuses and OpenAI's error bo
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
+
+from typing_extensions import override
 
 from llm_service.core.config.constants import ProviderID
 
@@ -195,12 +198,45 @@ class Usage:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class _NoFields(Mapping[str, Any]):
+    """An empty mapping that cannot be changed and hashes (a dataclass default may not be a dict)."""
+
+    __slots__ = ()
+
+    @override
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    @override
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    @override
+    def __len__(self) -> int:
+        return 0
+
+    @override
+    def __hash__(self) -> int:
+        return 0
+
+    @override
+    def __repr__(self) -> str:
+        return "{}"
+
+
+#: No fields of a choice's own: the default of `Choice.extra` and `ChunkChoice.choice_extra`, shared.
+NO_FIELDS: Mapping[str, Any] = _NoFields()
+
+
 @dataclass(slots=True)
 class Choice:
     index: int
     message: Message
     finish_reason: FinishReason | None
     logprobs: Any = None
+    #: Fields of the choice itself the domain does not model (OpenRouter's `native_finish_reason`,
+    #: Azure's `content_filter_results`), passed on to OpenAI-format clients. Read only: replaced, not changed.
+    extra: Mapping[str, Any] = NO_FIELDS
 
 
 @dataclass(slots=True)
@@ -229,6 +265,8 @@ class ChunkChoice:
     logprobs: Any = None
     #: Delta fields the domain does not model (reasoning, audio, ...).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Fields of the choice itself the domain does not model, as `Choice.extra` (read only).
+    choice_extra: Mapping[str, Any] = NO_FIELDS
 
 
 @dataclass(slots=True)

@@ -23,9 +23,10 @@ from llm_service.core.llm.text_chunks import TextChunkTemplate
 from llm_service.core.llm.tool_ids import outbound_tool_call_id, with_outbound_ids
 
 _DONE = b"[DONE]"
-#: Where a stream's `TextChunkTemplate` is kept in its `StreamState.scratch` (or how often one was tried).
+#: Where a stream's `TextChunkTemplate` is kept in its `StreamState.scratch`, and how often one was made.
 _TEXT_CHUNKS = "text_chunks"
-#: Text chunks a template is tried from before the stream is read the whole way to its end.
+_TEMPLATE_TRIED = "text_chunk_templates_tried"
+#: Text chunks a template is made from, at most, in one stream (the template a miss leaves is kept).
 _TEMPLATE_TRIES = 3
 
 
@@ -101,8 +102,8 @@ class OpenAICompatibleClient(BaseLLMClient):
     @override
     def _decode_stream_event(self, data: bytes, state: StreamState) -> LLMChunk | None:
         scratch = state.scratch
-        template = scratch.get(_TEXT_CHUNKS)
-        if type(template) is TextChunkTemplate:
+        template: TextChunkTemplate | None = scratch.get(_TEXT_CHUNKS)
+        if template is not None:
             chunk = template.read(data)  # most of a stream: its text chunks, without parsing each whole
             if chunk is not None:
                 return chunk
@@ -110,14 +111,17 @@ class OpenAICompatibleClient(BaseLLMClient):
             state.done = True
             return None
         chunk = self._decode_whole(data, state.request.include_usage)
-        if template is None or type(template) is int:
-            # The stream's text chunk template, made from one of its first text chunks (tried a few times).
-            tried = template or 0
-            if tried < _TEMPLATE_TRIES and chunk.choices and chunk.choices[0].content:
+        if chunk.choices and chunk.choices[0].content:
+            # A text chunk its template (if any) did not read: the stream's template is made from it, a few
+            # times at most (a first text chunk unlike the others, a stream whose chunks change on the way).
+            tried = scratch.get(_TEMPLATE_TRIED, 0)
+            if tried < _TEMPLATE_TRIES:
                 made = TextChunkTemplate.of(
                     chunk, data, lambda event: self._decode_whole(event, state.request.include_usage)
                 )
-                scratch[_TEXT_CHUNKS] = made if made is not None else tried + 1
+                scratch[_TEMPLATE_TRIED] = tried + 1
+                if made is not None:
+                    scratch[_TEXT_CHUNKS] = made
         return chunk
 
     def _decode_whole(self, data: bytes, include_usage: bool) -> LLMChunk:

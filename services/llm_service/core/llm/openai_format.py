@@ -17,6 +17,7 @@ from typing import Any, cast
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.limits import RequestLimitSettings
 from llm_service.core.llm.models import (
+    NO_FIELDS,
     Choice,
     ChunkChoice,
     ContentPart,
@@ -62,6 +63,9 @@ _FINISH = {f.value: f for f in FinishReason}
 #: How a chunk's `"usage":null` the client did not ask for is taken out of the upstream's event (`_wire_chunk`),
 #: in the order tried: after another field, else before one.
 NULL_USAGE_FORMS = (b',"usage":null', b'"usage":null,')
+#: How a chunk ends with the `"usage":null` a client that asked for usage gets in every chunk, as OpenAI
+#: writes it, when its upstream left it out (OpenRouter).
+NULL_USAGE_END = b',"usage":null}'
 
 
 # ==================================================================================================
@@ -506,14 +510,14 @@ def decode_chat_response(
             message.extra = _rest(msg, _REPLY_FIELDS)
         finish = raw.get("finish_reason")
         finish_reason = _finish(finish) if finish else None
+        own = NO_FIELDS if raw.keys() <= _CHOICE_FIELDS else _rest(raw, _CHOICE_FIELDS)  # native_finish_reason, ...
         if calls or (finish and finish_reason is None) or msg.get("role") != "assistant":
             plain = False  # tool-call ids are translated, finish reasons mapped, the role filled in
-        elif raw.keys() != _CHOICE_FIELDS or not msg.keys() >= _MESSAGE_WRITTEN:
-            plain = False  # a choice's own extra fields (Azure's content_filter_results) are not kept,
-            # and the ones the encoder always writes (the index among them) must be there
+        elif not raw.keys() >= _CHOICE_FIELDS or not msg.keys() >= _MESSAGE_WRITTEN:
+            plain = False  # the fields the encoder always writes (the index among them) must be there
         elif content is not None and type(content) is not str:
             plain = False  # content parts are joined into one text
-        choices.append(Choice(raw.get("index", position), message, finish_reason, raw.get("logprobs")))
+        choices.append(Choice(raw.get("index", position), message, finish_reason, raw.get("logprobs"), own))
     created = data.get("created")
     response = LLMResponse(
         data.get("id") or "",
@@ -589,11 +593,11 @@ def decode_chat_chunk(
             role = delta.get("role")
             fragments = delta.get("tool_calls")
             finish = raw.get("finish_reason")
+            keys = raw.keys()
             if fragments or finish is not None or (role and role != "assistant"):
                 plain = False  # tool-call ids are translated, finish reasons mapped
-            elif raw.keys() != _CHUNK_CHOICE_FIELDS:
-                plain = False  # a choice's own extra fields (Azure's content_filter_results) are not kept,
-                # and the ones the encoder always writes (the index among them) must be there
+            elif not keys >= _CHUNK_CHOICE_FIELDS:
+                plain = False  # the fields the encoder always writes (the index among them) must be there
             choices.append(
                 ChunkChoice(
                     raw.get("index", position),
@@ -604,6 +608,8 @@ def decode_chat_chunk(
                     _finish(finish) if finish is not None else None,
                     raw.get("logprobs"),
                     {} if delta.keys() <= _REPLY_FIELDS else _rest(delta, _REPLY_FIELDS),
+                    # The choice's own fields (OpenRouter's native_finish_reason, Azure's content_filter_results)
+                    NO_FIELDS if keys <= _CHUNK_CHOICE_FIELDS else _rest(raw, _CHUNK_CHOICE_FIELDS),
                 )
             )
     raw_usage = data.get("usage")
@@ -631,10 +637,15 @@ def _wire_chunk(data: dict[str, Any], event: bytes, include_usage: bool) -> byte
     """The upstream's event as the client's chunk, when only its form would differ: one line (an SSE
     data line), with the top-level fields `encode_chat_chunk` writes, and no `usage` the client did not
     ask for (OpenAI puts `"usage":null` in every chunk of a stream asked for usage: taken out when it is
-    the only `"usage"` in the event, written the compact way; otherwise no wire form)."""
+    the only `"usage"` in the event, written the compact way; otherwise no wire form). A client that asked
+    gets its `"usage":null` in every chunk, as from OpenAI: added at the end where the upstream left it out."""
     if b"\n" in event or b"\r" in event or not _plain_top(data, "chat.completion.chunk"):
         return None
-    if include_usage or "usage" not in data:
+    if "usage" not in data:
+        if not include_usage:
+            return event
+        return event[:-1] + NULL_USAGE_END if event.endswith(b"}") else None
+    if include_usage:
         return event
     if event.count(b'"usage"') != 1:
         return None
@@ -682,9 +693,8 @@ def encode_chat_response(response: LLMResponse) -> dict[str, Any]:
         if reply.tool_calls:
             message["tool_calls"] = _encode_tool_calls(reply.tool_calls)
         finish = str(choice.finish_reason) if choice.finish_reason else None
-        choices.append(
-            {"index": choice.index, "message": message, "logprobs": choice.logprobs, "finish_reason": finish}
-        )
+        written = {"index": choice.index, "message": message, "logprobs": choice.logprobs, "finish_reason": finish}
+        choices.append({**choice.extra, **written} if choice.extra else written)
     body: dict[str, Any] = {
         **response.extra,
         "id": response.id,
@@ -713,7 +723,8 @@ def encode_chat_chunk(chunk: LLMChunk, *, include_usage: bool) -> dict[str, Any]
         if choice.tool_calls:
             delta["tool_calls"] = [_encode_tool_call_delta(d) for d in choice.tool_calls]
         finish = str(choice.finish_reason) if choice.finish_reason else None
-        choices.append({"index": choice.index, "delta": delta, "logprobs": choice.logprobs, "finish_reason": finish})
+        written = {"index": choice.index, "delta": delta, "logprobs": choice.logprobs, "finish_reason": finish}
+        choices.append({**choice.choice_extra, **written} if choice.choice_extra else written)
     body: dict[str, Any] = {
         **chunk.extra,
         "id": chunk.id,

@@ -1,7 +1,9 @@
 """A stream's text chunks read without parsing each whole: the bytes they share around their text.
 
 An OpenAI-compatible upstream writes every text chunk of a stream the same way but for the text: the same
-`id`, `created`, `model`, fingerprint and field order, one choice whose delta is `{"content": "..."}`, and
+`id`, `created`, `model`, fingerprint and field order, one choice whose delta is `{"content": "..."}` (with
+`"role":"assistant"` too, as OpenRouter writes every delta; and the choice's own fields, as its
+`native_finish_reason`, when their values are scalars), and
 most of a stream's chunks are such chunks. Once one has been decoded the whole way (`decode_chat_chunk`),
 `TextChunkTemplate.of` keeps the bytes before its text and after it; a later event made of the same bytes
 around another text is that chunk with the other text, and `read` makes its LLMChunk from the kept fields
@@ -24,8 +26,8 @@ from collections.abc import Callable
 
 import orjson
 
-from llm_service.core.llm.models import ChunkChoice, LLMChunk
-from llm_service.core.llm.openai_format import NULL_USAGE_FORMS
+from llm_service.core.llm.models import ChunkChoice, LLMChunk, Role
+from llm_service.core.llm.openai_format import NULL_USAGE_END, NULL_USAGE_FORMS
 
 _CONTENT_KEY = b'"content":"'
 #: The end of a chunk whose last field is a string: its closing quote and brace.
@@ -43,8 +45,8 @@ class TextChunkTemplate:
     """The bytes around the text of one stream's text chunks, with the fields they all have."""
 
     __slots__ = (
-        "_created", "_extra", "_fingerprint", "_id", "_index", "_last", "_middle", "_model", "_prefix",
-        "_provider", "_start", "_tail", "_wire",
+        "_choice_extra", "_created", "_extra", "_fingerprint", "_id", "_index", "_last", "_middle", "_model",
+        "_prefix", "_provider", "_role", "_start", "_tail", "_wire",
     )  # fmt: skip
 
     def __init__(self, chunk: LLMChunk, parts: tuple[bytes, bytes, bytes], last: str | None) -> None:
@@ -53,7 +55,8 @@ class TextChunkTemplate:
         self._start = len(prefix)
         #: The chunk's last field, a string that varies too (`extra`), or None: then `tail` is empty.
         self._last = last
-        self._index = chunk.choices[0].index
+        choice = chunk.choices[0]
+        self._index, self._role, self._choice_extra = choice.index, choice.role, choice.choice_extra
         self._id, self._created, self._model = chunk.id, chunk.created, chunk.model
         self._provider, self._fingerprint, self._extra = chunk.provider, chunk.system_fingerprint, chunk.extra
         #: The client's chunk's parts when it is not the event itself (`"usage":null` taken out).
@@ -69,7 +72,7 @@ class TextChunkTemplate:
         text = choice.content
         if (
             text is None
-            or choice.role is not None
+            or (choice.role is not None and choice.role is not Role.ASSISTANT)  # OpenRouter's in every delta
             or choice.refusal is not None
             or choice.tool_calls
             or choice.finish_reason is not None
@@ -77,6 +80,7 @@ class TextChunkTemplate:
             or choice.logprobs is not None
             or event.count(_CONTENT_KEY) != 1
             or not all(isinstance(value, _IMMUTABLE) for value in chunk.extra.values())
+            or not all(isinstance(value, _IMMUTABLE) for value in choice.choice_extra.values())
         ):
             return None
         start = event.index(_CONTENT_KEY) + len(_CONTENT_KEY)
@@ -91,7 +95,7 @@ class TextChunkTemplate:
             parts = (prefix, suffix[:value_at], _STRING_END)
         template = cls(chunk, parts, last)
         if chunk.wire != event:
-            template._wire = _taken_out(
+            template._wire = _wire_parts(
                 chunk.wire, parts, event[start:end], suffix[len(parts[1]) : -2] if last else b""
             )
             if template._wire is None:
@@ -144,7 +148,7 @@ class TextChunkTemplate:
             self._created,
             self._model,
             self._provider,
-            [ChunkChoice(self._index, None, text, None, [], None, None, {})],
+            [ChunkChoice(self._index, self._role, text, None, [], None, None, {}, self._choice_extra)],
             None,
             self._fingerprint,
             dict(extra) if extra is self._extra else extra,  # a chunk's own: it may be changed
@@ -191,16 +195,22 @@ def _trailing_string(chunk: LLMChunk, suffix: bytes) -> tuple[str, int] | None:
     return key, value_at
 
 
-def _taken_out(
+def _wire_parts(
     wire: bytes, parts: tuple[bytes, bytes, bytes], text: bytes, value: bytes
 ) -> tuple[bytes, bytes, bytes] | None:
-    """The client's chunk's fixed parts, when it is the event with a `"usage":null` taken out of one of them
-    as `decode_chat_chunk` takes it out (the variable parts the same)."""
+    """The client's chunk's fixed parts, when it is the event with a `"usage":null` taken out of one of them,
+    or added at its end, as `decode_chat_chunk` does it (the variable parts the same)."""
+    candidates = []
     for index, part in enumerate(parts):
         for form in NULL_USAGE_FORMS:
             if form in part:
-                changed = list(parts)
-                changed[index] = part.replace(form, b"", 1)
-                if changed[0] + text + changed[1] + value + changed[2] == wire:
-                    return changed[0], changed[1], changed[2]
+                candidates.append((index, part.replace(form, b"", 1)))
+    last = 2 if parts[2] else 1  # the part that ends the event
+    if parts[last].endswith(b"}"):
+        candidates.append((last, parts[last][:-1] + NULL_USAGE_END))
+    for index, changed_part in candidates:
+        changed = list(parts)
+        changed[index] = changed_part
+        if changed[0] + text + changed[1] + value + changed[2] == wire:
+            return changed[0], changed[1], changed[2]
     return None
