@@ -190,13 +190,16 @@ replies = st.builds(
 response_extra = extra_fields({"id", "object", "created", "model", "choices", "usage", "system_fingerprint"})
 
 
-def _upstream(
-    kind: str, key: str, choices: list[tuple[dict[str, Any], str | None, Any]], usage: Any, fields: dict[str, Any]
-) -> dict[str, Any]:
+#: A choice's own fields the codec does not know (OpenRouter's native_finish_reason, Azure's content_filter_results).
+choice_extra = extra_fields({"index", "message", "delta", "logprobs", "finish_reason"})
+Choices = list[tuple[dict[str, Any], str | None, Any, dict[str, Any]]]
+
+
+def _upstream(kind: str, key: str, choices: Choices, usage: Any, fields: dict[str, Any]) -> dict[str, Any]:
     """An upstream's completion (`key` "message") or chunk (`key` "delta") body."""
     listed = [
-        {"index": i, key: reply, "logprobs": logprobs, "finish_reason": finish}
-        for i, (reply, finish, logprobs) in enumerate(choices)
+        {**own, "index": i, key: reply, "logprobs": logprobs, "finish_reason": finish}
+        for i, (reply, finish, logprobs, own) in enumerate(choices)
     ]
     return {**fields, "object": kind, "choices": listed, "usage": usage}
 
@@ -207,7 +210,7 @@ def _normalised(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 @PROPERTIES
 @given(
-    st.lists(st.tuples(replies, finish_reasons, st.none() | json_objects), min_size=1, max_size=3),
+    st.lists(st.tuples(replies, finish_reasons, st.none() | json_objects, choice_extra), min_size=1, max_size=3),
     st.none() | usages,
     st.fixed_dictionaries(
         {"id": text, "created": st.integers(0, 2**40), "model": text}, optional={"system_fingerprint": text}
@@ -215,10 +218,10 @@ def _normalised(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     response_extra,
 )
 def test_a_response_read_and_written_to_the_client_is_what_the_upstream_sent(
-    choices: list[tuple[dict[str, Any], str | None, Any]], usage: Any, top: dict[str, Any], extra: dict[str, Any]
+    choices: Choices, usage: Any, top: dict[str, Any], extra: dict[str, Any]
 ) -> None:
     upstream = _upstream("chat.completion", "message", choices, usage, top | extra)
-    originals = {c["id"] for message, _, _ in choices for c in message.get("tool_calls", ())}
+    originals = {c["id"] for message, _, _, _ in choices for c in message.get("tool_calls", ())}
     remembered: dict[str, ProviderCallData] = {}
 
     written = encode_chat_response(decode_chat_response(upstream, PROVIDER, remembered.__setitem__))
@@ -253,7 +256,9 @@ deltas = st.builds(
 )
 
 
-chunk_choices = st.lists(st.tuples(deltas, finish_reasons, st.none() | json_objects), min_size=1, max_size=2)
+chunk_choices = st.lists(
+    st.tuples(deltas, finish_reasons, st.none() | json_objects, choice_extra), min_size=1, max_size=2
+)
 
 
 @PROPERTIES
@@ -266,7 +271,7 @@ chunk_choices = st.lists(st.tuples(deltas, finish_reasons, st.none() | json_obje
     response_extra,
 )
 def test_a_chunk_read_and_written_to_the_client_is_what_the_upstream_sent(
-    choices_and_usage: tuple[list[tuple[dict[str, Any], str | None, Any]], Any],
+    choices_and_usage: tuple[Choices, Any],
     top: dict[str, Any],
     extra: dict[str, Any],
 ) -> None:

@@ -217,30 +217,44 @@ def client_decodes(events: list[bytes], include_usage: bool) -> tuple[list[LLMCh
     return chunks, read_by_template
 
 
+def text_event(text: str, **top: Any) -> bytes:
+    """A text chunk of `_CHUNK`'s stream with `text`, and top-level fields `top` (changed or added)."""
+    choice = {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+    return orjson.dumps({**_CHUNK, **top, "choices": [choice]})
+
+
 def test_a_template_its_text_chunks_do_not_match_is_made_again_from_one_that_does_not() -> None:
-    """An upstream whose first text chunk also names the role and whose later ones do not: the template of
-    the first reads none of the others, so the next one makes the stream's template, which reads the rest."""
-    first = {
-        **_CHUNK,
-        "choices": [
-            {"index": 0, "delta": {"role": "assistant", "content": "The"}, "logprobs": None, "finish_reason": None}
-        ],
-    }
-    rest = [
-        orjson.dumps(
-            {
-                **_CHUNK,
-                "choices": [{"index": 0, "delta": {"content": f" word {i}"}, "logprobs": None, "finish_reason": None}],
-            }
-        )
-        for i in range(5)
-    ]
-    events = [orjson.dumps(first), *rest]
+    """An upstream whose first text chunk says something the later ones do not (here a field of its own):
+    the template of the first reads none of the others, so the next one makes the stream's template, which
+    reads the rest."""
+    rest = [text_event(f" word {i}") for i in range(5)]
+    events = [text_event("The", x_first="yes"), *rest]
 
     chunks, read_by_template = client_decodes(events, include_usage=True)
 
     assert chunks == [whole(True)(event) for event in events]
     assert read_by_template == rest[1:]
+
+
+def test_a_template_that_reads_is_kept_when_a_chunk_unlike_the_others_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Text chunks that differ now and then (a field that changes on two of them) are decoded the whole way,
+    and the template that read the others goes on reading them: it is not replaced by one made from them."""
+    made = []
+    real_of = TextChunkTemplate.of.__func__  # type: ignore[attr-defined]
+
+    def counted(cls: type[TextChunkTemplate], *args: Any) -> TextChunkTemplate | None:
+        made.append(args[1])
+        return real_of(cls, *args)  # type: ignore[no-any-return]
+
+    monkeypatch.setattr(TextChunkTemplate, "of", classmethod(counted))
+    plain = [text_event(f" word {i}") for i in range(12)]
+    events = [*plain[:2], text_event(" odd", service_tier="x"), text_event(" odder", service_tier="y"), *plain[2:]]
+
+    chunks, read_by_template = client_decodes(events, include_usage=True)
+
+    assert chunks == [whole(True)(event) for event in events]
+    assert read_by_template == plain[1:]
+    assert made == [plain[0]]
 
 
 def test_a_trailing_field_cut_off_at_its_opening_quote_is_not_read() -> None:

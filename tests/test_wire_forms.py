@@ -106,6 +106,10 @@ def test_usage_null_that_cannot_be_taken_out_safely_means_encoding(event: bytes)
         ),
         pytest.param(HEAD + b',"choices":[{"delta":{"content":"x"},"finish_reason":null}]}', id="no-index"),
         pytest.param(HEAD + b',"choices":[{"index":0,"delta":{"role":"tool","content":"x"}}]}', id="odd-role"),
+        pytest.param(
+            HEAD + b',"choices":[{"index":0,"delta":{"role":"","content":"x"},"logprobs":null,"finish_reason":null}]}',
+            id="empty-role",
+        ),
         pytest.param(CONTENT.replace(b'"object":"chat.completion.chunk",', b"") + b"}", id="no-object"),
         pytest.param(
             HEAD + b',"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":null,'
@@ -239,6 +243,7 @@ def test_a_choices_own_fields_ride_along_in_the_bytes_and_in_the_encoding(field:
             id="tool-call",
         ),
         pytest.param(_changed(("choices", 0, "finish_reason"), "eos"), id="unknown-finish"),
+        pytest.param(_changed(("choices", 0, "finish_reason"), ""), id="empty-finish"),
         pytest.param(_changed(("choices", 0, "message", "role"), KeyError), id="no-role"),
         pytest.param(
             _changed(("choices", 0, "message", "content"), [{"type": "text", "text": "Paris."}]), id="content-parts"
@@ -287,14 +292,19 @@ def test_a_client_receives_the_upstreams_plain_body_byte_for_byte(client: httpx.
     assert response.content == (FIXTURES / provider.value / "chat_text.json").read_bytes()
 
 
-def test_an_openrouter_stream_reaches_the_client_byte_for_byte(client: httpx.Client) -> None:
+@pytest.mark.parametrize("include_usage", [False, True], ids=["usage not asked", "usage asked"])
+def test_an_openrouter_stream_reaches_the_client_byte_for_byte(client: httpx.Client, include_usage: bool) -> None:
     """Every text event of OpenRouter's recorded stream, `native_finish_reason` and `provider` included, is
-    what the client gets (not its usage chunk: OpenRouter sends usage whether asked or not)."""
-    body = {"model": MODELS[ProviderID.OPENROUTER], "messages": QUESTION, "stream": True}
+    what the client gets (not its usage chunk: OpenRouter sends usage whether asked or not); a client that
+    asked for usage gets `"usage":null` at the end of each, as from OpenAI."""
+    body: dict[str, Any] = {"model": MODELS[ProviderID.OPENROUTER], "messages": QUESTION, "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
     with client.stream("POST", "/v1/chat/completions", json=body) as response:
         assert response.status_code == 200
         received = _data_lines(response.read().decode())
     upstream = _data_lines((FIXTURES / "openrouter" / "chat_text.sse").read_text())
     texts = [line for line in upstream if b'"finish_reason":null' in line and b'"usage"' not in line]
     assert len(texts) > 2 and all(b'"native_finish_reason":null' in line for line in texts)
-    assert [line for line in received if b'"finish_reason":null' in line] == texts
+    expected = [line[:-1] + b',"usage":null}' for line in texts] if include_usage else texts
+    assert [line for line in received if b'"finish_reason":null' in line and b'"usage":{' not in line] == expected

@@ -111,9 +111,10 @@ class OpenAICompatibleClient(BaseLLMClient):
             state.done = True
             return None
         chunk = self._decode_whole(data, state.request.include_usage)
-        if chunk.choices and chunk.choices[0].content:
-            # A text chunk its template (if any) did not read: the stream's template is made from it, a few
-            # times at most (a first text chunk unlike the others, a stream whose chunks change on the way).
+        if chunk.choices and chunk.choices[0].content and (template is None or not template.reads):
+            # A text chunk the stream's template (if any) did not read, and has read none: the template is
+            # made from it instead, a few times at most (a first text chunk unlike the others). One that
+            # reads is kept: a chunk unlike the others later on is decoded the whole way.
             tried = scratch.get(_TEMPLATE_TRIED, 0)
             if tried < _TEMPLATE_TRIES:
                 made = TextChunkTemplate.of(

@@ -511,7 +511,7 @@ def decode_chat_response(
         finish = raw.get("finish_reason")
         finish_reason = _finish(finish) if finish else None
         own = NO_FIELDS if raw.keys() <= _CHOICE_FIELDS else _rest(raw, _CHOICE_FIELDS)  # native_finish_reason, ...
-        if calls or (finish and finish_reason is None) or msg.get("role") != "assistant":
+        if calls or (finish is not None and finish_reason is None) or msg.get("role") != "assistant":
             plain = False  # tool-call ids are translated, finish reasons mapped, the role filled in
         elif not raw.keys() >= _CHOICE_FIELDS or not msg.keys() >= _MESSAGE_WRITTEN:
             plain = False  # the fields the encoder always writes (the index among them) must be there
@@ -594,7 +594,7 @@ def decode_chat_chunk(
             fragments = delta.get("tool_calls")
             finish = raw.get("finish_reason")
             keys = raw.keys()
-            if fragments or finish is not None or (role and role != "assistant"):
+            if fragments or finish is not None or (role is not None and role != "assistant"):
                 plain = False  # tool-call ids are translated, finish reasons mapped
             elif not keys >= _CHUNK_CHOICE_FIELDS:
                 plain = False  # the fields the encoder always writes (the index among them) must be there

@@ -23,10 +23,11 @@ fields mid-stream, is decoded the whole way.
 from __future__ import annotations
 
 from collections.abc import Callable
+from types import MappingProxyType
 
 import orjson
 
-from llm_service.core.llm.models import ChunkChoice, LLMChunk, Role
+from llm_service.core.llm.models import NO_FIELDS, ChunkChoice, LLMChunk, Role
 from llm_service.core.llm.openai_format import NULL_USAGE_END, NULL_USAGE_FORMS
 
 _CONTENT_KEY = b'"content":"'
@@ -46,7 +47,7 @@ class TextChunkTemplate:
 
     __slots__ = (
         "_choice_extra", "_created", "_extra", "_fingerprint", "_id", "_index", "_last", "_middle", "_model",
-        "_prefix", "_provider", "_role", "_start", "_tail", "_wire",
+        "_prefix", "_provider", "_role", "_start", "_tail", "_wire", "reads",
     )  # fmt: skip
 
     def __init__(self, chunk: LLMChunk, parts: tuple[bytes, bytes, bytes], last: str | None) -> None:
@@ -56,7 +57,11 @@ class TextChunkTemplate:
         #: The chunk's last field, a string that varies too (`extra`), or None: then `tail` is empty.
         self._last = last
         choice = chunk.choices[0]
-        self._index, self._role, self._choice_extra = choice.index, choice.role, choice.choice_extra
+        # Shared by every chunk it reads, so read only (the decoder gives each chunk a dict of its own).
+        self._index, self._role = choice.index, choice.role
+        self._choice_extra = MappingProxyType(dict(choice.choice_extra)) if choice.choice_extra else NO_FIELDS
+        #: Events it has read (the client keeps a template that has read any: `openai_compat`).
+        self.reads = 0
         self._id, self._created, self._model = chunk.id, chunk.created, chunk.model
         self._provider, self._fingerprint, self._extra = chunk.provider, chunk.system_fingerprint, chunk.extra
         #: The client's chunk's parts when it is not the event itself (`"usage":null` taken out).
@@ -112,6 +117,7 @@ class TextChunkTemplate:
             found = template.read(probe)
             if found is None or found != expected or found.wire != expected.wire:
                 return None
+        template.reads = 0  # the probes are not the stream's
         return template
 
     def read(self, event: bytes) -> LLMChunk | None:
@@ -155,6 +161,7 @@ class TextChunkTemplate:
         )
         wire = self._wire
         chunk.wire = event if wire is None else wire[0] + body + wire[1] + value + wire[2]
+        self.reads += 1
         return chunk
 
 
