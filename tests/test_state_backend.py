@@ -32,6 +32,7 @@ from llm_service.core.llm.dispatch.state import (
     MemoryState,
     StateBackend,
     StateUnavailable,
+    StreamLog,
     state_backend,
 )
 
@@ -179,13 +180,17 @@ def test_a_pause_is_published_to_the_other_replicas() -> None:
 
 
 class FakeShared:
-    """A backend that is not local: `acquire` answers what the test queued."""
+    """A backend that is not local: `acquire` answers what the test queued. The whole `StateBackend`
+    protocol (test_the_fake_shared_state_has_every_member_of_the_protocol), the rest doing nothing."""
+
+    replicated = True
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.local = False
         self.degraded = False
         self.poll_interval = 0.1
+        self.error_replies: dict[str, int] = {}
         self.answers: list[Acquired | Exception] = []
         self.asked: list[int] = []
         self.moved: list[Transition] = []
@@ -207,9 +212,15 @@ class FakeShared:
     def breaker_moved(self, d: Deployment, transition: Transition) -> None:
         self.moved.append(transition)
 
+    async def admit_caller(self, caller: str, rpm: int) -> float | None:
+        raise StateUnavailable("not shared here")  # as MemoryState: the caller counts on its own
+
     def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None: ...
 
     async def get_checkpoint(self, key: str) -> bytes | None:
+        return None
+
+    def stream_log(self, *, keep: int, ttl: float) -> StreamLog | None:
         return None
 
     def start(self) -> None: ...
@@ -218,6 +229,13 @@ class FakeShared:
 
     def status(self) -> dict[str, Any]:
         return {}
+
+
+def test_the_fake_shared_state_has_every_member_of_the_protocol() -> None:
+    """Tests are not type-checked: this is the check that the fake stands in for the whole protocol."""
+    members = {name for name in vars(StateBackend) if not name.startswith("_")} | set(StateBackend.__annotations__)
+    fake = FakeShared(Clock())
+    assert {name for name in members if not hasattr(fake, name)} == set()
 
 
 def shared_pool(clock: Clock) -> tuple[DeploymentPool, FakeShared, list[Deployment]]:
