@@ -89,7 +89,7 @@ class RedisState:
         timeout: float = 0.5,
         clock: Clock = time.monotonic,
         server_clock: Clock | None = None,
-        slow_seconds: float = 0.2,
+        slow_seconds: float = 0.1,
         timer: Clock = time.perf_counter,
     ) -> None:
         """`clock` is this replica's (hints, its own limiters); `server_clock` the time the scripts count
