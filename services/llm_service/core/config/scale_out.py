@@ -48,12 +48,6 @@ class ScaleOutSettings(SettingsGroup):
     redis_retry_seconds: float = Field(
         default=2.0, gt=0, description="How often an unreachable Redis is tried again (s)"
     )
-    redis_slow_seconds: float = Field(
-        default=0.1,
-        gt=0,
-        description="An admission through Redis slower than this, five in a row, turns the replica to its own "
-        "share of the limits until Redis answers faster again (s)",
-    )
     redis_poll_seconds: float = Field(
         default=0.1,
         gt=0,

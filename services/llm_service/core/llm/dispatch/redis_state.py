@@ -23,10 +23,6 @@ deployments.
   One refused again and again right after coming back (a key of the wrong type, a script Redis will not
   run) would flap between shared and local at every retry: each refusal in a row without a shared
   admission between doubles the wait before the next try, up to `MAX_RETRY_SECONDS`.
-- Redis up but slow (a busy or distant server, a saturated link) would add its delay to every request:
-  `SLOW_IN_A_ROW` shared admissions in a row slower than `slow_seconds` turn the backend degraded as an
-  outage does, and it comes back once the probe's admission is fast again. Round trips are timed on an
-  injected `timer`.
 """
 
 from __future__ import annotations
@@ -69,8 +65,6 @@ Clock = Callable[[], float]
 ERROR_LOG_SECONDS = 60.0
 #: The longest wait before a backend that Redis keeps refusing tries it again (s; the injected clock's).
 MAX_RETRY_SECONDS = 300.0
-#: Shared admissions in a row slower than `slow_seconds` that turn the backend degraded.
-SLOW_IN_A_ROW = 5
 
 
 class RedisState:
@@ -89,12 +83,9 @@ class RedisState:
         timeout: float = 0.5,
         clock: Clock = time.monotonic,
         server_clock: Clock | None = None,
-        slow_seconds: float = 0.1,
-        timer: Clock = time.perf_counter,
     ) -> None:
         """`clock` is this replica's (hints, its own limiters); `server_clock` the time the scripts count
-        in, None for the Redis server's own (what replicas on several hosts must share); `timer` times
-        admissions' round trips, against `slow_seconds`."""
+        in, None for the Redis server's own (what replicas on several hosts must share)."""
         self._client = client
         self._link = RedisLink(client, on_error=self._failed)
         self._checkpoints = checkpoints
@@ -118,9 +109,6 @@ class RedisState:
         #: Degradations by a refusal (not the link) since the last shared admission; when to try Redis again.
         self._refused_in_a_row = 0
         self._retry_at = -math.inf
-        self._slow_seconds = slow_seconds
-        self._timer = timer
-        self._slow_in_a_row = 0
 
     @classmethod
     def from_settings(cls, settings: ScaleOutSettings, *, clock: Clock, checkpoints: MemoryCheckpoints) -> RedisState:
@@ -140,7 +128,6 @@ class RedisState:
             lease_seconds=settings.slot_lease_seconds,
             retry_seconds=settings.redis_retry_seconds,
             poll_seconds=settings.redis_poll_seconds,
-            slow_seconds=settings.redis_slow_seconds,
             timeout=timeout,
             clock=clock,
         )
@@ -177,7 +164,6 @@ class RedisState:
         args: list[Any] = [self._now(), tokens, lease, self._lease]
         args += [value for limiter in shared for value in limiter.limit_args]
         reply = self._link.call(script_command(ACQUIRE, keys, args))
-        started = self._timer()
         try:
             answer = await asyncio.shield(reply)
         except asyncio.CancelledError:  # the caller left: what was granted for it is given back
@@ -186,7 +172,6 @@ class RedisState:
         except Exception as exc:
             raise self._unshared(exc) from None
         self._refused_in_a_row = 0
-        self._timed(self._timer() - started)
         return self._granted(answer, shared, tokens, lease)
 
     async def admit_caller(self, caller: str, rpm: int) -> float | None:
@@ -194,7 +179,6 @@ class RedisState:
             raise StateUnavailable("shared state unreachable")
         self.start()
         command = script_command(CALLER, [self._prefix + "caller:" + caller], [self._now(), rpm, next(self._ids)])
-        started = self._timer()
         try:
             admitted, wait = await self._link.call(command)
         except asyncio.CancelledError:
@@ -202,31 +186,7 @@ class RedisState:
         except Exception as exc:
             raise self._unshared(exc) from None
         self._refused_in_a_row = 0
-        self._timed(self._timer() - started)
         return None if int(admitted) else max(float(wait), 0.0)
-
-    def _timed(self, seconds: float) -> None:
-        """A shared admission took `seconds`: the `SLOW_IN_A_ROW`th slow one in a row degrades the backend."""
-        if seconds <= self._slow_seconds:
-            self._slow_in_a_row = 0
-            return
-        self._slow_in_a_row += 1
-        if self._slow_in_a_row < SLOW_IN_A_ROW or self._degraded:
-            return
-        self._slow_in_a_row = 0
-        self._degraded = True
-        self._changed_at = self._retry_at = self._clock()
-        log.warning(
-            "shared state slow: serving on this replica's share of the limits",
-            extra={
-                "fields": {
-                    "backend": "redis",
-                    "round_trip_ms": round(seconds * 1000, 1),
-                    "slow_ms": round(self._slow_seconds * 1000, 1),
-                    "replicas": self._replicas,
-                }
-            },
-        )
 
     def _unshared(self, error: Exception) -> StateUnavailable:
         """An admission (a deployment's, an API key's) Redis did not make: the backend degrades, also when
@@ -424,15 +384,11 @@ class RedisState:
     async def _answers(self) -> bool:
         """Whether Redis runs the admission script again (an empty admission: nothing is taken) and takes a
         write (a Redis out of memory answers the script, which then writes nothing, but would refuse the
-        next admission: the backend would come back only to degrade again), within `slow_seconds` (one that
-        is still slow would too), on a new connection: those made before the outage may be dead, and would
-        cut the next burst short."""
+        next admission: the backend would come back only to degrade again), on a new connection: those
+        made before the outage may be dead, and would cut the next burst short."""
         try:
             await self._client.connection_pool.disconnect()
-            started = self._timer()
             await self._link.call(script_command(ACQUIRE, [], [self._now(), 0, "", self._lease]))
-            if self._timer() - started > self._slow_seconds:
-                return False  # up, but as slow as when it was left (or slower)
             await self._link.call(("SET", self._prefix + "probe", "1", "PX", max(math.ceil(self._retry * 1000), 1)))
         except Exception:
             return False
