@@ -168,19 +168,20 @@ def test_an_admission_refused_by_a_full_redis_serves_on_the_share_until_redis_ta
 
 def test_a_redis_that_refuses_every_admission_again_is_tried_less_and_less_often(redis_server, caplog) -> None:
     """A refusal that is no outage and does not go away (here the limit's keys hold values of another type:
-    WRONGTYPE) would flap the replica between shared and local at every retry. Each refusal in a row
-    doubles the wait before Redis is tried again, up to MAX_RETRY_SECONDS; a shared admission starts the
-    count again. The clock is injected: the waits are read, and passed, on it."""
+    WRONGTYPE) would flap the replica between shared and local at every retry. Each refusal soon after it
+    came back doubles the wait before Redis is tried again, up to MAX_RETRY_SECONDS, even when admissions
+    on another deployment go through between them; shared that long, the count starts again. The clock is
+    injected: the waits are read, and passed, on it."""
     caplog.set_level(logging.INFO, logger="llm_service.state")
     retry = 10.0
     sync = redis.Redis.from_url(redis_server.url)
 
     async def scenario(clock: FakeClock, a: RedisState) -> None:
-        la = shared(a, deployment(rpm=100))
+        la, fine = shared(a, deployment(rpm=100)), shared(a, deployment("gpt-4o", rpm=100))
         spoil = {key: "not what the script keeps" for key in la.keys}
         sync.mset(spoil)
         waits = []
-        for _ in range(6):
+        for _ in range(7):
             with pytest.raises(StateUnavailable):
                 await a.acquire([la], 1)
             assert a.degraded and a.local
@@ -190,17 +191,22 @@ def test_a_redis_that_refuses_every_admission_again_is_tried_less_and_less_often
                 assert not await a._recover() and a.degraded  # not before its time
                 clock.advance(1)
             assert await a._recover() and not a.degraded  # the probe's own writes go through
-        assert waits == [0, 2 * retry, 4 * retry, 8 * retry, 16 * retry, MAX_RETRY_SECONDS]
+            assert (await a.acquire([fine], 1)).index == 0  # another deployment's admission goes through
+        assert waits == [0, 2 * retry, 4 * retry, 8 * retry, 16 * retry, MAX_RETRY_SECONDS, MAX_RETRY_SECONDS]
 
-        sync.delete(*spoil)
-        assert (await a.acquire([la], 1)).index == 0  # shared again, and the count starts again
-        sync.mset(spoil)
+        clock.advance(MAX_RETRY_SECONDS)  # shared that long: the next refusal is a new one
         with pytest.raises(StateUnavailable):
             await a.acquire([la], 1)
         assert a._retry_at == clock()
 
+        a._refused_in_a_row = 5000  # no overflow however long it goes on
+        assert await a._recover()
+        with pytest.raises(StateUnavailable):
+            await a.acquire([la], 1)
+        assert a._retry_at == clock() + MAX_RETRY_SECONDS
+
     on_replicas(redis_server.url, scenario, retry_seconds=retry, lease_seconds=3600.0)
     sync.close()
     warnings = [r for r in caplog.records if r.getMessage() == DEGRADED]
-    assert [r.fields["refused_in_a_row"] for r in warnings] == [1, 2, 3, 4, 5, 6, 1]
-    assert [r.fields.get("retry_in_s") for r in warnings] == [None, 20.0, 40.0, 80.0, 160.0, 300.0, None]
+    assert [r.fields["refused_in_a_row"] for r in warnings] == [1, 2, 3, 4, 5, 6, 7, 1, 5001]
+    assert [r.fields.get("retry_in_s") for r in warnings] == [None, 20.0, 40.0, 80.0, 160.0, 300.0, 300.0, None, 300.0]

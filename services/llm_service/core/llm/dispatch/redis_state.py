@@ -21,8 +21,8 @@ deployments.
   class, and the limits stay shared. But the limits need their own writes: a refused admission or lease
   renewal turns the backend degraded as an outage does, and it comes back only once Redis takes a write.
   One refused again and again right after coming back (a key of the wrong type, a script Redis will not
-  run) would flap between shared and local at every retry: each refusal in a row without a shared
-  admission between doubles the wait before the next try, up to `MAX_RETRY_SECONDS`.
+  run) would flap between shared and local at every retry: each refusal within `MAX_RETRY_SECONDS` of
+  coming back doubles the wait before the next try, up to `MAX_RETRY_SECONDS`.
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class RedisState:
         self._streams: RedisStreamLog | None = None
         self._error_replies: dict[str, int] = {}
         self._error_logged_at: dict[str, float] = {}
-        #: Degradations by a refusal (not the link) since the last shared admission; when to try Redis again.
+        #: Degradations by a refusal (not the link), each soon after coming back; when to try Redis again.
         self._refused_in_a_row = 0
         self._retry_at = -math.inf
 
@@ -171,7 +171,6 @@ class RedisState:
             raise
         except Exception as exc:
             raise self._unshared(exc) from None
-        self._refused_in_a_row = 0
         return self._granted(answer, shared, tokens, lease)
 
     async def admit_caller(self, caller: str, rpm: int) -> float | None:
@@ -185,7 +184,6 @@ class RedisState:
             raise  # the caller left: a request counted for it stays counted, as one that was answered
         except Exception as exc:
             raise self._unshared(exc) from None
-        self._refused_in_a_row = 0
         return None if int(admitted) else max(float(wait), 0.0)
 
     def _unshared(self, error: Exception) -> StateUnavailable:
@@ -340,19 +338,23 @@ class RedisState:
         if self._degraded:
             return
         self._degraded = True
-        self._changed_at = now = self._clock()
+        now = self._clock()
+        shared_for, self._changed_at = now - self._changed_at, now
         fields: dict[str, Any] = {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}
         if link_down(error):
             self._retry_at = now
             message = "shared state unreachable: serving on this replica's share of the limits"
         else:
-            self._refused_in_a_row += 1
-            wait = 0.0 if self._refused_in_a_row == 1 else self._retry * 2 ** (self._refused_in_a_row - 1)
-            self._retry_at = now + min(wait, MAX_RETRY_SECONDS)
+            # Refused again soon after it came back (other admissions may have gone through meanwhile: a
+            # deployment whose keys are fine, an API key's rpm): the wait doubles. Shared for longer: anew.
+            self._refused_in_a_row = 1 if shared_for >= MAX_RETRY_SECONDS else self._refused_in_a_row + 1
+            doublings = min(self._refused_in_a_row - 1, 16)  # past 2**16 retries the cap holds anyway
+            wait = 0.0 if doublings == 0 else min(self._retry * 2**doublings, MAX_RETRY_SECONDS)
+            self._retry_at = now + wait
             message = "shared state refuses the limits' writes: serving on this replica's share of the limits"
             fields["refused_in_a_row"] = self._refused_in_a_row
             if wait:
-                fields["retry_in_s"] = round(min(wait, MAX_RETRY_SECONDS), 3)
+                fields["retry_in_s"] = round(wait, 3)
         log.warning(message, extra={"fields": fields})
 
     def _found(self) -> None:
