@@ -197,7 +197,8 @@ async def measure(
                 for name, app in apps.items():
                     counted = await _bytecodes_per(app, body, requests, units)
                     figures[name].append(counted.total())
-                    functions = counted if name == "service" else functions
+                    if name == "service":
+                        functions = counted
             for _ in range(0 if bytecodes else rounds):  # interleaved: a drift of the machine touches all alike
                 for name, app in apps.items():
                     figures[name].append(await _cpu_per(app, body, requests, units))
@@ -236,9 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure the floor too (benchmarks/floor.py: the per-request target's features, inlined)",
     )
-    parser.add_argument(
-        "--only", choices=("passthrough", "service", "floor"), help=argparse.SUPPRESS
-    )  # --instructions' runs
+    # --instructions' runs, each of one app
+    parser.add_argument("--only", choices=("passthrough", "service", "floor"), help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)  # theirs, started by the run that counts
     args = parser.parse_args(argv)
     if args.floor and args.stream:

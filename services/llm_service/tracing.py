@@ -80,7 +80,7 @@ class Tracing:
         self._tracer = self._provider.get_tracer("llm_service", version)
         self._propagator = TraceContextTextMapPropagator()
         self.attempts = AttemptSpans(
-            self._tracer, settings, self._propagator if telemetry.propagate_trace_context else None
+            self._tracer, settings, self._propagator if telemetry.propagates_trace_context() else None
         )
         log.info(
             "tracing",

@@ -108,6 +108,10 @@ class TelemetrySettings(SettingsGroup):
             parse_otlp_headers(value.get_secret_value())
         return value
 
+    def propagates_trace_context(self) -> bool:
+        """Whether upstream requests carry the attempt's trace context: tracing on, propagation not off."""
+        return self.propagate_trace_context and self.traces_url() is not None
+
     def traces_url(self) -> str | None:
         """Where spans are exported; None: tracing is off."""
         if self.otlp_traces_endpoint:

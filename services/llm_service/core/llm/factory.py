@@ -159,8 +159,7 @@ def _create(provider: ProviderID, ctx: _Context, deployment: Deployment | None =
         request_headers = gateway.request_headers
     else:
         credentials = _own_credentials(cls, group, ctx, key_env)
-    telemetry = settings.telemetry
-    if telemetry.propagate_trace_context and telemetry.traces_url() is not None:
+    if settings.telemetry.propagates_trace_context():
         request_headers = _with_attempt_headers(request_headers)
     return cls(
         settings=group,

@@ -510,10 +510,11 @@ def decode_chat_response(
             message.extra = _rest(msg, _REPLY_FIELDS)
         finish = raw.get("finish_reason")
         finish_reason = _finish(finish) if finish else None
-        own = NO_FIELDS if raw.keys() <= _CHOICE_FIELDS else _rest(raw, _CHOICE_FIELDS)  # native_finish_reason, ...
+        keys = raw.keys()
+        own = NO_FIELDS if keys <= _CHOICE_FIELDS else _rest(raw, _CHOICE_FIELDS)  # native_finish_reason, ...
         if calls or (finish is not None and finish_reason is None) or msg.get("role") != "assistant":
             plain = False  # tool-call ids are translated, finish reasons mapped, the role filled in
-        elif not raw.keys() >= _CHOICE_FIELDS or not msg.keys() >= _MESSAGE_WRITTEN:
+        elif not keys >= _CHOICE_FIELDS or not msg.keys() >= _MESSAGE_WRITTEN:
             plain = False  # the fields the encoder always writes (the index among them) must be there
         elif content is not None and type(content) is not str:
             plain = False  # content parts are joined into one text
