@@ -185,7 +185,7 @@ async def measure(
     if floor or only == "floor":
         apps["floor"] = Floor(upstream, through.session)
     figures: dict[str, list[float]] = {name: [] for name in apps}
-    functions: collections.Counter[str] = collections.Counter()
+    functions: dict[str, collections.Counter[str]] = {}
     try:
         async with service.router.lifespan_context(service):
             tune_gc()  # as `llm-service serve` does
@@ -197,8 +197,7 @@ async def measure(
                 for name, app in apps.items():
                     counted = await _bytecodes_per(app, body, requests, units)
                     figures[name].append(counted.total())
-                    if name == "service":
-                        functions = counted
+                    functions[name] = counted
             for _ in range(0 if bytecodes else rounds):  # interleaved: a drift of the machine touches all alike
                 for name, app in apps.items():
                     figures[name].append(await _cpu_per(app, body, requests, units))
@@ -282,8 +281,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, values in result["rounds"].items():
             print(f"{name}: {values[0]:,.0f} bytecodes per {result['unit']}")
         _print_ratios(result["ratios"])
+        counted = result["functions"]
         print(f"the service's {args.top} busiest functions (bytecodes per {result['unit']}):")
-        for where, count in result["functions"].most_common(args.top):
+        for where, count in counted["service"].most_common(args.top):
+            print(f"{count:8,.1f}  {where}")
+        # What the service runs more of than the passthrough, function by function: where its excess is.
+        excess = collections.Counter(counted["service"])
+        excess.subtract(counted["passthrough"])
+        print(f"the {args.top} functions the service runs most more of than the passthrough:")
+        for where, count in excess.most_common(args.top):
             print(f"{count:8,.1f}  {where}")
         return 0
     for name, values in result["rounds"].items():

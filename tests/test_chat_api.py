@@ -204,6 +204,29 @@ def test_alias_from_the_profile_resolves_to_its_deployment(client: httpx.Client,
     assert upstreams[ProviderID.OPENROUTER].requests[-1].json["model"] == "anthropic/claude-3.5-sonnet"
 
 
+def test_a_plain_request_reaches_an_alias_upstream_as_the_client_wrote_it(client: httpx.Client, upstreams) -> None:
+    # The client's body, relayed (LLMRequest.wire): only the model is the deployment's; an integer stays
+    # one (written field by field, the temperature went as 1.0), fields the service does not know ride along.
+    body = {"model": "claude-sonnet", "messages": QUESTION, "temperature": 1, "max_tokens": 64, "top_k": 40}
+    response = client.post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 200, response.text
+    sent = upstreams[ProviderID.OPENROUTER].requests[-1]
+    assert sent.json == {**body, "model": "anthropic/claude-3.5-sonnet"}
+    assert b'"temperature":1,' in sent.body
+
+
+def test_a_plain_request_on_the_stream_route_is_sent_as_a_stream(client: httpx.Client, upstreams) -> None:
+    body = {"model": "claude-sonnet", "messages": QUESTION, "stream": False}
+    with client.stream("POST", "/v1/chat/completions/stream", json=body) as response:
+        assert response.status_code == 200
+        response.read()
+
+    sent = upstreams[ProviderID.OPENROUTER].requests[-1].json
+    assert sent["stream"] is True
+    assert sent["messages"] == QUESTION
+
+
 def test_models_lists_aliases_and_providers(client: httpx.Client) -> None:
     data = client.get("/v1/models").json()["data"]
     ids = {m["id"] for m in data}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 from typing import Any
 
@@ -621,6 +622,86 @@ def test_encode_stream_options(stream, include_usage, always, expected_options):
 
     assert encoded.get("stream_options") == expected_options
     assert encoded.get("stream") is (True if stream else None)
+
+
+# ==================================================================================================
+# The client's body relayed (LLMRequest.wire)
+# ==================================================================================================
+
+
+def test_a_plain_body_is_kept_and_sent_as_the_client_wrote_it_but_for_the_model():
+    body = minimal(temperature=1, max_tokens=5, user="u", stream=False, metadata={"team": "agents"})
+    sent = copy.deepcopy(body)
+
+    request = parse_chat_request(body)
+    encoded = encode_chat_request(request.for_model("upstream-model"), always_include_usage=True)
+
+    assert request.wire is body
+    del sent["stream"]  # false: written as the fields would be, without it
+    assert encoded == {**sent, "model": "upstream-model"}
+    assert type(encoded["temperature"]) is int  # as the client wrote it (the fields hold 1.0)
+    assert body == {**sent, "stream": False}  # the client's body itself is not changed
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        pytest.param({"tools": [{"type": "function", "function": {"name": "f"}}]}, id="tools"),
+        pytest.param({"tools": []}, id="empty-tools"),
+        pytest.param({"tool_choice": "auto"}, id="tool-choice"),
+        pytest.param({"response_format": {"type": "text"}}, id="response-format"),
+        pytest.param({"tool_choice": None}, id="null-tool-choice"),
+        pytest.param({"temperature": None}, id="null-option"),
+        pytest.param({"stop": "\n"}, id="one-stop-string"),
+        pytest.param({"messages": [{"role": "user", "content": "hi", "name": "ann"}]}, id="message-name"),
+        pytest.param({"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]}, id="parts"),
+        pytest.param(
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "call_1", "content": "4"},
+                ]
+            },
+            id="tool-calls",
+        ),
+    ],
+)
+def test_a_body_the_fields_would_be_written_otherwise_is_not_kept(fields):
+    request = parse_chat_request(minimal(**fields))
+
+    assert request.wire is None
+    assert encode_chat_request(request, always_include_usage=False) == encode_chat_request(
+        dataclasses.replace(request), always_include_usage=False
+    )
+
+
+def test_a_request_changed_by_a_copy_is_written_from_its_fields():
+    request = parse_chat_request(minimal())
+    changed = dataclasses.replace(request, messages=[*request.messages, Message(role=Role.ASSISTANT, content="Par")])
+
+    encoded = encode_chat_request(changed, always_include_usage=False)
+
+    assert changed.wire is None
+    assert encoded["messages"][-1] == {"role": "assistant", "content": "Par"}
+
+
+@pytest.mark.parametrize("always", [True, False])
+def test_a_kept_body_made_a_stream_is_sent_as_one(always):
+    # The /stream route streams a body that did not ask to: the relayed body says so, as the fields would.
+    request = parse_chat_request(minimal(stream_options={"include_usage": False, "include_obfuscation": False}))
+    request.stream = True
+
+    encoded = encode_chat_request(request, always_include_usage=always)
+
+    assert encoded == encode_chat_request(dataclasses.replace(request), always_include_usage=always)
+    assert encoded["stream"] is True
+    assert encoded["stream_options"] == {"include_usage": always, "include_obfuscation": False}
 
 
 # ==================================================================================================

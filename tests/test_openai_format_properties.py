@@ -10,6 +10,7 @@ an absent field); the forms it normalises have their own tests in test_openai_fo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from hypothesis import given, settings
@@ -155,6 +156,64 @@ def test_a_request_read_and_written_upstream_is_the_request_the_client_sent(
 ) -> None:
     body = {"model": model, "messages": messages, **fields, **extra}
     assert encode_chat_request(parse_chat_request(body), always_include_usage=False) == body
+
+
+plain_conversations = st.lists(
+    st.builds(
+        lambda role, content: {"role": role, "content": content},
+        st.sampled_from(["system", "developer", "user", "assistant"]),
+        text,
+    ),
+    min_size=1,
+    max_size=4,
+)
+# Options alone (no tools, choices or formats): bodies that can be relayed as they are.
+plain_fields = st.fixed_dictionaries(
+    {},
+    optional={
+        "temperature": st.integers(0, 2) | st.floats(0, 2),
+        "max_tokens": st.integers(1, 1_000_000),
+        "user": text,
+        "stream": st.booleans(),
+        "stream_options": st.builds(lambda u, x: {"include_usage": u, **x}, st.booleans(), json_objects),
+    },
+)
+# What the codec would write otherwise: a null option, one stop string.
+rewritten_fields = st.just({}) | st.fixed_dictionaries(
+    {}, optional={"temperature": st.none(), "seed": st.none(), "stop": text}
+)
+
+
+@PROPERTIES
+@given(
+    st.text(min_size=1, max_size=40),
+    plain_conversations | conversations(),
+    plain_fields | request_fields,
+    rewritten_fields,
+    top_level_extra,
+    st.booleans(),
+    st.booleans(),
+)
+def test_a_request_sent_as_the_client_wrote_it_is_the_request_its_fields_would_write(
+    model: str,
+    messages: list[dict[str, Any]],
+    fields: dict[str, Any],
+    rewritten: dict[str, Any],
+    extra: dict[str, Any],
+    made_a_stream: bool,
+    always_include_usage: bool,
+) -> None:
+    # The client's body relayed (LLMRequest.wire) against the request written field by field (a copy: no wire),
+    # addressed to another model, streamed when the /stream route makes it one.
+    request = parse_chat_request({"model": model, "messages": messages, **fields, **rewritten, **extra})
+    request.stream = request.stream or made_a_stream
+    upstream = request.for_model("upstream-model")
+    written = dataclasses.replace(upstream)
+
+    assert written.wire is None
+    assert encode_chat_request(upstream, always_include_usage=always_include_usage) == encode_chat_request(
+        written, always_include_usage=always_include_usage
+    )
 
 
 # ---------------------------------------------------------------------------------- upstream responses

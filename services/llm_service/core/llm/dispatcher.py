@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import math
 import random
 import time
@@ -446,7 +445,7 @@ class LLMDispatcher:
                 model = deployment.model
                 # The request as this deployment's upstream knows it (a copy only when the name differs:
                 # `replace` re-runs the whole constructor, about 6 µs).
-                upstream = request if request.model == model else dataclasses.replace(request, model=model)
+                upstream = request if request.model == model else request.for_model(model)
                 named = None
                 if self._tracer is not None:
                     trace = slot.trace = self._tracer.attempt(deployment, upstream)
@@ -517,7 +516,7 @@ class LLMDispatcher:
                     if error.code != _CONTEXT_TOO_LONG or fallback is None or fallback in seen:
                         raise
                     seen.add(fallback)
-                    request = dataclasses.replace(request, model=fallback)
+                    request = request.for_model(fallback)
         except asyncio.CancelledError:
             if deadline is None or not deadline.expired():
                 raise

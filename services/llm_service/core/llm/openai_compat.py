@@ -81,7 +81,8 @@ class OpenAICompatibleClient(BaseLLMClient):
 
     @override
     def _encode_request(self, request: LLMRequest) -> bytes:
-        request = with_outbound_ids(request, self._outbound_id)
+        if request.wire is None:  # a relayed request's messages are role and text only: no tool-call ids
+            request = with_outbound_ids(request, self._outbound_id)
         return orjson.dumps(encode_chat_request(request, always_include_usage=self.always_include_usage))
 
     @override

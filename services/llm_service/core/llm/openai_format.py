@@ -48,6 +48,8 @@ _SCALAR_FIELDS = (
 )  # fmt: skip
 # `stream_options` stays in `extra` whole (include_obfuscation, ...); include_usage is also read out of it.
 _KNOWN_FIELDS = frozenset({"model", "messages", "tools", "tool_choice", "response_format", "stream", *_SCALAR_FIELDS})
+# Known fields the domain writes back in a form of its own (tools, choices, formats as it models them).
+_REWRITTEN = frozenset({"tools", "tool_choice", "response_format"})
 _MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "refusal"})
 # Response-side fields the domain models; everything else is carried in `extra` and written back.
 _RESPONSE_FIELDS = frozenset({"id", "object", "created", "model", "choices", "usage", "system_fingerprint"})
@@ -156,21 +158,50 @@ _OPTIONS: dict[str, Callable[[Any, str], Any]] = {
 
 def parse_chat_request(body: Any, limits: RequestLimitSettings | None = None) -> LLMRequest:
     """A client's Chat Completions body -> LLMRequest (with `model` as the client wrote it), within `limits`
-    (`request_limits.py`; None: the defaults)."""
+    (`request_limits.py`; None: the defaults). A body that is what `encode_chat_request` would write of the
+    request is kept as its `wire` form."""
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     model, messages, tools = _head(body)
     check = RequestCheck(limits)
     check.start(model, messages, tools)
+    options, extra, relayed = _fields(body)
+    read = []
+    for i, m in enumerate(messages):
+        message = _plain_message(m)
+        if message is None:  # anything but role and text: read the whole way, and checked
+            relayed = False
+            message = check.message(_parse_message(m, f"messages[{i}]"), i)
+        read.append(message)  # a plain one has nothing `check.message` looks at
+    request = LLMRequest(
+        model=model,
+        messages=read,
+        tools=[_parse_tool(t, f"tools[{i}]") for i, t in enumerate(tools)] if tools else [],
+        extra=extra,
+        **options,
+    )
+    if relayed:
+        request.wire = body
+    return check.finish(request)
+
+
+def _fields(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    """A request's options (LLMRequest's fields but for model, messages and tools), the fields the domain
+    does not model (`extra`), and whether they are as `encode_chat_request` writes them."""
     options: dict[str, Any] = {}
     extra: dict[str, Any] = {}
+    relayed = True
     for key, value in body.items():
         read = _OPTIONS.get(key)
         if read is not None:
             if value is not None:
                 options[key] = read(value, key)
+            else:
+                relayed = False  # written without it
         elif key not in _KNOWN_FIELDS:
             extra[key] = value
+        elif key in _REWRITTEN:
+            relayed = False
     stream_options = body.get("stream_options")
     if stream_options is not None and type(stream_options) is not dict:
         stream_options = _get(body, "stream_options", dict, "stream_options")
@@ -185,16 +216,7 @@ def parse_chat_request(body: Any, limits: RequestLimitSettings | None = None) ->
         response_format = _get(body, "response_format", dict, "response_format")
     if response_format is not None:
         options["response_format"] = _parse_response_format(response_format)
-    request = LLMRequest(
-        model=model,
-        messages=[
-            check.message(_plain_message(m) or _parse_message(m, f"messages[{i}]"), i) for i, m in enumerate(messages)
-        ],
-        tools=[_parse_tool(t, f"tools[{i}]") for i, t in enumerate(tools)] if tools else [],
-        extra=extra,
-        **options,
-    )
-    return check.finish(request)
+    return options, extra, relayed and type(body.get("stop")) is not str  # one stop string is written as a list
 
 
 def _head(body: dict[str, Any]) -> tuple[str, list[Any], list[Any]]:
@@ -376,6 +398,24 @@ def encode_chat_request(request: LLMRequest, *, always_include_usage: bool) -> d
     With `always_include_usage`, streams ask for the usage chunk even when the client did not, so
     the service can account tokens; the API edge drops that chunk for such clients.
     """
+    wire = request.wire
+    if wire is not None:  # the client's body already is this one, but for the fields written here
+        body = dict(wire)
+        body["model"] = request.model
+        if not request.stream:
+            body.pop("stream", None)  # false, as sent
+            return body
+    else:
+        body = _encoded_fields(request)
+    if request.stream:
+        body["stream"] = True
+        if request.include_usage or always_include_usage:
+            body["stream_options"] = {**(request.extra.get("stream_options") or {}), "include_usage": True}
+    return body
+
+
+def _encoded_fields(request: LLMRequest) -> dict[str, Any]:
+    """The body of `request` but for `stream`."""
     body: dict[str, Any] = dict(request.extra)
     body["model"] = request.model
     body["messages"] = [_encode_message(m) for m in request.messages]
@@ -389,10 +429,6 @@ def encode_chat_request(request: LLMRequest, *, always_include_usage: bool) -> d
         value = getattr(request, key)
         if value is not None:
             body[key] = value
-    if request.stream:
-        body["stream"] = True
-        if request.include_usage or always_include_usage:
-            body["stream_options"] = {**(request.extra.get("stream_options") or {}), "include_usage": True}
     return body
 
 
