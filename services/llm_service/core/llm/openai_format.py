@@ -244,7 +244,14 @@ def _rest(raw: dict[str, Any], known: tuple[str, ...] | frozenset[str]) -> dict[
     if len(extra) == 1:  # the usual case (OpenAI's `service_tier`), without a comprehension: its own call
         (key,) = extra
         return {key: raw[key]}
-    return {k: v for k, v in raw.items() if k not in known} if extra else {}
+    if not extra:
+        return {}
+    # A copy less the known fields there: a step per known field, where a comprehension took one per
+    # field, in a call of its own (usage's token details: 52 -> about 15 bytecodes).
+    rest = dict(raw)
+    for key in raw.keys() & known:
+        del rest[key]
+    return rest
 
 
 _PLAIN_ROLES = {r.value: r for r in Role if r is not Role.TOOL}  # a tool message needs its tool_call_id
