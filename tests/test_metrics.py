@@ -100,7 +100,7 @@ def test_a_negative_token_count_is_refused_as_prometheus_client_refuses_it() -> 
 
 
 def test_the_error_answers_of_the_shared_state_are_counted_by_error_class_as_its_backend_counts_them() -> None:
-    backend = SimpleNamespace(degraded=False, error_replies={"OutOfMemoryError": 3})
+    backend = SimpleNamespace(degraded=False, degraded_reason=None, error_replies={"OutOfMemoryError": 3})
     metrics = Metrics()
     metrics.watch(SimpleNamespace(in_flight=0, queue_depth=0, state_backend=backend))
     backend.error_replies["ReadOnlyError"] = 1
@@ -109,3 +109,20 @@ def test_the_error_answers_of_the_shared_state_are_counted_by_error_class_as_its
     name = "llm_gateway_shared_state_error_replies_total"
     assert samples[(name, frozenset({("error", "OutOfMemoryError")}))] == 3
     assert samples[(name, frozenset({("error", "ReadOnlyError")}))] == 1
+
+
+def test_why_the_shared_state_is_degraded_is_a_series_per_reason_read_at_each_scrape() -> None:
+    backend = SimpleNamespace(degraded=True, degraded_reason="refused", error_replies={})
+    metrics = Metrics()
+    metrics.watch(SimpleNamespace(in_flight=0, queue_depth=0, state_backend=backend))
+    name = "llm_gateway_shared_state_degraded_reason"
+
+    refused = rendered(metrics)
+    backend.degraded, backend.degraded_reason = False, None
+    shared = rendered(metrics)
+
+    assert refused[(name, frozenset({("reason", "refused")}))] == 1
+    assert refused[(name, frozenset({("reason", "unreachable")}))] == 0
+    assert refused[("llm_gateway_shared_state_degraded", frozenset())] == 1
+    assert shared[(name, frozenset({("reason", "refused")}))] == 0
+    assert shared[(name, frozenset({("reason", "unreachable")}))] == 0

@@ -151,19 +151,23 @@ def test_an_admission_refused_by_a_full_redis_serves_on_the_share_until_redis_ta
         d = deployment(rpm=2)
         la = shared(a, d)
         full_redis.fill()
-        with pytest.raises(StateUnavailable):  # the script's first write, the window's, is refused
+        with pytest.raises(StateUnavailable, match="refuses"):  # the script's first write, the window's, is refused
             await a.acquire([la], 1)
         assert a.degraded and a.local
+        assert a.degraded_reason == "refused" and a.status()["reason"] == "refused"  # not "unreachable"
         assert la.try_acquire(1) is not None  # served on a's share (1 of 2), not left waiting
         assert not await a._answers()  # Redis answers the script but takes no write: a stays degraded
         full_redis.free()
-        assert await a._answers()
+        assert await a._recover()
+        assert not a.degraded and a.degraded_reason is None
         # The refused admission took nothing: b has the whole RPM.
         assert [(await b.acquire([shared(b, d)], 1)).index for _ in range(3)] == [0, 0, None]
 
     # The reconnection loop is left asleep: the test asks `_answers()` itself.
     on_replicas(full_redis.url, scenario, retry_seconds=3600.0, lease_seconds=3600.0)
-    assert messages(caplog) == [DEGRADED]
+    assert messages(caplog) == [DEGRADED, "shared state takes the limits' writes again: limits shared"]
+    back = [r for r in caplog.records if r.name == "llm_service.state"][-1]
+    assert back.fields == {"backend": "redis", "after": "refused"}  # type: ignore[attr-defined]
 
 
 def test_a_redis_that_refuses_every_admission_again_is_tried_less_and_less_often(redis_server, caplog) -> None:

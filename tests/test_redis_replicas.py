@@ -85,6 +85,7 @@ def test_a_burst_split_across_two_replicas_admits_no_more_than_the_rpm(upstreams
             "backend": "redis",
             "shared": True,
             "degraded": False,
+            "reason": None,
             "replicas": 2,
             "for_seconds": pytest.approx(health(a.url)["state"]["for_seconds"], abs=1),
             "leases_held": 0,
@@ -135,7 +136,11 @@ def test_without_redis_both_serve_on_their_share_and_shared_limits_return_with_i
         for url in (a.url, b.url):
             seen = health(url)
             assert seen["status"] == "degraded" and seen["state"]["degraded"] is True
-            assert metric(httpx.get(f"{url}/metrics").text, "llm_gateway_shared_state_degraded") == 1
+            assert seen["state"]["reason"] == "unreachable"
+            scraped = httpx.get(f"{url}/metrics").text
+            assert metric(scraped, "llm_gateway_shared_state_degraded") == 1
+            assert metric(scraped, "llm_gateway_shared_state_degraded_reason", reason="unreachable") == 1
+            assert metric(scraped, "llm_gateway_shared_state_degraded_reason", reason="refused") == 0
             assert httpx.get(f"{url}/health/ready").status_code == 200  # still serving
 
         redis_server.start()  # empty: a Redis without persistence
@@ -143,7 +148,10 @@ def test_without_redis_both_serve_on_their_share_and_shared_limits_return_with_i
         back = burst_on("limited", {a.url: 50, b.url: 50})
         # local windows are full (15 each): only the shared limit admits anything now, and all of it
         assert statuses(back[a.url] + back[b.url]) == {200: 30, 429: 70}
-        assert metric(httpx.get(f"{a.url}/metrics").text, "llm_gateway_shared_state_degraded") == 0
+        scraped = httpx.get(f"{a.url}/metrics").text
+        assert metric(scraped, "llm_gateway_shared_state_degraded") == 0
+        assert metric(scraped, "llm_gateway_shared_state_degraded_reason", reason="unreachable") == 0
+        assert health(a.url)["state"]["reason"] is None
 
     warnings = [r for r in caplog.records if r.name == "llm_service.state" and r.levelname == "WARNING"]
     assert len(warnings) == 2  # once per replica, not once per request

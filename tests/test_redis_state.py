@@ -316,10 +316,14 @@ def test_an_unreachable_redis_degrades_to_local_limits_once_and_comes_back(redis
             with pytest.raises(StateUnavailable):
                 await a.acquire([limiter], 1)
         assert a.degraded and a.local and a.status()["degraded"] and a.poll_interval == math.inf
+        assert a.degraded_reason == "unreachable" and a.status()["reason"] == "unreachable"
+        with pytest.raises(StateUnavailable, match=r"^shared state unreachable$"):
+            await a.admit_caller("key", 10)
         a.put_checkpoint("s", b"kept here meanwhile", 30.0)
         assert await a.get_checkpoint("s") == b"kept here meanwhile"
         redis_server.start()
         assert await eventually(lambda: not a.degraded)
+        assert a.degraded_reason is None and a.status()["reason"] is None
         assert (await a.acquire([limiter], 1)).index == 0  # the scripts are loaded again
         assert await a.get_checkpoint("s") == b"kept here meanwhile"  # found locally
 

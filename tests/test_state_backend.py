@@ -58,6 +58,7 @@ def test_without_redis_the_backend_is_memory_local_and_never_degraded() -> None:
     backend = state_backend(Settings(demo_mode="off"))
     assert isinstance(backend, MemoryState)
     assert backend.local and not backend.degraded and backend.poll_interval == math.inf
+    assert backend.degraded_reason is None
     assert backend.status() == {"backend": "memory", "shared": False, "degraded": False}
     limiter = backend.limiter(deployment(rpm=3))
     assert type(limiter) is DeploymentLimiter and limiter.limits == Limits(rpm=3)
@@ -189,6 +190,7 @@ class FakeShared:
         self.clock = clock
         self.local = False
         self.degraded = False
+        self.degraded_reason: str | None = None
         self.poll_interval = 0.1
         self.error_replies: dict[str, int] = {}
         self.answers: list[Acquired | Exception] = []

@@ -21,7 +21,8 @@ caller's free-form model name never becomes a label.
 | `llm_gateway_health_checks_total` | counter | deployment, outcome (ok, failed): probes of deployments out of service |
 | `llm_gateway_queue_depth` | gauge | |
 | `llm_gateway_in_flight` | gauge | |
-| `llm_gateway_shared_state_degraded` | gauge | (1: Redis unreachable, each replica on its share of the limits) |
+| `llm_gateway_shared_state_degraded` | gauge | (1: Redis unreachable or refusing writes; replicas on their shares) |
+| `llm_gateway_shared_state_degraded_reason` | gauge | reason (unreachable, refused): 1 for why it is degraded now |
 | `llm_gateway_shared_state_error_replies_total` | counter | error (class: Redis refused a command, e.g. when full) |
 """
 
@@ -35,13 +36,14 @@ from itertools import accumulate
 from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 from typing_extensions import override
 
 from llm_service.core.config.settings import Deployment
 from llm_service.core.llm.dispatch.breaker import BreakerState, Transition
+from llm_service.core.llm.dispatch.state import DEGRADED_REASONS
 from llm_service.core.llm.models import ProviderError
 
 if TYPE_CHECKING:
@@ -190,6 +192,30 @@ class _StateErrorReplies(Collector):
         return self.collect()
 
 
+class _StateDegradedReason(Collector):
+    """`llm_gateway_shared_state_degraded_reason`: 1 for the reason the shared state is degraded now (every
+    reason has its series, 0 when it is not the one), read from the state backend at scrape time."""
+
+    def __init__(self, dispatcher: Watched) -> None:
+        self._dispatcher = dispatcher
+
+    @override
+    def collect(self) -> Iterable[Metric]:
+        family = GaugeMetricFamily(
+            "llm_gateway_shared_state_degraded_reason",
+            "Why the shared state is degraded: unreachable (the link failed) or refused (it answered the limits' "
+            "writes with an error, e.g. out of memory)",
+            labels=["reason"],
+        )
+        now = self._dispatcher.state_backend.degraded_reason
+        for reason in DEGRADED_REASONS:
+            family.add_metric([reason], 1.0 if reason == now else 0.0)
+        return [family]
+
+    def describe(self) -> Iterable[Metric]:
+        return self.collect()
+
+
 class Metrics:
     """The instruments, on a registry of their own (several instances may live in one process)."""
 
@@ -231,7 +257,8 @@ class Metrics:
         self.in_flight = Gauge("llm_gateway_in_flight", "Requests holding a deployment slot", registry=r)
         self.state_degraded = Gauge(
             "llm_gateway_shared_state_degraded",
-            "1 while the state replicas share is unreachable (each admits on its share of the limits)",
+            "1 while the state replicas share is unreachable or refuses the limits' writes (each admits on its "
+            "share of the limits)",
             registry=r,
         )
 
@@ -244,6 +271,7 @@ class Metrics:
         self.in_flight.set_function(lambda: dispatcher.in_flight)
         self.state_degraded.set_function(lambda: float(dispatcher.state_backend.degraded))
         self.registry.register(_StateErrorReplies(dispatcher))
+        self.registry.register(_StateDegradedReason(dispatcher))
 
     def breaker_transition(self, transition: Transition) -> None:
         self.breaker_state.labels(transition.name).set(_BREAKER_VALUE[transition.to_state])

@@ -38,8 +38,8 @@ async def list_models(request: Request) -> Response:
 @router.get("/health")
 async def health(request: Request) -> Response:
     """Overall status, the shared state, the dispatcher (in flight, queues) and every deployment's breaker
-    and limits. `degraded`: serving, but replicas that should share state cannot reach it (each admits on
-    its own share of the limits)."""
+    and limits. `degraded`: serving, but replicas that should share state cannot reach it or it refuses the
+    limits' writes (`state.reason`; each admits on its own share of the limits)."""
     services: Services = request.app.state.services
     dispatcher = services.dispatcher
     state = dispatcher.state_backend.status()

@@ -54,7 +54,7 @@ from llm_service.core.llm.dispatch.redis_link import RedisLink, link_down, scrip
 from llm_service.core.llm.dispatch.redis_scripts import ACQUIRE, CALLER, HOLD, KEY_KINDS, RENEW, SETTLE
 from llm_service.core.llm.dispatch.redis_streams import RedisStreamLog
 from llm_service.core.llm.dispatch.shared_limiter import SharedLimiter
-from llm_service.core.llm.dispatch.state import Acquired, MemoryCheckpoints, StateUnavailable
+from llm_service.core.llm.dispatch.state import REFUSED, UNREACHABLE, Acquired, MemoryCheckpoints, StateUnavailable
 
 log = logging.getLogger("llm_service.state")
 
@@ -98,6 +98,7 @@ class RedisState:
         self._clock = clock
         self._server_clock = server_clock
         self._degraded = False
+        self._reason: str | None = None  # why degraded (state.DEGRADED_REASONS)
         self._changed_at = clock()
         #: The leases of this replica's running requests: lease id -> its slots key.
         self._leases: dict[str, str] = {}
@@ -143,6 +144,10 @@ class RedisState:
         return self._degraded
 
     @property
+    def degraded_reason(self) -> str | None:
+        return self._reason
+
+    @property
     def poll_interval(self) -> float:
         return math.inf if self._degraded else self._poll
 
@@ -175,7 +180,7 @@ class RedisState:
 
     async def admit_caller(self, caller: str, rpm: int) -> float | None:
         if self._degraded:
-            raise StateUnavailable("shared state unreachable")
+            raise self._unavailable()
         self.start()
         command = script_command(CALLER, [self._prefix + "caller:" + caller], [self._now(), rpm, next(self._ids)])
         try:
@@ -193,6 +198,11 @@ class RedisState:
         memory, a script fails at its first write (after one, Redis lets it finish); a slot taken before
         some other error is never renewed, and expires with its lease."""
         self._failed(error, degrade=True)
+        return self._unavailable()
+
+    def _unavailable(self) -> StateUnavailable:
+        if self._reason == REFUSED:
+            return StateUnavailable("shared state refuses the limits' writes")
         return StateUnavailable("shared state unreachable")
 
     def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
@@ -258,6 +268,7 @@ class RedisState:
             "backend": "redis",
             "shared": not self._degraded,
             "degraded": self._degraded,
+            "reason": self._reason,
             "replicas": self._replicas,
             "for_seconds": round(self._clock() - self._changed_at, 3),
             "leases_held": len(self._leases),
@@ -342,9 +353,11 @@ class RedisState:
         shared_for, self._changed_at = now - self._changed_at, now
         fields: dict[str, Any] = {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}
         if link_down(error):
+            self._reason = UNREACHABLE
             self._retry_at = now
             message = "shared state unreachable: serving on this replica's share of the limits"
         else:
+            self._reason = REFUSED
             # Refused again soon after it came back (other admissions may have gone through meanwhile: a
             # deployment whose keys are fine, an API key's rpm): the wait doubles. Shared for longer: anew.
             self._refused_in_a_row = 1 if shared_for >= MAX_RETRY_SECONDS else self._refused_in_a_row + 1
@@ -358,9 +371,10 @@ class RedisState:
         log.warning(message, extra={"fields": fields})
 
     def _found(self) -> None:
-        self._degraded = False
+        reason, self._degraded, self._reason = self._reason, False, None
         self._changed_at = self._clock()
-        log.info("shared state reachable again: limits shared", extra={"fields": {"backend": "redis"}})
+        said = "takes the limits' writes again" if reason == REFUSED else "reachable again"
+        log.info(f"shared state {said}: limits shared", extra={"fields": {"backend": "redis", "after": reason}})
 
     async def _maintain(self) -> None:
         """Renew leases while Redis answers; try it again while it does not."""

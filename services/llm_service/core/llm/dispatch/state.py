@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 Clock = Callable[[], float]
 
 
+#: Why a backend is degraded (`StateBackend.degraded_reason`).
+UNREACHABLE, REFUSED = "unreachable", "refused"
+DEGRADED_REASONS = (UNREACHABLE, REFUSED)
+
+
 class StateUnavailable(Exception):
     """The shared state did not answer, and the backend is `local` (degraded) from now on until it does; or
     it answered this call with an error."""
@@ -98,6 +103,13 @@ class StateBackend(Protocol):
     @property
     def degraded(self) -> bool:
         """Whether shared state is configured but unreachable (each replica on its share of the limits)."""
+        ...
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """Why it is degraded (`DEGRADED_REASONS`): `unreachable` (the link failed: refused, dropped, timed
+        out) or `refused` (it answered the limits' own writes with an error: full, read-only, a key of
+        another type); None while not degraded."""
         ...
 
     @property
@@ -217,6 +229,10 @@ class MemoryState:
     @property
     def degraded(self) -> bool:
         return False
+
+    @property
+    def degraded_reason(self) -> str | None:
+        return None
 
     @property
     def poll_interval(self) -> float:
