@@ -48,15 +48,19 @@ def estimate_tokens(request: LLMRequest) -> int:
     media = 0
     for message in request.messages:
         content = message.content
+        if type(content) is str and not (message.refusal or message.tool_calls):
+            # The usual message, its text alone. An ASCII text (known without looking at it) is as long in
+            # UTF-8: no copy to count its bytes.
+            size += len(content) if content.isascii() else len(content.encode("utf-8"))
+            continue
         text = content if type(content) is str else message.text()
-        # An ASCII text (known without looking at it) is as long in UTF-8: no copy to count its bytes.
-        size += len(text) if text.isascii() else len(text.encode("utf-8"))
+        size += _utf8_len(text)
         if message.refusal:
             size += _utf8_len(message.refusal)
         for call in message.tool_calls:
             size += _utf8_len(call.name) + _utf8_len(call.arguments)
-        if isinstance(message.content, list):
-            media += sum(1 for part in message.content if not isinstance(part, TextPart))
+        if isinstance(content, list):
+            media += sum(1 for part in content if not isinstance(part, TextPart))
     for tool in request.tools:
         size += _utf8_len(_json({"name": tool.name, "description": tool.description, "parameters": tool.parameters}))
     if request.response_format is not None and request.response_format.schema is not None:
