@@ -107,7 +107,7 @@ def mock_providers(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture(params=ALL_PROVIDERS, ids=lambda p: p.value)
 def provider(request: pytest.FixtureRequest) -> ProviderID:
     """The test runs once per provider."""
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 @pytest.fixture
@@ -159,9 +159,9 @@ def _fresh_upstreams(request: pytest.FixtureRequest) -> Iterator[None]:
 def _wire_forms_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     """In every test, each chunk or response an OpenAI-compatible client keeps in its upstream's bytes
     (`LLMChunk.wire`, sent to the client as they are) is checked against encoding it (`wire_check`)."""
-    from llm_service.core.llm import openai_compat
+    from llm_service.core.llm import openai_compat, openai_format
 
-    decode_chunk, decode_response = openai_compat.decode_chat_chunk, openai_compat.decode_chat_response
+    decode_chunk, decode_response = openai_format.decode_chat_chunk, openai_format.decode_chat_response
 
     def chunk_checked(*args: Any, **kwargs: Any) -> Any:
         chunk = decode_chunk(*args, **kwargs)

@@ -10,19 +10,23 @@ from typing import Any
 
 import httpx
 import pytest
+from typing_extensions import override
 
 from conftest import KEYS, MODELS
 from harness import wait_until
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import Fault
 from llm_service.logs import JSONFormatter, info_fields
+from log_records import fields_of
 from sse_client import read_events
 
 SECRET_PROMPT = "my secret prompt text"
 
 
 def access_records(caplog: pytest.LogCaptureFixture, request_id: str) -> list[logging.LogRecord]:
-    return [r for r in caplog.records if r.name == "llm_service.access" and r.fields.get("request_id") == request_id]
+    return [
+        r for r in caplog.records if r.name == "llm_service.access" and fields_of(r).get("request_id") == request_id
+    ]
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
@@ -42,7 +46,7 @@ def test_one_access_line_per_request_with_provider_model_status_tokens(
 
     assert wait_until(lambda: len(access_records(caplog, f"log-{stream}")) == 1)
     record = access_records(caplog, f"log-{stream}")[0]
-    fields = record.fields
+    fields = fields_of(record)
     assert fields["status"] == 200
     assert fields["provider"] == "openai"
     assert fields["upstream_model"] == "gpt-4o-mini"
@@ -64,7 +68,7 @@ def test_error_requests_are_logged_with_their_status(client: httpx.Client, caplo
     )
 
     assert wait_until(lambda: len(access_records(caplog, "log-err")) == 1)
-    assert access_records(caplog, "log-err")[0].fields["status"] == 400
+    assert fields_of(access_records(caplog, "log-err")[0])["status"] == 400
 
 
 def test_azure_identity_failure_text_stays_out_of_the_log() -> None:
@@ -89,6 +93,7 @@ class _Writes(io.StringIO):
         super().__init__()
         self.writes = 0
 
+    @override
     def write(self, text: str) -> int:
         self.writes += 1
         return super().write(text)
@@ -163,18 +168,18 @@ def test_a_line_written_straight_to_the_handler_is_the_line_logging_would_have_w
 
         seen: list[logging.LogRecord] = []
         capture = logging.Handler()
-        capture.emit = seen.append  # type: ignore[method-assign]
+        capture.emit = lambda record: seen.append(record)  # type: ignore[method-assign]
         root.addHandler(capture)  # as pytest's caplog does: now the record is wanted
         info_fields(log, "request", fields)
-        assert [r.fields for r in seen] == [fields]  # type: ignore[attr-defined]
+        assert [fields_of(r) for r in seen] == [fields]
         assert len(stream.getvalue().splitlines()) == 3  # and the JSON handler still got its line
         root.removeHandler(capture)
 
         big = {"request_id": "req_2", "prompt_tokens": 2**70}  # orjson refuses integers past 64 bits
         errors: list[logging.LogRecord] = []
-        handler.handleError = errors.append  # type: ignore[method-assign]
+        handler.handleError = lambda record: errors.append(record)  # type: ignore[method-assign]
         info_fields(log, "request", big)  # reported as logging reports a line it cannot format, not raised
-        assert [r.fields for r in errors] == [big]  # type: ignore[attr-defined]
+        assert [fields_of(r) for r in errors] == [big]
 
         log.setLevel(logging.WARNING)  # a line below the level goes nowhere
         info_fields(log, "request", fields)
@@ -198,7 +203,7 @@ def test_a_client_leaving_a_resumable_stream_still_gets_its_whole_access_line_wi
         assert any(line.startswith("data: ") for line in lines)  # one event read, then the client hangs up
 
     assert wait_until(lambda: len(access_records(caplog, "log-left")) == 1, timeout=10)
-    fields = access_records(caplog, "log-left")[0].fields
+    fields = fields_of(access_records(caplog, "log-left")[0])
     assert fields["status"] == 200
     assert fields["total_tokens"] > 0
 

@@ -21,6 +21,7 @@ from llm_service.api.auth import CallerKey, KeyTable, presented_key
 from llm_service.core.config.auth import ApiKey, AuthSettings, hash_api_key
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
+from log_records import fields_of
 from sse_client import read_events, streamed_text
 from test_access_log import access_records
 
@@ -55,7 +56,7 @@ def test_a_request_without_a_key_is_401_in_openais_shape(guarded, path, caplog) 
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_api_key"
     assert error["param"] is None and "API key" in error["message"]
     assert wait_until(lambda: len(access_records(caplog, "no-key")) == 1)
-    line = access_records(caplog, "no-key")[0].fields  # type: ignore[attr-defined]
+    line = fields_of(access_records(caplog, "no-key")[0])
     assert (line["path"], line["status"], line["error_code"]) == (path, 401, "invalid_api_key")
 
 
@@ -102,8 +103,8 @@ def test_good_keys_are_let_in_as_bearer_or_api_key_plain_and_streaming(guarded, 
     assert all(KEY_A not in str(h) and KEY_B not in str(h) for h in sent)  # the caller's key stays here
     # The access log says who called: the key's name, else the start of its digest; never the key.
     assert wait_until(lambda: access_records(caplog, "key-a") and access_records(caplog, "key-b"))
-    assert access_records(caplog, "key-a")[0].fields["caller"] == f"sha256:{hash_api_key(KEY_A)[:12]}"  # type: ignore[attr-defined]
-    assert access_records(caplog, "key-b")[0].fields["caller"] == "b"  # type: ignore[attr-defined]
+    assert fields_of(access_records(caplog, "key-a")[0])["caller"] == f"sha256:{hash_api_key(KEY_A)[:12]}"
+    assert fields_of(access_records(caplog, "key-b")[0])["caller"] == "b"
     assert KEY_A not in caplog.text and KEY_B not in caplog.text
 
 

@@ -190,7 +190,9 @@ def azure_ad_upstream() -> Iterator[FakeUpstream]:
         yield fake
 
 
-def ad_group(upstream: FakeUpstream, authority: str, ca_file: str | None, secret: str = CLIENT_SECRET) -> dict:
+def ad_group(
+    upstream: FakeUpstream, authority: str, ca_file: str | None, secret: str = CLIENT_SECRET
+) -> dict[str, Any]:
     return {
         "base_url": upstream.url,
         "api_key": None,

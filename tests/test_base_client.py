@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 from pydantic import SecretStr
+from typing_extensions import override
 
 from llm_service.core.config.settings import OpenAISettings
 from llm_service.core.llm.base import UpstreamClient
@@ -28,6 +29,7 @@ class CountingClient(OpenAIClient):
         super().__init__(settings=OpenAISettings(**settings), credentials=credentials, session=None)  # type: ignore[arg-type]
         self.instances = 0
 
+    @override
     def _create_client_instance(self, endpoint: str, credentials: CredentialProvider) -> UpstreamClient:
         self.instances += 1
         return super()._create_client_instance(endpoint, credentials)

@@ -7,6 +7,7 @@ tests of one wire format's details live with that provider (test_vertex.py, test
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
 
@@ -92,7 +93,7 @@ def ask_for_tools(client: httpx.Client, provider: ProviderID) -> httpx.Response:
     return client.post("/v1/chat/completions", json=body)
 
 
-def answer_tools(client: httpx.Client, provider: ProviderID, calls: list[dict]) -> httpx.Response:
+def answer_tools(client: httpx.Client, provider: ProviderID, calls: list[dict[str, Any]]) -> httpx.Response:
     conversation = [
         WEATHER_QUESTION,
         {"role": "assistant", "content": None, "tool_calls": calls},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -26,7 +27,7 @@ def chat(client: httpx.Client, provider: ProviderID, **extra) -> httpx.Response:
     return client.post("/v1/chat/completions", json={"model": MODELS[provider], "messages": QUESTION, **extra})
 
 
-def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+def assert_openai_error(response: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     error = response.json()["error"]
@@ -73,7 +74,7 @@ def test_invalid_json_is_400(client: httpx.Client) -> None:
     ],
     ids=["no-model", "no-messages", "bad-role", "temperature-range", "tool-without-id", "untyped-part"],
 )
-def test_schema_violation_is_400_naming_the_field(client: httpx.Client, body: dict, param: str) -> None:
+def test_schema_violation_is_400_naming_the_field(client: httpx.Client, body: dict[str, Any], param: str) -> None:
     error = assert_openai_error(client.post("/v1/chat/completions", json=body), 400)
     assert error["param"] == param
     assert param in error["message"]

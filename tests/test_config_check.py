@@ -556,7 +556,7 @@ def test_serve_logs_warnings_and_starts(monkeypatch, config_dir, caplog):
 
     assert started == [("127.0.0.1", 0)]
     (record,) = [r for r in caplog.records if r.getMessage() == "configuration warning"]
-    assert record.fields["where"] == "LLM_MAX_RETRYS"  # type: ignore[attr-defined]
+    assert record.fields["where"] == "LLM_MAX_RETRYS"
 
 
 def test_serve_with_a_bad_configuration_exits_without_a_traceback_saying_the_same(

@@ -4,9 +4,10 @@ test moves: `Deadlines` (request budgets, one timer for all) and `IdleWatchdog` 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVarTuple
 
 import pytest
 
@@ -15,16 +16,20 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.dispatch.deadlines import IdleWatchdog
 from llm_service.core.llm.models import LLMChunk, ProviderTimeoutError
 
+Ts = TypeVarTuple("Ts")
+
 
 class FakeTime:
     """The running loop's clock, moved by the test; timers whose time has come run at the next yield."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.now = 1000.0
-        self.timers: list[tuple[float, Callable[[], None], asyncio.TimerHandle]] = []
+        self.timers: list[tuple[float, Callable[[], object], asyncio.TimerHandle]] = []
         real_call_at = loop.call_at
 
-        def call_at(when: float, callback: Callable[..., Any], *args: Any, **kw: Any) -> asyncio.TimerHandle:
+        def call_at(
+            when: float, callback: Callable[[*Ts], object], *args: *Ts, context: contextvars.Context | None = None
+        ) -> asyncio.TimerHandle:
             handle = real_call_at(1e12, callback, *args)  # never fires by itself
             self.timers.append((when, lambda: callback(*args), handle))
             return handle

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -16,7 +17,7 @@ from harness import ServiceThread
 from llm_service.core.config.settings import Settings
 from sse_client import fixture_text, read_events, streamed_text
 
-NO_PROVIDERS = {
+NO_PROVIDERS: dict[str, Any] = {
     "openai": {"api_key": None},
     "openrouter": {"api_key": None},
     "azure_openai": {"base_url": None},

@@ -408,10 +408,9 @@ def test_vertex_chooses_the_scenario(vertex: FakeVertex, body: dict[str, Any], s
 
 @pytest.mark.parametrize("crlf", [True, False])
 def test_vertex_sse_stream_has_no_terminator_and_usage_only_at_the_end(crlf: bool) -> None:
-    with FakeUpstreamThread(FakeVertex(crlf=crlf)) as thread:
-        response = gemini_post(
-            thread.upstream, {"contents": GEMINI_QUESTION}, "streamGenerateContent", params={"alt": "sse"}
-        )  # type: ignore[arg-type]
+    vertex = FakeVertex(crlf=crlf)
+    with FakeUpstreamThread(vertex):
+        response = gemini_post(vertex, {"contents": GEMINI_QUESTION}, "streamGenerateContent", params={"alt": "sse"})
 
     assert response.headers["content-type"] == "text/event-stream"
     terminator = b"\r\n\r\n" if crlf else b"\n\n"

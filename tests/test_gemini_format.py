@@ -10,11 +10,11 @@ from llm_service.core.config.constants import ProviderID
 from llm_service.core.llm.gemini_format import (
     FOREIGN_CALL_SIGNATURE,
     GeminiStreamTranslator,
-    convert_schema,
     decode_gemini_response,
     encode_gemini_request,
     stable_call_id,
 )
+from llm_service.core.llm.gemini_schema import convert_schema
 from llm_service.core.llm.models import (
     ChunkChoice,
     ContentFilterError,

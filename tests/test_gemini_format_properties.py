@@ -105,16 +105,22 @@ GENERATION_NAMES = {
     "temperature": "temperature", "top_p": "topP", "seed": "seed", "n": "candidateCount",
     "presence_penalty": "presencePenalty", "frequency_penalty": "frequencyPenalty",
 }  # fmt: skip
+
+
+def _tool_definition(name: str, description: dict[str, str], props: list[str]) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": name,
+            **description,
+            "parameters": {"type": "object", "properties": {p: {"type": "string"} for p in props}},
+        },
+    }
+
+
 tool_definitions = st.lists(
     st.builds(
-        lambda name, description, props: {
-            "type": "function",
-            "function": {
-                "name": name,
-                **description,
-                "parameters": {"type": "object", "properties": {p: {"type": "string"} for p in props}},
-            },
-        },
+        _tool_definition,
         names,
         st.just({}) | text.map(lambda d: {"description": d}),
         st.lists(st.text(_ALNUM, min_size=1, max_size=6), min_size=1, max_size=3, unique=True),

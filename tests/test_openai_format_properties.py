@@ -179,7 +179,7 @@ plain_fields = st.fixed_dictionaries(
     },
 )
 # What the codec would write otherwise: a null option, one stop string.
-rewritten_fields = st.just({}) | st.fixed_dictionaries(
+rewritten_fields: st.SearchStrategy[dict[str, Any]] = st.just({}) | st.fixed_dictionaries(
     {}, optional={"temperature": st.none(), "seed": st.none(), "stop": text}
 )
 

@@ -7,6 +7,7 @@ provider APIs whose credentials are set (skipped otherwise), so it asserts struc
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import openai
 import pytest
@@ -52,7 +53,9 @@ def test_sdk_streaming_with_usage(sdk) -> None:
 
 def test_sdk_tool_calls_round_trip(sdk) -> None:
     client, model = sdk
-    messages: list = [{"role": "user", "content": "What is the weather in Oslo and in Paris? Use the tool."}]
+    messages: list[dict[str, Any]] = [
+        {"role": "user", "content": "What is the weather in Oslo and in Paris? Use the tool."}
+    ]
     first = client.chat.completions.create(model=model, messages=messages, tools=[WEATHER_TOOL], tool_choice="required")
     calls = first.choices[0].message.tool_calls
     assert calls

@@ -113,7 +113,9 @@ def test_deployment_fields_parse_from_the_yaml(profile) -> None:
     first = settings.aliases["regional-llama"][0]
 
     assert (first.rpm, first.weight, first.tpm, first.max_concurrency) == (600, 2.0, None, None)
-    assert settings.deployment_key("EU_VLLM_KEY").get_secret_value() == "eu-vllm-key-0123456789"
+    key = settings.deployment_key("EU_VLLM_KEY")
+    assert key is not None
+    assert key.get_secret_value() == "eu-vllm-key-0123456789"
     assert "eu-vllm-key" not in repr(settings)
 
 

@@ -9,6 +9,7 @@ from conftest import MODELS, QUESTION
 from harness import ServiceThread
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, Fault
+from log_records import fields_of
 from sse_client import fixture_text, read_events, stream_events, streamed_text
 
 
@@ -76,7 +77,7 @@ def test_prompt_text_is_logged_only_when_enabled(upstreams, caplog: pytest.LogCa
         )
     records = [r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "with-prompt"]
     assert records
-    assert "tell me a secret" in records[0].fields["prompt"]
+    assert "tell me a secret" in fields_of(records[0])["prompt"]
 
 
 @pytest.mark.parametrize(

@@ -167,7 +167,7 @@ def test_an_admission_refused_by_a_full_redis_serves_on_the_share_until_redis_ta
     on_replicas(full_redis.url, scenario, retry_seconds=3600.0, lease_seconds=3600.0)
     assert messages(caplog) == [DEGRADED, "shared state takes the limits' writes again: limits shared"]
     back = [r for r in caplog.records if r.name == "llm_service.state"][-1]
-    assert back.fields == {"backend": "redis", "after": "refused"}  # type: ignore[attr-defined]
+    assert back.fields == {"backend": "redis", "after": "refused"}
 
 
 def test_a_redis_that_refuses_every_admission_again_is_tried_less_and_less_often(redis_server, caplog) -> None:

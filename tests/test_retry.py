@@ -66,7 +66,9 @@ def test_parse_retry_after(headers, expected):
 def test_parse_retry_after_http_date_defaults_to_the_current_time():
     # A date far in the past is 0 whatever the real clock says; one far ahead is positive.
     assert parse_retry_after({"retry-after": "Mon, 02 Dec 2024 12:00:30 GMT"}) == 0.0
-    assert parse_retry_after({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"}) > 0
+    ahead = parse_retry_after({"retry-after": "Fri, 31 Dec 9999 23:59:59 GMT"})
+    assert ahead is not None
+    assert ahead > 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from conftest import KEYS, MODELS, VERTEX_LOCATION, VERTEX_PROJECT, make_fake
 from harness import ServiceThread, wait_until
 from llm_service.core.config.constants import ProviderID
 from llm_service.fakes import FakeUpstreamThread
+from log_records import fields_of
 from service_process import ServiceProcess
 from soak_plan import (
     RESUME_ERROR_STATUSES,
@@ -404,5 +405,5 @@ def test_a_client_that_hangs_up_before_its_body_arrives_is_no_unhandled_error(
 
     assert wait_until(lambda: len(logged()) == 1)
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
-    fields = logged()[0].fields  # type: ignore[attr-defined]
+    fields = fields_of(logged()[0])
     assert (fields["status"], fields["error_code"]) == (499, "client_disconnected")

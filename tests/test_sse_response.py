@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.types import Message
+
 from llm_service.api.resume import DONE_EVENT
 from llm_service.api.sse import SSEResponse
 
@@ -15,15 +17,15 @@ async def _events(*events: bytes) -> AsyncIterator[bytes]:
         yield event
 
 
-def _sent(body: AsyncIterator[bytes]) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
+def _sent(body: AsyncIterator[bytes]) -> list[Message]:
+    sent: list[Message] = []
     done = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
         await done.wait()  # the client stays until the response is complete, as uvicorn's does
         return {"type": "http.disconnect"}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: Message) -> None:
         sent.append(message)
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             done.set()

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from conftest import KEYS, MODELS, QUESTION, WEATHER_TOOL, fake_settings
 from harness import ServiceThread
@@ -32,7 +33,7 @@ from llm_service.fakes.wire import VLLM_BOTH_SET, SseEvent
 from sse_client import read_events
 
 VERTEX = ProviderID.VERTEX_AI
-SCENARIOS = {"text": {}, "tool_call": {"tools": [WEATHER_TOOL]}}
+SCENARIOS: dict[str, dict[str, Any]] = {"text": {}, "tool_call": {"tools": [WEATHER_TOOL]}}
 #: Another answer of each provider, served to a re-generation so that it differs from the first.
 OTHER_ANSWER = {"text": "chat_tool_result", "tool_call": "chat_text"}
 #: A breaker that never opens here: the matrix breaks many streams on one service.
@@ -189,7 +190,7 @@ def baselines(
 
 @pytest.fixture(params=list(SCENARIOS))
 def scenario(request: pytest.FixtureRequest) -> str:
-    return request.param  # type: ignore[no-any-return]
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +216,8 @@ def test_a_stream_broken_once_reaches_the_client_as_the_fault_free_answer(
     replay_service, baselines, provider, fake, scenario, kind, where
 ) -> None:
     after = cut_points(fake, scenario)[where]
-    fake.inject(Fault(**{kind: after}))
+    knobs: dict[str, Any] = {kind: after}
+    fake.inject(Fault(**knobs))
 
     got = stream(replay_service, chat_body(provider, scenario))
 
@@ -227,7 +229,8 @@ def test_a_stream_that_keeps_breaking_ends_with_one_error_event_then_done(
     replay_service, provider, fake, scenario, kind
 ) -> None:
     after = cut_points(fake, scenario)["middle"]
-    fake.inject(Fault(**{kind: after, "times": 1 + REPLAYS}))
+    knobs: dict[str, Any] = {kind: after, "times": 1 + REPLAYS}
+    fake.inject(Fault(**knobs))
 
     got = stream(replay_service, chat_body(provider, scenario))
 
@@ -431,9 +434,11 @@ def test_a_fallback_that_rejects_the_assistant_prefix_leaves_the_client_the_orig
 
 def sdk_answer(client: openai.OpenAI, provider: ProviderID, scenario: str) -> tuple[str, dict[int, dict[str, str]]]:
     """The text and tool calls (id, name, arguments by index) the SDK's stream chunks add up to."""
-    text, calls = "", {}
+    text = ""
+    calls: dict[int, dict[str, str]] = {}
+    messages = cast("list[ChatCompletionMessageParam]", QUESTION)
     for chunk in client.chat.completions.create(
-        model=MODELS[provider], messages=QUESTION, stream=True, **SCENARIOS[scenario]
+        model=MODELS[provider], messages=messages, stream=True, **SCENARIOS[scenario]
     ):
         for choice in chunk.choices:
             text += choice.delta.content or ""
@@ -483,7 +488,7 @@ def test_the_vllm_stand_in_streams_only_the_rest_of_the_answer_it_is_asked_to_co
     response = post(fresh_vllm, body)
 
     assert response.status_code == 200
-    events = [
+    events: list[Any] = [
         json.loads(line[6:]) if line != "data: [DONE]" else "[DONE]" for line in response.text.splitlines() if line
     ]
     assert events[0]["choices"][0]["delta"] == {"role": "assistant", "content": "", "refusal": None}

@@ -12,11 +12,12 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from conftest import FLAVORS, MODELS, QUESTION
 from harness import ServiceThread, wait_until
@@ -232,6 +233,7 @@ def test_after_the_ttl_an_ended_stream_is_404_stream_not_found(upstreams) -> Non
         clock.now += 59
         assert resume(http, stream_id, last=events[2].id) == events[3:]
         clock.now += 2
+        assert events[2].id is not None
         gone = http.get(stream_path(stream_id), headers={"Last-Event-ID": events[2].id})
 
     error = assert_openai_error(gone, 404, "stream_not_found")
@@ -247,6 +249,7 @@ def test_ended_streams_past_the_byte_limit_are_dropped_oldest_first(start_servic
         assert second and wait_until(lambda: live_streams(service) == 0)
 
         kept = resume(http, second, last=second_events[0].id)
+        assert first_events[0].id is not None
         dropped = http.get(stream_path(first), headers={"Last-Event-ID": first_events[0].id})
 
     assert kept == second_events[1:]
@@ -373,7 +376,8 @@ def test_with_resumption_off_events_have_no_ids_and_the_route_is_404(start_servi
 def test_the_openai_sdk_reads_a_resumable_stream_as_before(start_service, provider) -> None:
     def sdk_chunks(service: ServiceThread) -> tuple[str | None, list[dict[str, Any]]]:
         sdk = openai.OpenAI(base_url=f"{service.url}/v1", api_key="unused", max_retries=0, timeout=TIMEOUT)
-        with sdk.chat.completions.create(model=MODELS[provider], messages=QUESTION, stream=True) as stream:
+        messages = cast("list[ChatCompletionMessageParam]", QUESTION)
+        with sdk.chat.completions.create(model=MODELS[provider], messages=messages, stream=True) as stream:
             chunks = [chunk.model_dump() for chunk in islice(stream, MAX_EVENTS)]
             return stream.response.headers.get(STREAM_ID_HEADER), chunks
 

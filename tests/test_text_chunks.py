@@ -112,7 +112,9 @@ _CHUNK: dict[str, Any] = {
 }
 
 texts = st.text(max_size=20) | st.sampled_from(['"', "\\", '\\"', "\u2603", "\n", '"},"x":"', "\x00"])
-odd = st.none() | st.booleans() | st.integers(-2, 2) | st.text(max_size=5) | st.just([]) | st.just({})
+odd: st.SearchStrategy[Any] = (
+    st.none() | st.booleans() | st.integers(-2, 2) | st.text(max_size=5) | st.just([]) | st.just({})
+)
 # One change to the template's chunk: (where, key, value); None as the value under "drop" takes the key out.
 changes = (
     st.tuples(st.just("top"), st.sampled_from([*_CHUNK, "obfuscation", "error"]), odd)
@@ -128,8 +130,10 @@ def _changed(chunk: dict[str, Any], change: tuple[str, str, Any]) -> dict[str, A
     them away)."""
     where, key, value = change
     choices = chunk.get("choices")
-    choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-    delta = choice.get("delta") if isinstance(choice.get("delta"), dict) else {}
+    choice: dict[str, Any] = (
+        choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    )
+    delta: dict[str, Any] = choice["delta"] if isinstance(choice.get("delta"), dict) else {}
     if where == "choices":
         chunk["choices"] = [] if key == "none" or not choice else [choice, {**choice, "index": 1}]
     elif where == "drop":
@@ -244,7 +248,7 @@ def test_a_template_that_reads_is_kept_when_a_chunk_unlike_the_others_comes(monk
 
     def counted(cls: type[TextChunkTemplate], *args: Any) -> TextChunkTemplate | None:
         made.append(args[1])
-        return real_of(cls, *args)  # type: ignore[no-any-return]
+        return real_of(cls, *args)
 
     monkeypatch.setattr(TextChunkTemplate, "of", classmethod(counted))
     plain = [text_event(f" word {i}") for i in range(12)]

@@ -31,6 +31,7 @@ from llm_service.fakes.tool_call_rules import (
     UNANSWERED_CALLS,
     mistral_bad_id,
 )
+from log_records import fields_of
 from sse_client import FIXTURES, fixture_json, read_events
 
 OPENAI, REMOTE, VERTEX = ProviderID.OPENAI, ProviderID.REMOTE, ProviderID.VERTEX_AI
@@ -112,7 +113,7 @@ def calls_of(answer: Any) -> list[dict[str, Any]]:
     """The tool calls of a plain answer (a response) or of a stream (its events), as the client echoes them."""
     if isinstance(answer, httpx.Response):
         assert answer.status_code == 200, answer.text
-        return answer.json()["choices"][0]["message"]["tool_calls"]  # type: ignore[no-any-return]
+        return answer.json()["choices"][0]["message"]["tool_calls"]
     assert answer[-1] == "[DONE]" and not any("error" in event for event in answer[:-1]), answer[-2:]
     fragments: dict[int, dict[str, str]] = {}
     for event in answer[:-1]:
@@ -199,7 +200,7 @@ def test_openai_refuses_calls_left_unanswered(upstreams) -> None:
     fake = upstreams[OPENAI]
     paris = call("call_paris", "Paris")
     half = [ASK, *tool_turns([call("call_oslo"), paris])[:2], {"role": "user", "content": "And?"}]
-    at_the_end = [ASK, {"role": "assistant", "content": None, "tool_calls": [paris]}]
+    at_the_end: list[dict[str, Any]] = [ASK, {"role": "assistant", "content": None, "tool_calls": [paris]}]
 
     assert openai_error(post_to_fake(fake, half, KEYS[OPENAI])) == (
         UNANSWERED_CALLS + "call_paris",
@@ -436,9 +437,9 @@ def test_calls_issued_by_openai_continue_on_a_vertex_that_knows_no_id_field(
 
 def access_fields(caplog: pytest.LogCaptureFixture, request_id: str) -> list[dict[str, Any]]:
     return [
-        r.fields  # type: ignore[attr-defined]
+        fields_of(r)
         for r in caplog.records
-        if r.name == "llm_service.access" and r.fields.get("request_id") == request_id  # type: ignore[attr-defined]
+        if r.name == "llm_service.access" and fields_of(r).get("request_id") == request_id
     ]
 
 

@@ -313,7 +313,7 @@ def test_the_headers_never_reach_a_log_line(start_service, collector, caplog) ->
     exported(collector, service, 2)
 
     (started,) = [r for r in caplog.records if r.name == "llm_service.tracing"]
-    assert started.fields["traces_url"] == f"{collector.endpoint}/v1/traces"  # type: ignore[attr-defined]
+    assert started.fields["traces_url"] == f"{collector.endpoint}/v1/traces"
     formatter = JSONFormatter()
     for record in caplog.records:
         assert HEADER_SECRET not in formatter.format(record)
@@ -462,7 +462,7 @@ def test_the_access_line_names_the_trace_and_the_request_span(start_service, col
 
     assert response.status_code == 200
     server = one(exported(collector, service, 2), "SERVER")
-    (line,) = [r.fields for r in caplog.records if r.name == "llm_service.access"]  # type: ignore[attr-defined]
+    (line,) = [r.fields for r in caplog.records if r.name == "llm_service.access"]
     assert (line["trace_id"], line["span_id"]) == (CALLER_TRACE, server.span_id)
     assert server.trace_id == CALLER_TRACE
 
@@ -474,7 +474,7 @@ def test_without_tracing_the_access_line_has_no_trace_fields(start_service, capl
     assert chat(service, {"model": MODELS[OPENAI], "messages": QUESTION}, headers=CALLER_HEADERS).status_code == 200
 
     service.stop()  # the line is written once the answer has gone
-    (line,) = [r.fields for r in caplog.records if r.name == "llm_service.access"]  # type: ignore[attr-defined]
+    (line,) = [r.fields for r in caplog.records if r.name == "llm_service.access"]
     assert "trace_id" not in line and "span_id" not in line
 
 
