@@ -5,7 +5,7 @@ For each request it:
    deployments;
 2. takes a slot on the first deployment whose circuit breaker admits traffic and whose limits
    (concurrency, RPM, TPM from an estimate of the request's tokens) have room (`DeploymentPool`);
-   with none free, waits in that model's bounded FIFO queue (`AdmissionQueue`): a full queue or a wait
+   with none free, waits in that model's bounded FIFO queue (`dispatch/gate.py`): a full queue or a wait
    past `queue_timeout_seconds` is a 429 with Retry-After, every deployment open-circuited a 503;
 3. calls the client; a retryable failure before the first streamed chunk fails over to the next
    deployment at once and comes back round after the backoff or the upstream's Retry-After while
@@ -22,37 +22,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import random
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from llm_service.core.aio import Deadlines
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Deployment, Settings
 from llm_service.core.llm.base import BaseLLMClient
-from llm_service.core.llm.dispatch.admission import AdmissionError, AdmissionQueue
 from llm_service.core.llm.dispatch.attempt_trace import ATTEMPT_HEADERS, AttemptOutcome, AttemptTracer
 from llm_service.core.llm.dispatch.breaker import BreakerPolicy, Transition
 from llm_service.core.llm.dispatch.deadlines import next_within
+from llm_service.core.llm.dispatch.gate import Gate
 from llm_service.core.llm.dispatch.health import HealthChecker
 from llm_service.core.llm.dispatch.held import HeldStream
 from llm_service.core.llm.dispatch.limits import estimate_tokens
 from llm_service.core.llm.dispatch.pool import DeploymentPool, Slot
 from llm_service.core.llm.dispatch.state import state_backend
 from llm_service.core.llm.models import (
-    DeploymentsUnavailableError,
-    InvalidRequestError,
     LLMChunk,
     LLMRequest,
     LLMResponse,
     Message,
     ModelNotFoundError,
-    OverloadedError,
     ProviderAuthError,
     ProviderError,
     ProviderTimeoutError,
@@ -71,8 +66,6 @@ from llm_service.core.llm.retry import (
 from llm_service.core.llm.streaming import Transcript
 
 _PROVIDERS = {p.value: p for p in ProviderID}
-#: Shortest pause between re-checks of a waiting request when room is due now but was not taken.
-_RECHECK_FLOOR = 0.25
 #: The provider's code for a request too long for the model's context window (OpenAI and its family).
 _CONTEXT_TOO_LONG = "context_length_exceeded"
 T = TypeVar("T")
@@ -167,11 +160,6 @@ class LLMDispatcher:
             for alias, deployments in self._aliases.items()
             if (usable := tuple(d for d in deployments if settings.deployment_configured(d)))
         }
-        self._usable_keys = frozenset(self._usable.values())
-        #: The aliases' own wait lines, by the identity of the deployment tuple `resolve` hands out (it
-        #: is always the same object): no hashing of deployments per request (a pydantic model hashes
-        #: all its fields, about 2 µs).
-        self._alias_queues: dict[int, AdmissionQueue[Slot]] = {}
         #: The aliases whose deployments are tried in list order (no priorities), by identity as above:
         #: known once rather than looked for in every request.
         self._in_list_order = {id(key) for key in self._usable.values() if all(d.priority is None for d in key)}
@@ -184,20 +172,24 @@ class LLMDispatcher:
         self._timeouts = _Timeouts(
             d.request_timeout_seconds, d.first_chunk_timeout_seconds, d.stream_idle_timeout_seconds
         )
-        self._queue_size, self._queue_timeout = d.max_queue_size, d.queue_timeout_seconds
         self._budgets = Deadlines(self._timeouts.request)
-        self._queues: dict[tuple[Deployment, ...], AdmissionQueue[Slot]] = {}
-        for key in self._usable.values():
-            self._alias_queues[id(key)] = self._queue(key)
         #: Rate limits, slots, breaker openings and checkpoints: in memory, or shared by replicas (Redis).
         self.state_backend = state_backend(settings, clock=clock)
         self._pool = DeploymentPool(
             {provider: BreakerPolicy(**d.breaker_settings(provider)) for provider in ProviderID},
             clock=clock,
             on_transition=observer.breaker_transition if observer is not None else None,
-            on_release=self._capacity_freed,
             backend=self.state_backend,
         )
+        self._gate = Gate(
+            self._pool,
+            self._usable.values(),
+            max_queue_size=d.max_queue_size,
+            queue_timeout=d.queue_timeout_seconds,
+            clock=clock,
+            reject=observer.rejected if observer is not None else None,
+        )
+        self._pool.on_release = self._gate.capacity_freed
         for deployments in self._usable.values():
             for deployment in deployments:
                 self._pool.register(deployment)
@@ -292,123 +284,6 @@ class LLMDispatcher:
         """Whether an alias has a deployment with its settings in place (for listing models)."""
         return alias in self._usable
 
-    # ------------------------------------------------------------------ admission
-
-    def _queue(self, key: tuple[Deployment, ...]) -> AdmissionQueue[Slot]:
-        """The wait line of requests for these deployments (one per model), made when first needed."""
-        queue = self._alias_queues.get(id(key))
-        if queue is not None:
-            return queue
-        queue = self._queues.get(key)
-        if queue is None:
-            queue = AdmissionQueue(max_size=self._queue_size, timeout=self._queue_timeout, clock=self._clock)
-            self._queues[key] = queue
-        return queue
-
-    def _capacity_freed(self) -> None:
-        for queue in list(self._queues.values()):
-            queue.notify()
-
-    async def _admit(self, key: tuple[Deployment, ...], candidates: Sequence[Deployment], tokens: int) -> Slot:
-        """A slot on the first of `candidates` that can take the request, waiting in `key`'s queue if
-        none can now; the refusals that waiting cannot help are said at once."""
-        if not self._pool.local:
-            self._refuse_early(candidates, tokens)
-            return await self._admit_shared(key, self._queue(key), candidates, tokens)
-        queue = self._queue(key)
-        try_take = partial(self._pool.try_take, candidates, tokens)
-        slot = queue.admit_now(try_take)
-        if slot is not None:  # no wait: no refusals to look for, no recheck task (~40 µs a request)
-            self._forget_if_idle(key, queue)
-            return slot
-        rechecks: asyncio.Future[None] | None = None
-        try:
-            self._refuse_early(candidates, tokens)  # what try_take refused may be worth saying at once
-            rechecks = asyncio.ensure_future(self._recheck_while_waiting(queue, candidates, tokens))
-            return await queue.admit(try_take, on_abandoned=Slot.abandoned)
-        except AdmissionError as exc:
-            raise self._overloaded(exc) from None
-        finally:
-            if rechecks is not None:
-                rechecks.cancel()
-            self._forget_if_idle(key, queue)
-
-    def _forget_if_idle(self, key: tuple[Deployment, ...], queue: AdmissionQueue[Slot]) -> None:
-        if queue.depth == 0 and id(key) not in self._alias_queues and key not in self._usable_keys:
-            self._queues.pop(key, None)  # a directly addressed model's line: gone when empty
-
-    async def _admit_shared(
-        self, key: tuple[Deployment, ...], queue: AdmissionQueue[Slot], candidates: Sequence[Deployment], tokens: int
-    ) -> Slot:
-        """`_admit` through state shared with other replicas: one round trip; when it finds no room, the
-        refusals that waiting cannot help (with what it learnt), else a wait in line whose head asks again
-        on every release here and, for releases elsewhere, every poll interval."""
-        poll = self._pool.poll_interval
-
-        def retry_in() -> float:
-            wait = self._pool.next_change(candidates, tokens)
-            return max(wait, poll) if wait < math.inf else poll
-
-        try:
-            return await queue.admit_async(
-                partial(self._pool.take, candidates, tokens),
-                retry_in=retry_in,
-                before_waiting=partial(self._refuse_early, candidates, tokens),
-            )
-        except AdmissionError as exc:
-            raise self._overloaded(exc) from None
-        finally:
-            self._forget_if_idle(key, queue)
-
-    def _overloaded(self, exc: AdmissionError) -> OverloadedError:
-        self._reject("queue_full_or_timeout")
-        return OverloadedError(
-            f"The service is at capacity for this model ({exc}); retry after the time given.",
-            retry_after=exc.retry_after,
-        )
-
-    def _refuse_early(self, candidates: Sequence[Deployment], tokens: int) -> None:
-        """Raise the refusals that waiting cannot help: every deployment open-circuited (503), a request
-        too large for every TPM limit (400), room that only time frees, later than the queue's timeout (429)."""
-        open_for = self._pool.all_open(candidates)
-        if open_for is not None:
-            self._reject("deployments_unavailable")
-            raise DeploymentsUnavailableError(
-                "Every deployment of this model is failing and temporarily taken out of service.",
-                retry_after=max(open_for, 1.0),
-            )
-        if self._pool.too_large(candidates, tokens):
-            raise InvalidRequestError(
-                f"The request (about {tokens} tokens) exceeds the tokens-per-minute limit of every deployment "
-                "of this model.",
-                code="tokens_per_minute_exceeded",
-                param="messages",
-            )
-        wait = self._pool.next_change(candidates, tokens)
-        if self._queue_timeout < wait < math.inf and self._pool.room_in(candidates, tokens) > 0:
-            # Only time frees this room (a 429 pause, a full RPM window), and later than a queued caller
-            # would wait: say when to come back now rather than hold the connection for nothing.
-            self._reject("rate_limited")
-            raise OverloadedError(
-                "The deployments of this model are rate limited; retry after the time given.", retry_after=wait
-            )
-
-    async def _recheck_while_waiting(
-        self, queue: AdmissionQueue[Slot], candidates: Sequence[Deployment], tokens: int
-    ) -> None:
-        """Room that comes back with time (an RPM/TPM window moving on, a 429 pause or a breaker's
-        cooldown ending) is announced by no release: look again when it is due, while this request waits."""
-        while True:
-            wait = self._pool.next_change(candidates, tokens)
-            # Real time, not the injected retry sleep: this only paces wake-ups of a queue that also
-            # wakes on every release.
-            await asyncio.sleep(min(wait, self._queue_timeout) if wait > 0 else _RECHECK_FLOOR)
-            queue.notify()
-
-    def _reject(self, reason: str) -> None:
-        if self._observer is not None:
-            self._observer.rejected(reason)
-
     # ------------------------------------------------------------------ attempts
 
     async def _run(
@@ -436,7 +311,7 @@ class LLMDispatcher:
                 await self._new_round(failed[1], attempt // len(deployments))
                 tried.clear()
                 untried = list(order)
-            slot = await self._admit(deployments, untried, tokens)
+            slot = await self._gate.admit(deployments, untried, tokens)
             deployment = slot.state.deployment
             if failed is not None and deployment != failed[0] and self._observer is not None:
                 self._observer.failover(failed[0], deployment, failed[1])
@@ -607,7 +482,7 @@ class LLMDispatcher:
 
     @property
     def queue_depth(self) -> int:
-        return sum(queue.depth for queue in self._queues.values())
+        return self._gate.depth
 
     def metric_label(self, deployment: Deployment) -> str:
         return self._pool.metric_label(deployment)
@@ -622,7 +497,7 @@ class LLMDispatcher:
         return {
             "in_flight": self.in_flight,
             "queue_depth": self.queue_depth,
-            "queues": {"|".join(d.label for d in key): q.snapshot() for key, q in self._queues.items() if q.depth},
+            "queues": {"|".join(d.label for d in key): q.snapshot() for key, q in self._gate.waiting().items()},
             "deployments": [state.snapshot() for state in self._pool.states()],
         }
 

@@ -151,7 +151,8 @@ class DeploymentPool:
         self._backend = backend if backend is not None else MemoryState(clock=clock)
         self._clock = clock
         self._on_transition = on_transition
-        self._on_release = on_release
+        #: Told when a slot is released (the dispatcher's admission gate, which wakes its lines).
+        self.on_release = on_release
         self._max_ad_hoc = max_ad_hoc
         self._known: dict[Deployment, DeploymentState] = {}
         #: The same, by the identity of the profile's own deployment objects (the ones requests are routed
@@ -193,7 +194,7 @@ class DeploymentPool:
             if admitted is None:
                 continue
             # Counted without asking the limiter again: room_in just said yes, and nothing awaited since.
-            return Slot(state, state.limiter.record(tokens), self._on_release, probe=admitted is BreakerState.HALF_OPEN)
+            return Slot(state, state.limiter.record(tokens), self.on_release, probe=admitted is BreakerState.HALF_OPEN)
         return None
 
     async def take(self, deployments: Sequence[Deployment], tokens: int) -> Slot | None:
@@ -217,7 +218,7 @@ class DeploymentPool:
         if admitted is None:  # its probe slot was taken while this request asked
             acquired.permit.release()
             return None
-        return Slot(state, acquired.permit, self._on_release, probe=admitted is BreakerState.HALF_OPEN)
+        return Slot(state, acquired.permit, self.on_release, probe=admitted is BreakerState.HALF_OPEN)
 
     @property
     def local(self) -> bool:
