@@ -170,6 +170,36 @@ def test_an_admission_refused_by_a_full_redis_serves_on_the_share_until_redis_ta
     assert back.fields == {"backend": "redis", "after": "refused"}
 
 
+def test_the_reason_follows_the_latest_failure_while_degraded(full_redis, caplog) -> None:
+    """Down, then back but full: the replica stays degraded, and says it is now refused, not unreachable; once
+    Redis takes writes, it is back, after a refusal."""
+    caplog.set_level(logging.INFO, logger="llm_service.state")
+
+    async def scenario(clock: FakeClock, a: RedisState) -> None:
+        la = shared(a, deployment(rpm=10))
+        assert (await a.acquire([la], 1)).index == 0
+        full_redis.stop()
+        with pytest.raises(StateUnavailable, match="unreachable"):
+            await a.acquire([la], 1)
+        assert a.degraded_reason == "unreachable"
+        assert not await a._recover()  # still down: the same reason, nothing more said
+        full_redis.start()
+        full_redis.fill()
+        assert not await a._recover()  # it answers the script, but refuses the probe's write
+        assert a.degraded and a.degraded_reason == "refused" and a.status()["reason"] == "refused"
+        with pytest.raises(StateUnavailable, match="refuses"):
+            await a.admit_caller("key", 10)
+        full_redis.free()
+        assert await a._recover() and not a.degraded and a.degraded_reason is None
+
+    on_replicas(full_redis.url, scenario, retry_seconds=3600.0, lease_seconds=3600.0)
+    assert messages(caplog) == [
+        "shared state unreachable: serving on this replica's share of the limits",
+        DEGRADED,
+        "shared state takes the limits' writes again: limits shared",
+    ]
+
+
 def test_a_redis_that_refuses_every_admission_again_is_tried_less_and_less_often(redis_server, caplog) -> None:
     """A refusal that is no outage and does not go away (here the limit's keys hold values of another type:
     WRONGTYPE) would flap the replica between shared and local at every retry. Each refusal soon after it

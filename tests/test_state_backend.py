@@ -59,7 +59,7 @@ def test_without_redis_the_backend_is_memory_local_and_never_degraded() -> None:
     assert isinstance(backend, MemoryState)
     assert backend.local and not backend.degraded and backend.poll_interval == math.inf
     assert backend.degraded_reason is None
-    assert backend.status() == {"backend": "memory", "shared": False, "degraded": False}
+    assert backend.status() == {"backend": "memory", "shared": False, "degraded": False, "reason": None}
     limiter = backend.limiter(deployment(rpm=3))
     assert type(limiter) is DeploymentLimiter and limiter.limits == Limits(rpm=3)
 

@@ -56,8 +56,11 @@ class Gate:
         #: is always the same object): no hashing of deployments per request (a pydantic model hashes
         #: all its fields, about 2 µs).
         self._alias_queues: dict[int, AdmissionQueue[Slot]] = {}
+        models = tuple(models)
         self._kept = frozenset(models)
-        for key in self._kept:
+        # In the profile's order: a release wakes the lines in the order they were made (`capacity_freed`), so
+        # which alias's request a shared deployment's freed slot goes to does not move with the hash seed.
+        for key in models:
             self._alias_queues[id(key)] = self._queue(key)
 
     @property

@@ -347,6 +347,7 @@ class RedisState:
 
     def _lost(self, error: BaseException) -> None:
         if self._degraded:
+            self._still_lost(error)
             return
         self._degraded = True
         now = self._clock()
@@ -369,6 +370,19 @@ class RedisState:
             if wait:
                 fields["retry_in_s"] = round(wait, 3)
         log.warning(message, extra={"fields": fields})
+
+    def _still_lost(self, error: BaseException) -> None:
+        """Degraded already, and failing again: the reason follows the latest failure (a Redis that came back
+        full, a full one whose link then dropped), said once when it changes."""
+        reason = UNREACHABLE if link_down(error) else REFUSED
+        if reason == self._reason:
+            return
+        self._reason = reason
+        said = "unreachable" if reason == UNREACHABLE else "refuses the limits' writes"
+        log.warning(
+            f"shared state {said}: serving on this replica's share of the limits",
+            extra={"fields": {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}},
+        )
 
     def _found(self) -> None:
         reason, self._degraded, self._reason = self._reason, False, None
@@ -406,7 +420,8 @@ class RedisState:
             await self._client.connection_pool.disconnect()
             await self._link.call(script_command(ACQUIRE, [], [self._now(), 0, "", self._lease]))
             await self._link.call(("SET", self._prefix + "probe", "1", "PX", max(math.ceil(self._retry * 1000), 1)))
-        except Exception:
+        except Exception as exc:
+            self._still_lost(exc)
             return False
         return True
 

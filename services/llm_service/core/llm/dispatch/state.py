@@ -274,7 +274,7 @@ class MemoryState:
         return None
 
     def status(self) -> dict[str, Any]:
-        return {"backend": "memory", "shared": False, "degraded": False}
+        return {"backend": "memory", "shared": False, "degraded": False, "reason": None}
 
 
 def state_backend(settings: Settings, *, clock: Clock = time.monotonic) -> StateBackend:
