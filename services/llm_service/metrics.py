@@ -171,46 +171,35 @@ class _RequestInstruments(Collector):
         return self.collect()
 
 
-class _StateErrorReplies(Collector):
-    """`llm_gateway_shared_state_error_replies_total`, read from the state backend's own count at scrape time."""
+class _SharedState(Collector):
+    """The shared state's own figures, read from the state backend at scrape time:
+    `llm_gateway_shared_state_error_replies_total` (its count of error answers, by class) and
+    `llm_gateway_shared_state_degraded_reason` (1 for the reason it is degraded now; every reason has its
+    series, 0 when it is not the one)."""
 
     def __init__(self, dispatcher: Watched) -> None:
         self._dispatcher = dispatcher
 
     @override
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily(
+        backend = self._dispatcher.state_backend
+        replies = CounterMetricFamily(
             "llm_gateway_shared_state_error_replies",
             "Commands the shared state answered with an error, e.g. out of memory (what they would write is lost)",
             labels=["error"],
         )
-        for error, count in list(self._dispatcher.state_backend.error_replies.items()):
-            family.add_metric([error], count)
-        return [family]
-
-    def describe(self) -> Iterable[Metric]:
-        return self.collect()
-
-
-class _StateDegradedReason(Collector):
-    """`llm_gateway_shared_state_degraded_reason`: 1 for the reason the shared state is degraded now (every
-    reason has its series, 0 when it is not the one), read from the state backend at scrape time."""
-
-    def __init__(self, dispatcher: Watched) -> None:
-        self._dispatcher = dispatcher
-
-    @override
-    def collect(self) -> Iterable[Metric]:
-        family = GaugeMetricFamily(
+        for error, count in list(backend.error_replies.items()):
+            replies.add_metric([error], count)
+        reasons = GaugeMetricFamily(
             "llm_gateway_shared_state_degraded_reason",
             "Why the shared state is degraded: unreachable (the link failed) or refused (it answered the limits' "
             "writes with an error, e.g. out of memory)",
             labels=["reason"],
         )
-        now = self._dispatcher.state_backend.degraded_reason
+        now = backend.degraded_reason
         for reason in DEGRADED_REASONS:
-            family.add_metric([reason], 1.0 if reason == now else 0.0)
-        return [family]
+            reasons.add_metric([reason], 1.0 if reason == now else 0.0)
+        return [replies, reasons]
 
     def describe(self) -> Iterable[Metric]:
         return self.collect()
@@ -270,8 +259,7 @@ class Metrics:
         self.queue_depth.set_function(lambda: dispatcher.queue_depth)
         self.in_flight.set_function(lambda: dispatcher.in_flight)
         self.state_degraded.set_function(lambda: float(dispatcher.state_backend.degraded))
-        self.registry.register(_StateErrorReplies(dispatcher))
-        self.registry.register(_StateDegradedReason(dispatcher))
+        self.registry.register(_SharedState(dispatcher))
 
     def breaker_transition(self, transition: Transition) -> None:
         self.breaker_state.labels(transition.name).set(_BREAKER_VALUE[transition.to_state])
