@@ -65,6 +65,11 @@ def test_the_role_chunk_keeps_its_bytes_and_extra_fields_ride_along() -> None:
     [
         pytest.param(CONTENT + b',"usage":null}', CONTENT + b"}", id="usage-last"),
         pytest.param(b'{"usage":null,' + CONTENT[1:] + b"}", CONTENT + b"}", id="usage-first"),
+        pytest.param(  # a text that is only the word: no key (found by test_text_chunks' property)
+            CONTENT.replace(b'"Hel"', b'"usage"') + b',"usage":null}',
+            CONTENT.replace(b'"Hel"', b'"usage"') + b"}",
+            id="usage-as-the-text",
+        ),
     ],
 )
 def test_usage_null_is_taken_out_for_a_client_that_did_not_ask(event: bytes, without: bytes) -> None:
@@ -82,6 +87,7 @@ def test_usage_null_is_taken_out_for_a_client_that_did_not_ask(event: bytes, wit
             HEAD + b',"choices":[{"index":0,"delta":{"content":"usage"},"finish_reason":null}],"usage":null}',
             id="usage-also-in-the-text",
         ),
+        pytest.param(CONTENT + b',"meta":{"usage":1},"usage":null}', id="a-usage-key-elsewhere"),
     ],
 )
 def test_usage_null_that_cannot_be_taken_out_safely_means_encoding(event: bytes) -> None:

@@ -681,7 +681,7 @@ def _wire_chunk(data: dict[str, Any], event: bytes, include_usage: bool) -> byte
     """The upstream's event as the client's chunk, when only its form would differ: one line (an SSE
     data line), with the top-level fields `encode_chat_chunk` writes, and no `usage` the client did not
     ask for (OpenAI puts `"usage":null` in every chunk of a stream asked for usage: taken out when it is
-    the only `"usage"` in the event, written the compact way; otherwise no wire form). A client that asked
+    the only `"usage"` key in the event, written the compact way; otherwise no wire form). A client that asked
     gets its `"usage":null` in every chunk, as from OpenAI: added at the end where the upstream left it out."""
     if b"\n" in event or b"\r" in event or not _plain_top(data, "chat.completion.chunk"):
         return None
@@ -691,7 +691,9 @@ def _wire_chunk(data: dict[str, Any], event: bytes, include_usage: bool) -> byte
         return event[:-1] + NULL_USAGE_END if event.endswith(b"}") else None
     if include_usage:
         return event
-    if event.count(b'"usage"') != 1:
+    # `"usage":` with its quotes unescaped is a key (a string holding it escapes them); a text that is
+    # only the word ("content":"usage") is no key, and leaves the chunk its wire form.
+    if event.count(b'"usage":') != 1:
         return None
     for form in NULL_USAGE_FORMS:
         stripped = event.replace(form, b"", 1)
