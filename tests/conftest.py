@@ -20,10 +20,11 @@ import pytest
 from harness import ServiceThread
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.settings import Settings
+from llm_service.core.llm.models import LLMRequest
 from llm_service.fakes import FakeUpstream, FakeUpstreamThread, FakeVertex
 from llm_service.fakes.threaded import ChatFake
 from redis_server import RedisServer
-from wire_check import assert_chunk_wire_matches, assert_response_wire_matches
+from wire_check import assert_chunk_wire_matches, assert_request_wire_matches, assert_response_wire_matches
 
 KEYS = {
     ProviderID.OPENAI: "sk-test-openai-0123456789abcdef",
@@ -158,10 +159,18 @@ def _fresh_upstreams(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _wire_forms_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     """In every test, each chunk or response an OpenAI-compatible client keeps in its upstream's bytes
-    (`LLMChunk.wire`, sent to the client as they are) is checked against encoding it (`wire_check`)."""
+    (`LLMChunk.wire`, sent to the client as they are) is checked against encoding it, and each request it
+    sends as the client wrote it (`LLMRequest.wire`) against writing its fields (`wire_check`)."""
     from llm_service.core.llm import openai_compat, openai_format
 
     decode_chunk, decode_response = openai_format.decode_chat_chunk, openai_format.decode_chat_response
+    encode_request = openai_format.encode_chat_request
+
+    def request_checked(request: LLMRequest, *, always_include_usage: bool) -> dict[str, Any]:
+        body = encode_request(request, always_include_usage=always_include_usage)
+        if request.wire is not None:
+            assert_request_wire_matches(request, body, always_include_usage=always_include_usage)
+        return body
 
     def chunk_checked(*args: Any, **kwargs: Any) -> Any:
         chunk = decode_chunk(*args, **kwargs)
@@ -175,6 +184,7 @@ def _wire_forms_checked(monkeypatch: pytest.MonkeyPatch) -> None:
             assert_response_wire_matches(response)
         return response
 
+    monkeypatch.setattr(openai_compat, "encode_chat_request", request_checked)
     monkeypatch.setattr(openai_compat, "decode_chat_chunk", chunk_checked)
     monkeypatch.setattr(openai_compat, "decode_chat_response", response_checked)
 
