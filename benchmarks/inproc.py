@@ -14,6 +14,7 @@ does not move with the machine's load, so a change of a few bytecodes on the hot
 with the service's functions that run the most of them.
 
     python -m benchmarks.inproc [--stream] [--pace MS] [--requests N] [--rounds N] [--bytecodes]
+                                [--floor] [--fused] [--without LAYERS] [--instructions]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -40,6 +41,7 @@ import aiohttp
 import uvloop
 
 from benchmarks.floor import Floor
+from benchmarks.fused import install as install_fused
 from benchmarks.layers import LAYERS, without
 from benchmarks.passthrough import Passthrough
 from benchmarks.run import _child_env, _profile_yaml, free_port
@@ -167,6 +169,7 @@ async def measure(
     rounds: int,
     bytecodes: bool = False,
     floor: bool = False,
+    fused: bool = False,
     only: str | None = None,
 ) -> dict[str, Any]:
     """Both apps (with `floor`, the floor too: benchmarks/floor.py), `rounds` rounds of `requests` each (CPU
@@ -184,10 +187,15 @@ async def measure(
     apps: dict[str, App] = {"passthrough": through, "service": service}
     if floor or only == "floor":
         apps["floor"] = Floor(upstream, through.session)
+    second = None
+    if fused or only == "fused":
+        second = create_app(Settings())  # a service of its own, its chat path the fused one (benchmarks/fused.py)
+        install_fused(second)
+        apps["fused"] = second
     figures: dict[str, list[float]] = {name: [] for name in apps}
     functions: dict[str, collections.Counter[str]] = {}
     try:
-        async with service.router.lifespan_context(service):
+        async with service.router.lifespan_context(service), _started(second):
             tune_gc()  # as `llm-service serve` does
             if only is not None:
                 await _load(apps[only], body, CONCURRENCY * 2)  # warm-up: what a first request does once
@@ -210,6 +218,16 @@ async def measure(
         "ratios": {name: value / medians["passthrough"] for name, value in medians.items() if name != "passthrough"},
         "functions": functions,
     }
+
+
+@contextlib.asynccontextmanager
+async def _started(app: Any) -> AsyncIterator[None]:
+    """`app`'s lifespan, if there is an app."""
+    if app is None:
+        yield
+        return
+    async with app.router.lifespan_context(app):
+        yield
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -236,12 +254,17 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="measure the floor too (benchmarks/floor.py: the per-request target's features, inlined)",
     )
+    parser.add_argument(
+        "--fused",
+        action="store_true",
+        help="measure a fused chat path too (benchmarks/fused.py: the service's own parts on one flat path)",
+    )
     # --instructions' runs, each of one app
-    parser.add_argument("--only", choices=("passthrough", "service", "floor"), help=argparse.SUPPRESS)
+    parser.add_argument("--only", choices=("passthrough", "service", "floor", "fused"), help=argparse.SUPPRESS)
     parser.add_argument("--upstream", help=argparse.SUPPRESS)  # theirs, started by the run that counts
     args = parser.parse_args(argv)
-    if args.floor and args.stream:
-        parser.error("--floor measures non-streaming requests only")
+    if (args.floor or args.fused) and args.stream:
+        parser.error("--floor and --fused measure non-streaming requests only")
     raise_fd_limit()
     if args.instructions:
         return _count_instructions(args, argv if argv is not None else sys.argv[1:])
@@ -269,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 rounds=args.rounds,
                 bytecodes=args.bytecodes,
                 floor=args.floor,
+                fused=args.fused,
                 only=args.only,
             )
             with without(args.without):
@@ -337,10 +361,10 @@ def _count_instructions(args: argparse.Namespace, argv: list[str]) -> int:
         return 2
     units = 100 if args.stream else 1
     fewer, more = (_FEWER // 10, _MORE // 10) if args.stream else (_FEWER, _MORE)
-    passed = [a for a in argv if a not in ("--instructions", "--bytecodes", "--floor")]
+    passed = [a for a in argv if a not in ("--instructions", "--bytecodes", "--floor", "--fused")]
     per_unit: dict[str, float] = {}
     with _upstream(args.upstream) as upstream:
-        for app in ("passthrough", "service", *(["floor"] if args.floor else [])):
+        for app in ("passthrough", "service", *(["floor"] if args.floor else []), *(["fused"] if args.fused else [])):
             counted = []
             for requests in (fewer, more):
                 command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable, "-m"]

@@ -70,10 +70,13 @@ def test_the_in_process_benchmark_takes_every_layer_out_of_the_service() -> None
     assert "service: " in done.stdout and " bytecodes per request" in done.stdout
 
 
-def test_the_floor_answers_next_to_both_apps() -> None:
-    """`--floor` (benchmarks/floor.py) measures the floor beside the passthrough and the service: it answers
-    the benchmark's request (a failed request raises) and gets its count and its ratio."""
-    done = run_ok(["-m", "benchmarks.inproc", "--bytecodes", "--floor", "--requests", "40", "--top", "0"], 120)
+def test_the_floor_and_the_fused_path_answer_next_to_both_apps() -> None:
+    """`--floor` (benchmarks/floor.py) and `--fused` (benchmarks/fused.py) are measured beside the passthrough
+    and the service: each answers the benchmark's request (a failed request raises: the fused path refuses
+    anything but a plain request with room) and gets its count and its ratio."""
+    done = run_ok(
+        ["-m", "benchmarks.inproc", "--bytecodes", "--floor", "--fused", "--requests", "40", "--top", "0"], 120
+    )
     counts = {line.split(":")[0] for line in done.stdout.splitlines() if " bytecodes per request" in line}
-    assert counts == {"passthrough", "service", "floor"}, done.stdout
-    assert "floor / passthrough: " in done.stdout
+    assert counts == {"passthrough", "service", "floor", "fused"}, done.stdout
+    assert "floor / passthrough: " in done.stdout and "fused / passthrough: " in done.stdout
