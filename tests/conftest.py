@@ -157,36 +157,48 @@ def _fresh_upstreams(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _wire_forms_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+def _wire_forms_checked(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """In every test, each chunk or response an OpenAI-compatible client keeps in its upstream's bytes
     (`LLMChunk.wire`, sent to the client as they are) is checked against encoding it, and each request it
-    sends as the client wrote it (`LLMRequest.wire`) against writing its fields (`wire_check`)."""
+    sends as the client wrote it (`LLMRequest.wire`) against writing its fields (`wire_check`). A mismatch
+    raises inside the service, which may answer it with a 500 a test does not look at: each is also kept,
+    and fails the test at its end."""
     from llm_service.core.llm import openai_compat, openai_format
 
     decode_chunk, decode_response = openai_format.decode_chat_chunk, openai_format.decode_chat_response
     encode_request = openai_format.encode_chat_request
+    mismatches: list[AssertionError] = []
+
+    def kept(check: Callable[[], None]) -> None:
+        try:
+            check()
+        except AssertionError as mismatch:
+            mismatches.append(mismatch)
+            raise
 
     def request_checked(request: LLMRequest, *, always_include_usage: bool) -> dict[str, Any]:
         body = encode_request(request, always_include_usage=always_include_usage)
         if request.wire is not None:
-            assert_request_wire_matches(request, body, always_include_usage=always_include_usage)
+            kept(lambda: assert_request_wire_matches(request, body, always_include_usage=always_include_usage))
         return body
 
     def chunk_checked(*args: Any, **kwargs: Any) -> Any:
         chunk = decode_chunk(*args, **kwargs)
         if chunk.wire is not None:
-            assert_chunk_wire_matches(chunk, include_usage=kwargs.get("include_usage", False))
+            kept(lambda: assert_chunk_wire_matches(chunk, include_usage=kwargs.get("include_usage", False)))
         return chunk
 
     def response_checked(*args: Any, **kwargs: Any) -> Any:
         response = decode_response(*args, **kwargs)
         if response.wire is not None:
-            assert_response_wire_matches(response)
+            kept(lambda: assert_response_wire_matches(response))
         return response
 
     monkeypatch.setattr(openai_compat, "encode_chat_request", request_checked)
     monkeypatch.setattr(openai_compat, "decode_chat_chunk", chunk_checked)
     monkeypatch.setattr(openai_compat, "decode_chat_response", response_checked)
+    yield
+    assert not mismatches, f"wire forms that do not say what encoding says: {mismatches}"
 
 
 def fake_settings(upstreams: dict[ProviderID, Any], **overrides: Any) -> Settings:

@@ -88,6 +88,24 @@ def test_usage_null_is_taken_out_for_a_client_that_did_not_ask(event: bytes, wit
             id="usage-also-in-the-text",
         ),
         pytest.param(CONTENT + b',"meta":{"usage":1},"usage":null}', id="a-usage-key-elsewhere"),
+        # The one `"usage":null` found is not the top-level key (spelt otherwise): taking it out would drop
+        # the text, keep the usage, or break the JSON.
+        pytest.param(
+            CONTENT.replace(b'{"content":"Hel"}', b'{"k\\"usage":null,"content":"secret"}') + b',"usage" :null}',
+            id="a-nested-key-ending-in-usage",
+        ),
+        pytest.param(
+            CONTENT.replace(b'{"content":"Hel"}', b'{"k\\"usage":null, "content":"secret"}') + b',"usage" :null}',
+            id="would-break-the-json",
+        ),
+        pytest.param(
+            CONTENT.replace(b'{"content":"Hel"}', b'{"content":"x","usage":null}') + b',"usage" :null}',
+            id="a-nested-usage-null",
+        ),
+        pytest.param(
+            CONTENT + b',"usage" :{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2},"usage":null}',
+            id="a-duplicate-usage-key",
+        ),
     ],
 )
 def test_usage_null_that_cannot_be_taken_out_safely_means_encoding(event: bytes) -> None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, cast
 
+import orjson
+
 from llm_service.core.config.constants import ProviderID
 from llm_service.core.config.limits import RequestLimitSettings
 from llm_service.core.llm.models import (
@@ -698,8 +700,20 @@ def _wire_chunk(data: dict[str, Any], event: bytes, include_usage: bool) -> byte
     for form in NULL_USAGE_FORMS:
         stripped = event.replace(form, b"", 1)
         if len(stripped) < len(event):
-            return stripped
+            return stripped if _without_usage(stripped, data) else None
     return None
+
+
+def _without_usage(stripped: bytes, data: dict[str, Any]) -> bool:
+    """Whether `stripped` is the chunk `data` less its top-level `usage`: the one `"usage":null` found may be
+    another (a nested key, the top-level one spelt `"usage" :null` or escaped, a duplicate key), and taking
+    it out would change what the chunk says, or break its JSON. Read again to be sure: only chunks decoded
+    whole pay it (not the text chunks a template reads), for a client that did not ask for usage."""
+    try:
+        again = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        return False
+    return type(again) is dict and "usage" not in again and again == {k: v for k, v in data.items() if k != "usage"}
 
 
 def _is_empty(choice: ChunkChoice) -> bool:
