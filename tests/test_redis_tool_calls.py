@@ -13,9 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 
 from conftest import VERTEX_PROJECT, WEATHER_TOOL, fake_settings
-from harness import ServiceThread
+from harness import ServiceThread, wait_until
 from llm_service.core.config.settings import Settings
 from llm_service.core.llm.gemini_format import FOREIGN_CALL_SIGNATURE
 from llm_service.fakes import FakeUpstreamThread, FakeVertex
@@ -57,14 +58,25 @@ def replicas(upstreams, gemini3: FakeVertex, redis_server: RedisServer) -> Itera
         yield on_a, on_b
 
 
+def kept_in_redis(server: RedisServer, calls: list[dict[str, Any]]) -> bool:
+    """Whether every call's data is in the shared state (`tool_call_store`: a checkpoint value per call)."""
+    with redis.Redis.from_url(server.url) as client:
+        return all(client.exists(f"llm:checkpoint:toolcall:{call['id']}") for call in calls)
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
 def test_a_conversation_begun_on_one_replica_goes_on_at_another_with_the_calls_own_ids_and_signatures(
     replicas,
     gemini3: FakeVertex,
+    redis_server: RedisServer,
     stream: bool,
 ) -> None:
     on_a, on_b = replicas
     calls = ask_for_tool_calls(on_a, stream=stream)
+    # A writes the calls' data in the background as it answers (fire and forget); a client's next turn comes
+    # once its tools ran. Asked at once, B could look before the write landed (and send Google's placeholder,
+    # as the last test shows): this seldom did, on a loaded machine, with a stream.
+    assert wait_until(lambda: kept_in_redis(redis_server, calls), timeout=10)
 
     second = post(on_b, [ASK, *tool_turns(calls)], tools=[WEATHER_TOOL])
 
