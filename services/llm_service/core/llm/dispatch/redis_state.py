@@ -65,6 +65,16 @@ Clock = Callable[[], float]
 ERROR_LOG_SECONDS = 60.0
 #: The longest wait before a backend that Redis keeps refusing tries it again (s; the injected clock's).
 MAX_RETRY_SECONDS = 300.0
+#: What each reason for not sharing the limits says: in `StateUnavailable`, when the replica degrades, and
+#: when it comes back.
+_SAID = {UNREACHABLE: "unreachable", REFUSED: "refuses the limits' writes"}
+_LOST = {
+    reason: f"shared state {said}: serving on this replica's share of the limits" for reason, said in _SAID.items()
+}
+_FOUND = {
+    UNREACHABLE: "shared state reachable again: limits shared",
+    REFUSED: "shared state takes the limits' writes again: limits shared",
+}
 
 
 class RedisState:
@@ -97,8 +107,8 @@ class RedisState:
         self._timeout = timeout
         self._clock = clock
         self._server_clock = server_clock
-        self._degraded = False
-        self._reason: str | None = None  # why degraded (state.DEGRADED_REASONS)
+        #: Why the limits are not shared now (state.DEGRADED_REASONS); None while they are.
+        self._reason: str | None = None
         self._changed_at = clock()
         #: The leases of this replica's running requests: lease id -> its slots key.
         self._leases: dict[str, str] = {}
@@ -137,11 +147,11 @@ class RedisState:
 
     @property
     def local(self) -> bool:
-        return self._degraded
+        return self._reason is not None
 
     @property
     def degraded(self) -> bool:
-        return self._degraded
+        return self._reason is not None
 
     @property
     def degraded_reason(self) -> str | None:
@@ -149,7 +159,7 @@ class RedisState:
 
     @property
     def poll_interval(self) -> float:
-        return math.inf if self._degraded else self._poll
+        return math.inf if self.degraded else self._poll
 
     @property
     def error_replies(self) -> Mapping[str, int]:
@@ -179,7 +189,7 @@ class RedisState:
         return self._granted(answer, shared, tokens, lease)
 
     async def admit_caller(self, caller: str, rpm: int) -> float | None:
-        if self._degraded:
+        if self.degraded:
             raise self._unavailable()
         self.start()
         command = script_command(CALLER, [self._prefix + "caller:" + caller], [self._now(), rpm, next(self._ids)])
@@ -201,12 +211,10 @@ class RedisState:
         return self._unavailable()
 
     def _unavailable(self) -> StateUnavailable:
-        if self._reason == REFUSED:
-            return StateUnavailable("shared state refuses the limits' writes")
-        return StateUnavailable("shared state unreachable")
+        return StateUnavailable(f"shared state {_SAID[self._reason or UNREACHABLE]}")
 
     def breaker_moved(self, deployment: Deployment, transition: Transition) -> None:
-        if self._degraded:
+        if self.degraded:
             return
         key = self._key("open", deployment)
         if transition.to_state is BreakerState.OPEN and transition.reason != REASON_OPENED_ELSEWHERE:
@@ -215,13 +223,13 @@ class RedisState:
             self._link.send(("DEL", key))
 
     def put_checkpoint(self, key: str, data: bytes, ttl: float) -> None:
-        if self._degraded:
+        if self.degraded:
             self._checkpoints.put(key, data, ttl)
         else:
             self._link.send(("SET", self._prefix + "checkpoint:" + key, data, "PX", max(math.ceil(ttl * 1000), 1)))
 
     async def get_checkpoint(self, key: str) -> bytes | None:
-        if not self._degraded:
+        if not self.degraded:
             try:
                 data = await self._link.call(("GET", self._prefix + "checkpoint:" + key))
             except Exception as exc:
@@ -241,7 +249,7 @@ class RedisState:
                 keep=keep,
                 ttl=ttl,
                 timeout=self._timeout,
-                shared=lambda: not self._degraded,
+                shared=lambda: not self.degraded,
                 failed=self._failed,
             )
         return self._streams
@@ -258,7 +266,7 @@ class RedisState:
                 await task
         if self._streams is not None:
             await self._streams.drain(self._timeout)
-        if not self._degraded:
+        if not self.degraded:
             await self._link.drain(self._timeout)  # the last releases, so other replicas need not wait for leases
         self._link.cancel()
         await self._client.aclose(close_connection_pool=True)
@@ -266,8 +274,8 @@ class RedisState:
     def status(self) -> dict[str, Any]:
         return {
             "backend": "redis",
-            "shared": not self._degraded,
-            "degraded": self._degraded,
+            "shared": not self.degraded,
+            "degraded": self.degraded,
             "reason": self._reason,
             "replicas": self._replicas,
             "for_seconds": round(self._clock() - self._changed_at, 3),
@@ -277,7 +285,7 @@ class RedisState:
     # ------------------------------------------------------------------ what the limiters ask
 
     def publish_pause(self, limiter: SharedLimiter, seconds: float) -> None:
-        if not self._degraded:
+        if not self.degraded:
             self._link.send(script_command(HOLD, [limiter.keys[KEY_KINDS.index("paused")]], [self._now(), seconds]))
 
     def settle(self, limiter: SharedLimiter, lease: str, *, free: bool, used_tokens: int | None) -> None:
@@ -285,7 +293,7 @@ class RedisState:
             self._leases.pop(lease, None)
         max_concurrency, _, tpm = limiter.limit_args
         free, used_tokens = free and max_concurrency > 0, used_tokens if tpm else None  # what matters there
-        if self._degraded or not (free or used_tokens is not None):
+        if self.degraded or not (free or used_tokens is not None):
             return  # (while degraded: an unrenewed lease expires by itself; a correction is lost)
         keys = [limiter.keys[KEY_KINDS.index("slots")], limiter.keys[KEY_KINDS.index("tok")]]
         used = "" if used_tokens is None else used_tokens
@@ -346,49 +354,37 @@ class RedisState:
         )
 
     def _lost(self, error: BaseException) -> None:
-        if self._degraded:
-            self._still_lost(error)
+        """The limits cannot be shared (the link failed, or Redis refused their writes): degraded, or, already
+        degraded, the reason follows the latest failure (a Redis that came back full, a full one whose link
+        then dropped), said once when it changes."""
+        reason = UNREACHABLE if link_down(error) else REFUSED
+        fields: dict[str, Any] = {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}
+        if self._reason is not None:
+            if reason != self._reason:
+                self._reason = reason
+                log.warning(_LOST[reason], extra={"fields": fields})
             return
-        self._degraded = True
+        self._reason = reason
         now = self._clock()
         shared_for, self._changed_at = now - self._changed_at, now
-        fields: dict[str, Any] = {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}
-        if link_down(error):
-            self._reason = UNREACHABLE
+        if reason == UNREACHABLE:
             self._retry_at = now
-            message = "shared state unreachable: serving on this replica's share of the limits"
         else:
-            self._reason = REFUSED
             # Refused again soon after it came back (other admissions may have gone through meanwhile: a
             # deployment whose keys are fine, an API key's rpm): the wait doubles. Shared for longer: anew.
             self._refused_in_a_row = 1 if shared_for >= MAX_RETRY_SECONDS else self._refused_in_a_row + 1
             doublings = min(self._refused_in_a_row - 1, 16)  # past 2**16 retries the cap holds anyway
             wait = 0.0 if doublings == 0 else min(self._retry * 2**doublings, MAX_RETRY_SECONDS)
             self._retry_at = now + wait
-            message = "shared state refuses the limits' writes: serving on this replica's share of the limits"
             fields["refused_in_a_row"] = self._refused_in_a_row
             if wait:
                 fields["retry_in_s"] = round(wait, 3)
-        log.warning(message, extra={"fields": fields})
-
-    def _still_lost(self, error: BaseException) -> None:
-        """Degraded already, and failing again: the reason follows the latest failure (a Redis that came back
-        full, a full one whose link then dropped), said once when it changes."""
-        reason = UNREACHABLE if link_down(error) else REFUSED
-        if reason == self._reason:
-            return
-        self._reason = reason
-        said = "unreachable" if reason == UNREACHABLE else "refuses the limits' writes"
-        log.warning(
-            f"shared state {said}: serving on this replica's share of the limits",
-            extra={"fields": {"backend": "redis", "error": type(error).__name__, "replicas": self._replicas}},
-        )
+        log.warning(_LOST[reason], extra={"fields": fields})
 
     def _found(self) -> None:
-        reason, self._degraded, self._reason = self._reason, False, None
+        reason, self._reason = self._reason, None
         self._changed_at = self._clock()
-        said = "takes the limits' writes again" if reason == REFUSED else "reachable again"
-        log.info(f"shared state {said}: limits shared", extra={"fields": {"backend": "redis", "after": reason}})
+        log.info(_FOUND[reason or UNREACHABLE], extra={"fields": {"backend": "redis", "after": reason}})
 
     async def _maintain(self) -> None:
         """Renew leases while Redis answers; try it again while it does not."""
@@ -396,7 +392,7 @@ class RedisState:
         next_renewal = loop.time() + self._lease / 3
         while True:
             await asyncio.sleep(min(self._lease / 3, self._retry))
-            if self._degraded:
+            if self.degraded:
                 if await self._recover():
                     next_renewal = loop.time() + self._lease / 3
             elif loop.time() >= next_renewal:
@@ -421,7 +417,7 @@ class RedisState:
             await self._link.call(script_command(ACQUIRE, [], [self._now(), 0, "", self._lease]))
             await self._link.call(("SET", self._prefix + "probe", "1", "PX", max(math.ceil(self._retry * 1000), 1)))
         except Exception as exc:
-            self._still_lost(exc)
+            self._lost(exc)  # the reason may have changed
             return False
         return True
 
